@@ -1,0 +1,1 @@
+"""Thin click wiring: every command parses options and calls one library function."""

@@ -1,0 +1,260 @@
+"""Read input splits (CSV, JSONL, Parquet, HF `datasets` directories), validate them, build label vocabularies."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+LABEL_KINDS = ("auto", "class", "regression")
+
+
+@dataclass
+class LabelColumn:
+    """A target column: `class` columns carry a vocabulary, `regression` columns float targets."""
+
+    name: str
+    kind: str  # "class" | "regression"
+    names: list[str] | None = None  # vocabulary for class columns, index = target id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "names": self.names}
+
+
+@dataclass
+class SplitData:
+    name: str
+    source: str
+    texts: list[str]
+    pairs: list[str] | None
+    ids: list[str]
+    raw_labels: dict[str, list[Any]] = field(default_factory=dict)
+    targets: dict[str, np.ndarray] = field(default_factory=dict)  # input order
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def content_hash(self) -> str:
+        """Hash of what determines the features: ids and texts, in input order (labels excluded)."""
+        h = hashlib.sha256()
+        for i, t in enumerate(self.texts):
+            rec = [self.ids[i], t, self.pairs[i] if self.pairs is not None else None]
+            h.update(json.dumps(rec, ensure_ascii=False).encode())
+            h.update(b"\n")
+        return h.hexdigest()
+
+
+@dataclass
+class Dataset:
+    splits: dict[str, SplitData]
+    label_columns: list[LabelColumn]
+    text_column: str
+    pair_column: str | None
+    id_column: str | None
+
+
+def parse_label_spec(spec: str) -> tuple[str, str]:
+    """`label` -> ("label", "auto"); `score:regression` -> ("score", "regression")."""
+    name, _, kind = spec.partition(":")
+    kind = kind or "auto"
+    if not name or kind not in LABEL_KINDS:
+        raise InputError(f"bad label column {spec!r}: use NAME or NAME:class or NAME:regression")
+    return name, kind
+
+
+def parse_split_specs(specs: list[str]) -> dict[str, str]:
+    """`train=data/train.csv` pairs -> {split: path}. A bare path to a saved DatasetDict yields all its splits."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            for split, sub in _dataset_dict_splits(spec).items():
+                out[split] = sub
+            continue
+        if not name or not path:
+            raise InputError(f"bad --data {spec!r}: use SPLIT=PATH, e.g. --data train=data/train.csv")
+        if name in out:
+            raise InputError(f"split {name!r} given twice in --data")
+        out[name] = path
+    if not out:
+        raise InputError("no input: give at least one --data SPLIT=PATH")
+    return out
+
+
+def _dataset_dict_splits(path: str) -> dict[str, str]:
+    meta = os.path.join(path, "dataset_dict.json")
+    if not os.path.isfile(meta):
+        raise InputError(f"bad --data {path!r}: use SPLIT=PATH (or a directory saved by DatasetDict.save_to_disk)")
+    with open(meta) as f:
+        return {s: os.path.join(path, s) for s in json.load(f)["splits"]}
+
+
+def read_table(path: str) -> dict[str, list[Any]]:
+    """Read one split file into columns. Formats by extension; a directory is an HF `datasets` save."""
+    if not os.path.exists(path):
+        raise InputError(f"input file not found: {path}")
+    if os.path.isdir(path):
+        return _read_hf_dir(path)
+    ext = path.lower().rsplit(".", 1)[-1]
+    if ext in ("csv", "tsv"):
+        return _read_csv(path, "\t" if ext == "tsv" else ",")
+    if ext in ("jsonl", "json", "ndjson"):
+        return _read_jsonl(path)
+    if ext in ("parquet", "pq"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pydict()
+    raise InputError(f"unsupported input format {path!r}: use .csv, .tsv, .jsonl, .parquet or a datasets directory")
+
+
+def _read_csv(path: str, delimiter: str) -> dict[str, list[Any]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        cols: dict[str, list[Any]] = {c: [] for c in reader.fieldnames or []}
+        for row in reader:
+            for c in cols:
+                cols[c].append(row.get(c))
+    return cols
+
+
+def _read_jsonl(path: str) -> dict[str, list[Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one object per line")
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in keys:
+                keys.append(k)
+    return {k: [r.get(k) for r in rows] for k in keys}
+
+
+def _read_hf_dir(path: str) -> dict[str, list[Any]]:
+    try:
+        import datasets
+    except ImportError:
+        raise InputError(f"{path} is a directory: reading HF datasets needs `pip install datasets`")
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not a dataset directory"
+        raise InputError(f"{path} is not a directory saved by datasets' save_to_disk ({type(e).__name__})")
+    if isinstance(ds, datasets.DatasetDict):
+        raise InputError(f"{path} holds several splits: pass --data {path} (no SPLIT=) or SPLIT={path}/<split>")
+    return ds.to_dict()
+
+
+def _text_column(cols: dict[str, list[Any]], column: str, split: str, path: str) -> list[str]:
+    if column not in cols:
+        raise InputError(f"split {split!r} ({path}): column {column!r} not found; columns are {sorted(cols)}")
+    values = cols[column]
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            kind = "null" if v is None else type(v).__name__
+            raise InputError(f"split {split!r} ({path}) row {i}: column {column!r} is {kind}, not text; "
+                             "clean or drop that row")
+    return values
+
+
+def load_dataset(
+    data: dict[str, str],
+    text_column: str,
+    pair_column: str | None = None,
+    label_columns: list[str] | None = None,
+    id_column: str | None = None,
+) -> Dataset:
+    """Read and validate every split; encode targets. Raises InputError before any model work starts."""
+    label_specs = [parse_label_spec(s) for s in (label_columns or [])]
+    splits: dict[str, SplitData] = {}
+    for name, path in data.items():
+        cols = read_table(path)
+        texts = _text_column(cols, text_column, name, path)
+        if not texts:
+            raise InputError(f"split {name!r} ({path}) is empty: give a file with at least one row")
+        pairs = _text_column(cols, pair_column, name, path) if pair_column else None
+        if id_column:
+            if id_column not in cols:
+                raise InputError(f"split {name!r} ({path}): id column {id_column!r} not found; columns are {sorted(cols)}")
+            ids = [str(v) for v in cols[id_column]]
+            seen: set[str] = set()
+            for i, v in enumerate(ids):
+                if cols[id_column][i] is None:
+                    raise InputError(f"split {name!r} ({path}) row {i}: id is null")
+                if v in seen:
+                    raise InputError(f"split {name!r} ({path}) row {i}: duplicate id {v!r}; ids must be unique")
+                seen.add(v)
+        else:
+            ids = [f"{name}-{i}" for i in range(len(texts))]
+        raw = {}
+        for col, _ in label_specs:
+            if col not in cols:
+                raise InputError(f"split {name!r} ({path}): label column {col!r} not found; columns are {sorted(cols)}")
+            raw[col] = cols[col]
+        splits[name] = SplitData(name, path, texts, pairs, ids, raw)
+    label_cols = [_encode_labels(col, kind, splits) for col, kind in label_specs]
+    return Dataset(splits, label_cols, text_column, pair_column, id_column)
+
+
+def _as_number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _encode_labels(col: str, kind: str, splits: dict[str, SplitData]) -> LabelColumn:
+    for s in splits.values():
+        for i, v in enumerate(s.raw_labels[col]):
+            if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+                raise InputError(f"split {s.name!r} ({s.source}) row {i}: label {col!r} is missing; "
+                                 "label every row or drop the unlabelled ones")
+    values = [v for s in splits.values() for v in s.raw_labels[col]]
+    numbers = [_as_number(v) for v in values]
+    if kind == "auto":
+        # Integers (GLUE's 0/1) are classes; a column with fractional numbers is a regression target.
+        all_numeric = all(n is not None for n in numbers)
+        kind = "regression" if all_numeric and any(n != int(n) for n in numbers) else "class"
+    if kind == "regression":
+        for s in splits.values():
+            bad = [v for v in s.raw_labels[col] if _as_number(v) is None]
+            if bad:
+                raise InputError(f"label column {col!r} is regression but split {s.name!r} has non-numeric "
+                                 f"value {bad[0]!r}; use {col}:class for text labels")
+            s.targets[col] = np.asarray([_as_number(v) for v in s.raw_labels[col]], dtype=np.float32)
+        return LabelColumn(col, "regression")
+    # class: vocabulary from the training split (or every split when there is none called "train").
+    def key(v: Any) -> str:
+        n = _as_number(v)
+        return str(int(n)) if n is not None and n == int(n) else str(v)
+
+    vocab_splits = [splits["train"]] if "train" in splits else list(splits.values())
+    vocab = sorted({key(v) for s in vocab_splits for v in s.raw_labels[col]},
+                   key=lambda x: (_as_number(x) is None, _as_number(x) or 0.0, x))
+    index = {n: i for i, n in enumerate(vocab)}
+    for s in splits.values():
+        enc = []
+        for i, v in enumerate(s.raw_labels[col]):
+            k = key(v)
+            if k not in index:
+                raise InputError(f"split {s.name!r} row {i}: label {k!r} in column {col!r} does not occur in the "
+                                 "training split; fix the label or add training examples for it")
+            enc.append(index[k])
+        s.targets[col] = np.asarray(enc, dtype=np.int64)
+    return LabelColumn(col, "class", vocab)

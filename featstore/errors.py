@@ -1,0 +1,21 @@
+"""Typed errors raised at the library's boundaries.
+
+Every user mistake becomes one of these, carrying one line that names the problem and the fix; the CLI
+prints that line and exits with code 2.
+"""
+
+
+class FeatstoreError(Exception):
+    """Base class for every error a user can cause or fix."""
+
+
+class InputError(FeatstoreError):
+    """Bad command-line arguments or input data (missing file, column, empty split...)."""
+
+
+class StoreError(FeatstoreError):
+    """A store that is missing, incomplete, of another version, or differs from what was asked."""
+
+
+class ExtractionError(FeatstoreError):
+    """The model produced something we refuse to store (non-finite features)."""

@@ -1,0 +1,341 @@
+"""`featstore extract`: run a frozen encoder once and write the requested layers into a store."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import Dataset, load_dataset
+from .errors import ExtractionError, InputError, StoreError
+from .layout import H5Layout, Layout, layout_for
+from .manifest import DTYPES, FORMAT_VERSION, diff_settings, fingerprint
+from .models import LoadedModel, config_dict, load_model, resolve_layers, tokenizer_hash, truncate_after, weights_hash
+from .plan import Tokenized, plan_batches, plan_segments, storage_order, tokenize
+from .writer import BackgroundWriter, SegmentJob
+
+MiB = 1 << 20
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `featstore extract` takes; validated before any expensive work."""
+
+    model: str
+    data: dict[str, str]
+    out: str
+    text_column: str = "text"
+    pair_column: str | None = None
+    label_columns: list[str] = field(default_factory=list)
+    id_column: str | None = None
+    layers: str = "-1"
+    max_length: int = 512
+    truncation: str = "longest_first"
+    dtype: str = "float16"
+    format: str = "zarr"
+    compression: str = "none"
+    batch_tokens: int = 16384
+    segment_mb: float = 256
+    chunk_mb: float = 4.0
+    device: str = "auto"
+    compute_dtype: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        problems = []
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.format not in ("zarr", "hdf5"):
+            problems.append(f"--format {self.format!r}: use zarr or hdf5")
+        if self.max_length < 2:
+            problems.append("--max-length must be at least 2")
+        if self.batch_tokens < 1:
+            problems.append("--batch-tokens must be positive")
+        if self.segment_mb <= 0 or self.chunk_mb <= 0:
+            problems.append("--segment-mb and --chunk-mb must be positive")
+        if self.truncation not in ("longest_first", "only_first", "only_second"):
+            problems.append(f"--truncation {self.truncation!r}: use longest_first, only_first or only_second")
+        if self.compute_dtype not in ("auto",) + DTYPES:
+            problems.append(f"--compute-dtype {self.compute_dtype!r}: use auto or one of {', '.join(DTYPES)}")
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+@dataclass
+class ExtractSummary:
+    out: str
+    fingerprint: str
+    examples: dict[str, int]
+    tokens: int
+    truncated: int
+    bytes_written: int
+    seconds: float
+    segments_total: int
+    segments_resumed: int
+    device: str
+    already_complete: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _check_out(cfg: ExtractConfig) -> None:
+    """An existing `--out` must be a featstore store (resume/overwrite) or an empty directory."""
+    p = cfg.out
+    if cfg.format == "zarr":
+        if os.path.isfile(p):
+            raise InputError(f"--out {p} exists and is a file, not a featstore store; choose another path")
+        if os.path.isdir(p) and os.listdir(p) and not os.path.isfile(os.path.join(p, "manifest.json")):
+            raise InputError(f"--out {p} exists and is not a featstore store; choose another path or empty it")
+    else:
+        if os.path.isdir(p):
+            raise InputError(f"--out {p} is a directory; --format hdf5 writes one file, e.g. --out {p}.h5")
+        if os.path.isfile(p):
+            try:
+                H5Layout(p).read_manifest()
+            except StoreError:
+                raise InputError(f"--out {p} exists and is not a featstore store; choose another path")
+
+
+def _remove_store(layout: Layout) -> None:
+    layout.close()
+    if isinstance(layout, H5Layout):
+        if os.path.exists(layout.root):
+            os.remove(layout.root)
+        shutil.rmtree(layout.parts, ignore_errors=True)
+    else:
+        shutil.rmtree(layout.root, ignore_errors=True)
+
+
+def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: list[int],
+                    toks: dict[str, Tokenized], segment_tokens: int, device: str, compute_dtype: str) -> dict:
+    model = {"name": cfg.model, "path": lm.path, "revision": getattr(lm.model.config, "_commit_hash", None),
+             "config": config_dict(lm.model), "weights_sha256": weights_hash(lm.model),
+             "num_layers": lm.num_layers, "hidden_size": lm.hidden_size, "num_parameters": lm.num_parameters,
+             "architecture": type(lm.model).__name__}
+    tokenizer = {"name": lm.path, "sha256": tokenizer_hash(lm.tokenizer), "class": type(lm.tokenizer).__name__}
+    settings = {"layers": layers, "max_length": cfg.max_length, "truncation": cfg.truncation,
+                "pooling": ["cls", "mean"], "dtype": cfg.dtype}
+    splits = {name: {"source": os.path.abspath(s.source), "sha256": s.content_hash(), "n_examples": len(s),
+                     "n_tokens": int(toks[name].lengths.sum()), "truncated": toks[name].truncated}
+              for name, s in ds.splits.items()}
+    fp = fingerprint(model, tokenizer, settings, {k: v["sha256"] for k, v in splits.items()})
+    return {
+        "format_version": FORMAT_VERSION, "tool": {"name": "featstore", "version": __version__},
+        "format": cfg.format, "fingerprint": fp, "complete": False, "model": model, "tokenizer": tokenizer,
+        "settings": settings,
+        "layout": {"segment_tokens": segment_tokens, "chunk_bytes": int(cfg.chunk_mb * MiB),
+                   "compression": cfg.compression},
+        "runtime": {"device": device, "compute_dtype": compute_dtype, "batch_tokens": cfg.batch_tokens},
+        "dataset": {"text_column": ds.text_column, "pair_column": ds.pair_column, "id_column": ds.id_column,
+                    "splits": splits, "label_columns": [c.to_json() for c in ds.label_columns]},
+    }
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Extract features of every split into `cfg.out`; resumes a matching interrupted run."""
+    import torch
+
+    cfg.validate()
+    t_start = time.perf_counter()
+    ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column)
+    _check_out(cfg)
+    device = pick_device(cfg.device)
+    compute_dtype = cfg.compute_dtype if cfg.compute_dtype != "auto" else (
+        "bfloat16" if device.startswith("cuda") else "float32")
+    lm = load_model(cfg.model, device="cpu", dtype="float32")
+    layers = resolve_layers(cfg.layers, lm.num_layers)
+    limit = lm.tokenizer.model_max_length
+    if limit and limit < 1_000_000 and cfg.max_length > limit:
+        raise InputError(f"--max-length {cfg.max_length} exceeds this model's limit of {limit}; use --max-length {limit}")
+    toks = {name: tokenize(lm.tokenizer, s, cfg.max_length, cfg.truncation) for name, s in ds.splits.items()}
+    itemsize = 4 if cfg.dtype == "float32" else 2
+    segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize * lm.hidden_size * len(layers)))
+    manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device, compute_dtype)
+
+    layout = layout_for(cfg.out, cfg.format)
+    old = layout.read_manifest() if os.path.exists(cfg.out) or os.path.exists(cfg.out + ".parts") else None
+    if old is not None and cfg.overwrite:
+        _remove_store(layout)
+        old = None
+    if old is not None:
+        if old.get("fingerprint") != manifest["fingerprint"]:
+            raise StoreError(f"--out {cfg.out} holds a different store ({', '.join(diff_settings(old, manifest))} "
+                             "differ); use another --out, or --overwrite to replace it")
+        if old.get("complete"):
+            layout.close()
+            return ExtractSummary(cfg.out, old["fingerprint"], {k: v["n_examples"] for k, v in
+                                  old["dataset"]["splits"].items()}, 0, 0, 0, time.perf_counter() - t_start,
+                                  len(old.get("segments", [])), len(old.get("segments", [])), device, True)
+        manifest["layout"] = old["layout"]  # resume with the recorded segmentation
+        segment_tokens = old["layout"]["segment_tokens"]
+    if cfg.format == "zarr":
+        os.makedirs(cfg.out, exist_ok=True)
+    layout.write_manifest(manifest)  # complete: false; readers refuse it, a re-run resumes it
+
+    segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
+    done = layout.committed_segments()
+    todo = [s for s in segments if f"{s.split}/{s.name}" not in done]
+
+    truncate_after(lm.model, max(layers))
+    lm.model.to(device=device, dtype=getattr(torch, compute_dtype))
+    writer = BackgroundWriter(layout, manifest["layout"]["compression"], manifest["layout"]["chunk_bytes"])
+    total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
+    bar = _progress(total_tokens, cfg.progress)
+    try:
+        for seg in todo:
+            plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
+            job = SegmentJob(seg.split, seg.name, seg.index, layers, cfg.dtype)
+            for rows in seg.batches:
+                job.batches.append(_forward_batch(lm, toks[seg.split], ds.splits[seg.split], rows, layers,
+                                                  cfg.dtype, device, job.stats))
+                bar.update(int(toks[seg.split].lengths[rows].sum()))
+            writer.put(job)
+        writer.close()
+    finally:
+        bar.close()
+        if writer.thread.is_alive():
+            writer.queue.put(None)
+    records = list(done.values()) + writer.records
+    _finalize(layout, manifest, ds, lm, layers, records, toks)
+    return ExtractSummary(cfg.out, manifest["fingerprint"], {k: len(s) for k, s in ds.splits.items()},
+                          total_tokens, sum(t.truncated for t in toks.values()), writer.bytes_written,
+                          time.perf_counter() - t_start, len(segments), len(done), device)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not enabled, smoothing=0.1)
+
+
+def _forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, layers: list[int], dtype: str,
+                   device: str, stats: dict[int, list[float]]) -> dict[str, Any]:
+    """One padded forward pass; returns host arrays of the kept layers (ragged tokens + pooled)."""
+    import torch
+
+    lengths = tok.lengths[rows]
+    T, B = int(lengths.max()), len(rows)
+    pad = lm.tokenizer.pad_token_id or 0
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    types = torch.zeros((B, T), dtype=torch.long) if tok.token_type_ids is not None else None
+    for b, r in enumerate(rows):
+        n = int(lengths[b])
+        ids[b, :n] = torch.as_tensor(tok.input_ids[r])
+        mask[b, :n] = 1
+        if types is not None:
+            types[b, :n] = torch.as_tensor(tok.token_type_ids[r])
+    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if types is not None:
+        kwargs["token_type_ids"] = types.to(device)
+    store_dtype = getattr(torch, dtype)
+    with torch.inference_mode():
+        out = lm.model(**kwargs, output_hidden_states=True)
+        m = kwargs["attention_mask"].bool()  # (B, T)
+        mf = m.unsqueeze(-1).float()
+        result: dict[str, Any] = {}
+        for k in layers:
+            h = out.hidden_states[k].float()  # (B, T, D)
+            pooled = {"cls": h[:, 0], "mean": (h * mf).sum(1) / mf.sum(1)}
+            flat = h[m].to(store_dtype)  # (n_tokens, D), example after example
+            bad = ~torch.isfinite(flat).all(dim=1)
+            for kind, v in pooled.items():
+                pooled[kind] = v.to(store_dtype)
+            if bad.any() or not all(torch.isfinite(v).all() for v in pooled.values()):
+                _raise_non_finite(k, h.to(store_dtype), m, rows, split, dtype)
+            f32 = flat.float()
+            s = stats.setdefault(k, [0.0, 0.0, 0])
+            s[0] += float(f32.sum(dtype=torch.float64))
+            s[1] += float((f32 * f32).sum(dtype=torch.float64))
+            s[2] += int(f32.numel())
+            result[f"L{k}/tokens"] = _host(flat)
+            result[f"L{k}/cls"] = _host(pooled["cls"])
+            result[f"L{k}/mean"] = _host(pooled["mean"])
+    result["lengths"] = lengths
+    result["rows"] = rows
+    result["ids"] = [split.ids[r] for r in rows]
+    result["input_ids"] = np.concatenate([np.asarray(tok.input_ids[r], dtype=np.int32) for r in rows])
+    return result
+
+
+def _host(t) -> np.ndarray:
+    import torch
+
+    t = t.detach().to("cpu")
+    return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _raise_non_finite(layer: int, h, mask, rows, split, dtype: str) -> None:
+    import torch
+
+    finite = torch.isfinite(h).all(dim=-1) | ~mask  # (B, T)
+    b = int((~finite.all(dim=1)).nonzero()[0, 0]) if not finite.all() else 0
+    raise ExtractionError(
+        f"non-finite features in layer {layer} for example {split.ids[rows[b]]!r} (split {split.name!r}, "
+        f"row {int(rows[b])}) when stored as {dtype}; use --dtype bfloat16 or float32")
+
+
+def _finalize(layout: Layout, manifest: dict, ds: Dataset, lm: LoadedModel, layers: list[int],
+              records: list[dict], toks: dict[str, Tokenized]) -> None:
+    """Labels (storage order), label-name features, statistics; then the manifest with complete: true."""
+    records = sorted(records, key=lambda r: (r["split"], r["index"]))
+    arrays: dict[str, np.ndarray] = {}
+    for name, split in ds.splits.items():
+        rows = storage_order(toks[name].lengths)  # segments are consecutive slices of it
+        for col, target in split.targets.items():
+            arrays[f"labels/{name}/{col}"] = target[rows]
+    label_names = {c.name: c.names for c in ds.label_columns if c.kind == "class"}
+    arrays.update(_label_features(lm, label_names, layers, manifest["runtime"]["device"]))
+    lay = manifest["layout"]
+    manifest["files"] = layout.write_arrays(arrays, "none", lay["chunk_bytes"]) if arrays else {}
+    stats = {}
+    for k in layers:
+        s, ss, n = (sum(r["stats"][str(k)][i] for r in records) for i in range(3))
+        mean = s / max(n, 1)
+        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
+    manifest["stats"] = stats
+    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
+                            for r in records]
+    manifest["label_features"] = sorted(label_names)
+    manifest["complete"] = True
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    layout.finalize(manifest)
+    layout.close()
+
+
+def _label_features(lm: LoadedModel, label_names: dict[str, list[str]], layers: list[int],
+                    device: str) -> dict[str, np.ndarray]:
+    """Mean-pooled features of each label name (e.g. "sport"), for label-prior initialisation of heads."""
+    import torch
+
+    out = {}
+    for col, names in label_names.items():
+        enc = lm.tokenizer(names, padding=True, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.inference_mode():
+            hs = lm.model(**enc, output_hidden_states=True).hidden_states
+        mf = enc["attention_mask"].unsqueeze(-1).float()
+        for k in layers:
+            out[f"label_features/{col}/L{k}"] = ((hs[k].float() * mf).sum(1) / mf.sum(1)).cpu().numpy()
+    return out
+
+
+def summary_dict(s: ExtractSummary) -> dict[str, Any]:
+    d = asdict(s)
+    d["tokens_per_second"] = s.tokens_per_second
+    return d

@@ -1,0 +1,209 @@
+"""Read a store: one logical array per split over its segments, for both physical formats.
+
+No torch, no transformers: training heads reads features through this module alone.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import StoreError
+from .layout import Layout, from_stored, layout_for
+from .manifest import split_segments, validate
+
+
+def open_store(path: str, *, allow_incomplete: bool = False) -> "Store":
+    """Open a complete store (Zarr directory or HDF5 file). Incomplete stores are refused."""
+    if not os.path.exists(path) and not os.path.exists(path + ".parts"):
+        raise StoreError(f"no store at {path}: check the path (a directory for zarr, a .h5 file for hdf5)")
+    layout = layout_for(path)
+    manifest = layout.read_manifest()
+    if manifest is None:
+        raise StoreError(f"{path} is not a featstore store (no manifest); extract one with `featstore extract`")
+    validate(manifest, path)
+    if not manifest["complete"] and not allow_incomplete:
+        raise StoreError(f"store {path} is incomplete (extraction interrupted or still running); "
+                         "re-run the same `featstore extract` command to finish it")
+    return Store(path, layout, manifest)
+
+
+class Store:
+    def __init__(self, path: str, layout: Layout, manifest: dict[str, Any]):
+        self.path = path
+        self.layout = layout
+        self.manifest = manifest
+        self._splits: dict[str, Split] = {}
+
+    # -- what the store is ---------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["fingerprint"]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest["settings"]["layers"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.manifest["model"]["hidden_size"])
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["settings"]["dtype"]
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["dataset"]["splits"])
+
+    @property
+    def label_columns(self) -> dict[str, dict[str, Any]]:
+        return {c["name"]: c for c in self.manifest["dataset"]["label_columns"]}
+
+    def label_names(self, column: str) -> list[str] | None:
+        return self._column(column)["names"]
+
+    def label_features(self, column: str, layer: int) -> np.ndarray | None:
+        """Features of the label names (mean over their tokens), or None if not recorded."""
+        if column not in self.manifest.get("label_features", []):
+            return None
+        return np.asarray(self.layout.array(f"label_features/{column}/L{layer}")[:], dtype=np.float32)
+
+    def split(self, name: str) -> "Split":
+        if name not in self.manifest["dataset"]["splits"]:
+            raise StoreError(f"store {self.path} has no split {name!r}; its splits are {', '.join(self.splits)}")
+        if name not in self._splits:
+            self._splits[name] = Split(self, name)
+        return self._splits[name]
+
+    def _column(self, column: str) -> dict[str, Any]:
+        cols = self.label_columns
+        if column not in cols:
+            raise StoreError(f"store {self.path} has no label column {column!r}; "
+                             f"it has {', '.join(cols) or 'none'} (add one with `featstore add-labels`)")
+        return cols[column]
+
+    def check_layers(self, layers: Sequence[int]) -> None:
+        missing = [k for k in layers if k not in self.layers]
+        if missing:
+            raise StoreError(f"store {self.path} lacks layers {missing}; it holds {self.layers} "
+                             "(re-extract with those --layers, or choose from these)")
+
+    def close(self) -> None:
+        self.layout.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r}, splits={self.splits}, layers={self.layers}, fingerprint={self.fingerprint[:12]})"
+
+
+class Split:
+    """One split seen as flat arrays in storage order (length-sorted); `rows` maps back to input order."""
+
+    def __init__(self, store: Store, name: str):
+        self.store = store
+        self.name = name
+        self.segments = split_segments(store.manifest, name)
+        if not self.segments:
+            raise StoreError(f"store {store.path}: split {name!r} has no segments; the store is damaged")
+        counts = np.array([s["n_tokens"] for s in self.segments], dtype=np.int64)
+        self._seg_token_start = np.concatenate([[0], np.cumsum(counts)])
+        self._arrays: dict[str, Any] = {}
+
+    def _seg_array(self, seg: int, name: str) -> Any:
+        key = f"segments/{self.name}/{self.segments[seg]['name']}/{name}"
+        if key not in self._arrays:
+            self._arrays[key] = self.store.layout.array(key)
+        return self._arrays[key]
+
+    def _concat(self, name: str) -> np.ndarray:
+        return np.concatenate([np.asarray(self._seg_array(i, name)[:]) for i in range(len(self.segments))])
+
+    @property
+    def n_examples(self) -> int:
+        return int(sum(s["n_examples"] for s in self.segments))
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self._seg_token_start[-1])
+
+    def __len__(self) -> int:
+        return self.n_examples
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return self._concat("length").astype(np.int64)
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """Global token offsets (n_examples + 1) into the split's flat token arrays."""
+        out = np.zeros(self.n_examples + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=out[1:])
+        return out
+
+    @cached_property
+    def rows(self) -> np.ndarray:
+        return self._concat("row")
+
+    @cached_property
+    def example_ids(self) -> list[str]:
+        ids = []
+        for i in range(len(self.segments)):
+            raw = np.asarray(self._seg_array(i, "id_bytes")[:]).tobytes()
+            off = np.asarray(self._seg_array(i, "id_offsets")[:])
+            ids += [raw[off[j]:off[j + 1]].decode() for j in range(len(off) - 1)]
+        return ids
+
+    def input_order(self) -> np.ndarray:
+        """Storage indices in input-file order."""
+        return np.argsort(self.rows, kind="stable")
+
+    def targets(self, column: str) -> np.ndarray:
+        self.store._column(column)
+        return np.asarray(self.store.layout.array(f"labels/{self.name}/{column}")[:])
+
+    def pooled(self, kind: str, layer: int) -> np.ndarray:
+        """(n_examples, D) pooled vectors (`cls` or `mean`) of one layer."""
+        if kind not in ("cls", "mean"):
+            raise StoreError(f"unknown pooling {kind!r}: use cls or mean")
+        self.store.check_layers([layer])
+        return from_stored(self._concat(f"L{layer}/{kind}"), self.store.dtype)
+
+    def tokens(self, layer: int, start: int, stop: int) -> np.ndarray:
+        """Token features [start, stop) of one layer from the flat split array (may span segments)."""
+        parts = []
+        first = int(np.searchsorted(self._seg_token_start, start, side="right") - 1)
+        seg = max(first, 0)
+        while start < stop and seg < len(self.segments):
+            base = int(self._seg_token_start[seg])
+            hi = min(stop, int(self._seg_token_start[seg + 1]))
+            if hi > start:
+                parts.append(np.asarray(self._seg_array(seg, f"L{layer}/tokens")[start - base:hi - base]))
+                start = hi
+            seg += 1
+        if not parts:
+            return np.zeros((0, self.store.hidden_size), dtype=np.float32)
+        return from_stored(np.concatenate(parts) if len(parts) > 1 else parts[0], self.store.dtype)
+
+    def example(self, index: int, layers: Sequence[int] | None = None) -> np.ndarray:
+        """Token features of one example: (T, L, D) for the chosen layers (default: all stored)."""
+        layers = list(layers) if layers is not None else self.store.layers
+        self.store.check_layers(layers)
+        a, b = int(self.offsets[index]), int(self.offsets[index + 1])
+        return np.stack([self.tokens(k, a, b) for k in layers], axis=1)
+
+    def input_ids(self, index: int) -> np.ndarray:
+        a, b = int(self.offsets[index]), int(self.offsets[index + 1])
+        seg = int(np.searchsorted(self._seg_token_start, a, side="right") - 1)
+        base = int(self._seg_token_start[seg])
+        return np.asarray(self._seg_array(seg, "input_ids")[a - base:b - base])
+
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, examples={self.n_examples}, tokens={self.n_tokens})"

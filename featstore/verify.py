@@ -1,0 +1,162 @@
+"""`featstore info` and `featstore verify`."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError
+from .layout import from_stored
+from .manifest import all_files
+from .reader import Store, open_store
+
+
+def info(path: str) -> dict[str, Any]:
+    """A summary of a store from its manifest alone (no feature reads); works on incomplete stores too."""
+    store = open_store(path, allow_incomplete=True)
+    m = store.manifest
+    try:
+        files = all_files(m)
+        splits = {}
+        for name, s in m["dataset"]["splits"].items():
+            splits[name] = {"examples": s["n_examples"], "tokens": s["n_tokens"], "truncated": s.get("truncated", 0),
+                            "segments": sum(1 for g in m.get("segments", []) if g["split"] == name)}
+        return {
+            "path": path, "format": m.get("format"), "complete": bool(m["complete"]), "fingerprint": m["fingerprint"],
+            "model": m["model"].get("name"), "model_path": m["model"].get("path"),
+            "architecture": m["model"].get("architecture"), "num_layers": m["model"].get("num_layers"),
+            "hidden_size": m["model"]["hidden_size"], "backbone_parameters": m["model"].get("num_parameters"),
+            "layers": m["settings"]["layers"], "dtype": m["settings"]["dtype"],
+            "max_length": m["settings"]["max_length"], "splits": splits,
+            "label_columns": {c["name"]: {"kind": c["kind"], "labels": c["names"]}
+                              for c in m["dataset"]["label_columns"]},
+            "bytes": int(sum(f["size"] for f in files.values())), "files": len(files),
+            "compression": m["layout"]["compression"], "created": m.get("created"),
+            "tool_version": m["tool"]["version"],
+        }
+    finally:
+        store.close()
+
+
+def format_info(d: dict[str, Any]) -> str:
+    lines = [
+        f"store        {d['path']}  ({d['format']}, {'complete' if d['complete'] else 'INCOMPLETE'})",
+        f"fingerprint  {d['fingerprint']}",
+        f"model        {d['model']}  ({d['architecture']}, {d['num_layers']} layers, hidden {d['hidden_size']}, "
+        f"{_count(d['backbone_parameters'])} params)",
+        f"features     layers {d['layers']}  dtype {d['dtype']}  max_length {d['max_length']}  "
+        f"compression {d['compression']}",
+        f"size         {_bytes(d['bytes'])} in {d['files']} files",
+        "splits",
+    ]
+    for name, s in d["splits"].items():
+        lines.append(f"  {name:<12} {s['examples']:>9,} examples {s['tokens']:>12,} tokens  "
+                     f"{s['segments']} segments  {s['truncated']} truncated")
+    for name, c in d["label_columns"].items():
+        what = f"{len(c['labels'])} classes: {', '.join(c['labels'][:8])}{' ...' if len(c['labels']) > 8 else ''}" \
+            if c["kind"] == "class" else "regression"
+        lines.append(f"label        {name} ({what})")
+    if d.get("created"):
+        lines.append(f"created      {d['created']} by featstore {d['tool_version']}")
+    return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def _count(n: Any) -> str:
+    if not isinstance(n, int):
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def verify(path: str, check_values: bool = True, progress: bool = False) -> list[str]:
+    """Every problem found (empty list = the store is whole): manifest, checksums, counts, finiteness."""
+    try:
+        store = open_store(path, allow_incomplete=True)
+    except StoreError as e:
+        return [str(e)]
+    problems: list[str] = []
+    try:
+        m = store.manifest
+        if not m["complete"]:
+            problems.append("manifest says the store is incomplete (extraction did not finish)")
+            return problems
+        files = all_files(m)
+        from tqdm.auto import tqdm
+
+        for name, meta in tqdm(sorted(files.items()), desc="checksums", unit="file", disable=not progress):
+            try:
+                got = store.layout.checksum(name)
+            except Exception as e:  # noqa: BLE001 - an unreadable item is a problem to list, not a crash
+                problems.append(f"{name}: unreadable ({type(e).__name__}: {e})")
+                continue
+            if got is None:
+                problems.append(f"{name}: missing")
+            elif got[0] != meta["size"]:
+                problems.append(f"{name}: size {got[0]} != {meta['size']} in the manifest")
+            elif got[1] != meta["sha256"]:
+                problems.append(f"{name}: checksum mismatch (the file was changed or corrupted)")
+        if problems:
+            return problems  # reading damaged arrays would only repeat the same problems
+        for split in store.splits:
+            problems += _check_split(store, split, check_values)
+    finally:
+        store.close()
+    return problems
+
+
+def _check_split(store: Store, name: str, check_values: bool) -> list[str]:
+    problems = []
+    try:
+        sp = store.split(name)
+        meta = store.manifest["dataset"]["splits"][name]
+        n, D = sp.n_examples, store.hidden_size
+        if n != meta["n_examples"] or sp.n_tokens != meta["n_tokens"]:
+            problems.append(f"split {name}: segments hold {n} examples / {sp.n_tokens} tokens, "
+                            f"manifest says {meta['n_examples']} / {meta['n_tokens']}")
+        for i, seg in enumerate(sp.segments):
+            off = np.asarray(sp._seg_array(i, "offsets")[:])
+            length = np.asarray(sp._seg_array(i, "length")[:])
+            if len(off) != seg["n_examples"] + 1 or off[0] != 0 or off[-1] != seg["n_tokens"] \
+                    or not np.array_equal(np.diff(off), length):
+                problems.append(f"split {name} segment {seg['name']}: offsets and lengths disagree")
+            for k in store.layers:
+                shape = sp._seg_array(i, f"L{k}/tokens").shape
+                if tuple(shape) != (seg["n_tokens"], D):
+                    problems.append(f"split {name} segment {seg['name']} layer {k}: tokens shape {shape}")
+                for kind in ("cls", "mean"):
+                    if tuple(sp._seg_array(i, f"L{k}/{kind}").shape) != (seg["n_examples"], D):
+                        problems.append(f"split {name} segment {seg['name']} layer {k}: {kind} shape wrong")
+        if not np.array_equal(np.sort(sp.rows), np.arange(n)):
+            problems.append(f"split {name}: row map is not a permutation of 0..{n - 1}")
+        if len(sp.example_ids) != n:
+            problems.append(f"split {name}: {len(sp.example_ids)} example ids for {n} examples")
+        for col in store.label_columns:
+            if len(sp.targets(col)) != n:
+                problems.append(f"split {name}: label {col} has {len(sp.targets(col))} values for {n} examples")
+        if check_values and not problems:
+            problems += _check_finite(store, sp)
+    except StoreError as e:
+        problems.append(str(e))
+    return problems
+
+
+def _check_finite(store: Store, sp) -> list[str]:
+    problems = []
+    for i, seg in enumerate(sp.segments):
+        for k in store.layers:
+            for kind in ("tokens", "cls", "mean"):
+                arr = sp._seg_array(i, f"L{k}/{kind}")
+                step = max(1, (8 << 20) // max(1, arr.shape[1] * 4))
+                for a in range(0, arr.shape[0], step):
+                    block = from_stored(np.asarray(arr[a:a + step]), store.dtype)
+                    if not np.isfinite(block).all():
+                        problems.append(f"split {sp.name} segment {seg['name']} layer {k} {kind}: non-finite values")
+                        break
+    return problems
