@@ -30,7 +30,8 @@ def main() -> None:
 @click.option("--id-column", default=None, help="Unique example id column (default: SPLIT-ROW).")
 @click.option("--layers", default="-1", show_default=True,
               help="Comma-separated layer indices (negative count from the top, 0 = embeddings) or 'all'.")
-@click.option("--max-length", default=512, show_default=True, type=int, help="Longer inputs are truncated.")
+@click.option("--max-length", default=None, type=int,
+              help="Tokens per input; longer ones are truncated (default: the model's limit, at most 512).")
 @click.option("--truncation", default="longest_first", show_default=True,
               type=click.Choice(["longest_first", "only_first", "only_second"]))
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "bfloat16", "float32"]),

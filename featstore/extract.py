@@ -33,7 +33,7 @@ class ExtractConfig:
     label_columns: list[str] = field(default_factory=list)
     id_column: str | None = None
     layers: str = "-1"
-    max_length: int = 512
+    max_length: int | None = None  # default: the model's limit, at most 512
     truncation: str = "longest_first"
     dtype: str = "float16"
     format: str = "zarr"
@@ -52,7 +52,7 @@ class ExtractConfig:
             problems.append(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
         if self.format not in ("zarr", "hdf5"):
             problems.append(f"--format {self.format!r}: use zarr or hdf5")
-        if self.max_length < 2:
+        if self.max_length is not None and self.max_length < 2:
             problems.append("--max-length must be at least 2")
         if self.batch_tokens < 1:
             problems.append("--batch-tokens must be positive")
@@ -159,8 +159,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         "bfloat16" if device.startswith("cuda") else "float32")
     lm = load_model(cfg.model, device="cpu", dtype="float32")
     layers = resolve_layers(cfg.layers, lm.num_layers)
-    limit = lm.tokenizer.model_max_length
-    if limit and limit < 1_000_000 and cfg.max_length > limit:
+    limit = lm.tokenizer.model_max_length if 0 < lm.tokenizer.model_max_length < 1_000_000 else None
+    if cfg.max_length is None:
+        cfg.max_length = min(512, limit or 512)
+    elif limit and cfg.max_length > limit:
         raise InputError(f"--max-length {cfg.max_length} exceeds this model's limit of {limit}; use --max-length {limit}")
     toks = {name: tokenize(lm.tokenizer, s, cfg.max_length, cfg.truncation) for name, s in ds.splits.items()}
     itemsize = 4 if cfg.dtype == "float32" else 2

@@ -53,7 +53,7 @@ def sha256_array(x: np.ndarray) -> str:
 def write_json_atomic(path: str, obj: Any) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
+        json.dump(obj, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -331,7 +331,7 @@ class H5Layout(Layout):
                 with h5py.File(extra, "r") as part:
                     for name in part:
                         part.copy(part[name], out, name=name)
-            out.attrs["manifest"] = json.dumps(manifest, sort_keys=True)
+            out.attrs["manifest"] = json.dumps(manifest)
         os.replace(tmp, self.root)
         shutil.rmtree(self.parts, ignore_errors=True)
 

@@ -1,0 +1,148 @@
+"""Every bad input: one clear line on stderr, exit code 2, no traceback, nothing marked complete."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from cli.featstore_cli import main
+from featstore.layout import layout_for
+from tests.conftest import make_rows, write_csv, write_jsonl
+
+
+def run(args):
+    result = CliRunner().invoke(main, args)
+    return result
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # handled: no traceback
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    for f in fragments:
+        assert f in err, err
+
+
+def base(model, data, out, *extra):
+    args = ["extract", "--model", model, "--out", str(out), "--text-column", "text", "--quiet"]
+    for k, v in data.items():
+        args += ["--data", f"{k}={v}"]
+    return args + list(extra)
+
+
+@pytest.fixture
+def train(tmp_path):
+    return write_jsonl(tmp_path / "train.jsonl", make_rows(8, 1))
+
+
+def test_missing_file(bert, tmp_path):
+    assert_user_error(run(base(bert, {"train": tmp_path / "nope.csv"}, tmp_path / "s")), "input file not found", "nope.csv")
+
+
+def test_missing_column(bert, train, tmp_path):
+    r = run(base(bert, {"train": train}, tmp_path / "s", "--label-column", "sentiment"))
+    assert_user_error(r, "label column 'sentiment' not found", "columns are")
+    r = run(base(bert, {"train": train}, tmp_path / "s", "--text-pair-column", "sentence2"))
+    assert_user_error(r, "column 'sentence2' not found")
+
+
+def test_empty_split(bert, train, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    assert_user_error(run(base(bert, {"train": train, "test": empty}, tmp_path / "s")), "split 'test'", "is empty")
+
+
+@pytest.mark.parametrize("bad", [None, 5])
+def test_null_or_non_text(bert, tmp_path, bad):
+    rows = make_rows(4, 1)
+    rows[2]["text"] = bad
+    path = write_jsonl(tmp_path / "t.jsonl", rows)
+    kind = "null" if bad is None else "int"
+    assert_user_error(run(base(bert, {"train": path}, tmp_path / "s")), "row 2", f"is {kind}, not text")
+
+
+def test_label_absent_from_train(bert, train, tmp_path):
+    rows = make_rows(4, 2)
+    rows[1]["label"] = "surprise"
+    dev = write_csv(tmp_path / "dev.csv", rows)
+    r = run(base(bert, {"train": train, "validation": dev}, tmp_path / "s", "--label-column", "label"))
+    assert_user_error(r, "'surprise'", "does not occur in the training split")
+
+
+def test_unknown_layer(bert, train, tmp_path):
+    assert_user_error(run(base(bert, {"train": train}, tmp_path / "s", "--layers", "7")), "unknown layer index 7",
+                      "0..2")
+    assert_user_error(run(base(bert, {"train": train}, tmp_path / "s", "--layers", "last")), "bad --layers")
+
+
+def test_unknown_model(train, tmp_path):
+    assert_user_error(run(base("no-such-org/no-such-model", {"train": train}, tmp_path / "s")), "unknown model")
+    assert_user_error(run(base(str(tmp_path / "missing-dir"), {"train": train}, tmp_path / "s")), "unknown model",
+                      "no such directory")
+
+
+def test_out_is_not_a_store(bert, train, tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("do not delete")
+    for extra in ([], ["--overwrite"]):
+        r = run(base(bert, {"train": train}, tmp_path / "precious", *extra))
+        assert_user_error(r, "exists and is not a featstore store")
+    assert (tmp_path / "precious" / "thesis.tex").read_text() == "do not delete"
+    (tmp_path / "file.h5").write_text("not hdf5")
+    assert_user_error(run(base(bert, {"train": train}, tmp_path / "file.h5", "--format", "hdf5")),
+                      "exists and is not a featstore store")
+
+
+def test_different_settings_refused_then_overwrite(bert, train, tmp_path):
+    out = tmp_path / "s"
+    assert run(base(bert, {"train": train}, out, "--max-length", "24")).exit_code == 0
+    r = run(base(bert, {"train": train}, out, "--max-length", "16"))
+    assert_user_error(r, "holds a different store", "max_length (24 vs 16)", "--overwrite")
+    r = run(base(bert, {"train": train}, out, "--max-length", "24"))
+    assert r.exit_code == 0 and "already complete" in r.output
+    r = run(base(bert, {"train": train}, out, "--max-length", "16", "--overwrite"))
+    assert r.exit_code == 0, r.output
+    assert json.load(open(out / "manifest.json"))["settings"]["max_length"] == 16
+
+
+@pytest.fixture(scope="module")
+def overflowing_model(tmp_path_factory):
+    """A BERT whose embedding LayerNorm scales outputs past float16's range (like DeBERTa's overflow)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from tests.conftest import build_model
+
+    path = build_model("bert", str(tmp_path_factory.mktemp("m") / "overflow"))
+    model = AutoModel.from_pretrained(path)
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight.fill_(1e6)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_non_finite_features(overflowing_model, train, tmp_path, fmt):
+    out = tmp_path / ("s.h5" if fmt == "hdf5" else "s")
+    r = run(base(overflowing_model, {"train": train}, out, "--layers", "0,1", "--format", fmt))
+    assert_user_error(r, "non-finite features in layer 0", "for example 'train-", "--dtype bfloat16 or float32")
+    manifest = layout_for(str(out), fmt).read_manifest()
+    assert manifest is not None and manifest["complete"] is False
+    r = run(["info", str(out)])
+    assert r.exit_code == 0 and "INCOMPLETE" in r.output
+    from featstore import StoreError, open_store
+
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(str(out))
+    # float32 keeps them: the same input extracts fine
+    assert run(base(overflowing_model, {"train": train}, tmp_path / "ok", "--layers", "0",
+                    "--dtype", "float32")).exit_code == 0
+
+
+def test_open_and_verify_missing_store(tmp_path):
+    assert_user_error(run(["info", str(tmp_path / "nothing")]), "no store at")
+    r = run(["verify", str(tmp_path / "nothing")])
+    assert r.exit_code == 1 and "no store at" in r.stderr

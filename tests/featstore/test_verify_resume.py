@@ -1,0 +1,142 @@
+"""verify catches damage; a run killed with SIGKILL resumes to the same store as an uninterrupted run."""
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import featstore
+from featstore.extract import ExtractConfig, extract
+from featstore.verify import verify
+from tests.conftest import make_rows, write_jsonl
+
+
+@pytest.fixture(params=["zarr", "hdf5"])
+def fmt(request):
+    return request.param
+
+
+@pytest.fixture
+def small_store(tmp_path, bert, splits, fmt):
+    out = str(tmp_path / ("s.h5" if fmt == "hdf5" else "s"))
+    extract(ExtractConfig(model=bert, data=splits, out=out, label_columns=["label"], layers="1,2", max_length=24,
+                          format=fmt, progress=False))
+    assert verify(out) == []
+    return out
+
+
+def _flip_byte_in_features(path: str, fmt: str) -> None:
+    if fmt == "zarr":
+        target = sorted(glob.glob(os.path.join(path, "segments/train/*/L2/tokens/c/**/*"), recursive=True))
+        target = [t for t in target if os.path.isfile(t)][0]
+        offset = os.path.getsize(target) // 2
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            ds = f["segments/train/s00000/L2/tokens"]
+            offset = ds.id.get_chunk_info(0).byte_offset + 100 if ds.chunks else ds.id.get_offset() + 100
+        target = path
+    with open(target, "r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_verify_catches_flipped_byte(small_store, fmt):
+    _flip_byte_in_features(small_store, fmt)
+    problems = verify(small_store)
+    assert any("checksum mismatch" in p and "L2/tokens" in p for p in problems), problems
+
+
+def test_verify_catches_deleted_chunk(small_store, fmt):
+    if fmt == "hdf5":  # one file: the nearest damage is a dataset unlinked from it
+        import h5py
+
+        with h5py.File(small_store, "a") as f:
+            del f["segments/validation/s00000/L1/cls"]
+    else:
+        chunk = [p for p in glob.glob(os.path.join(small_store, "segments/validation/*/L1/cls/c/**/*"),
+                                      recursive=True) if os.path.isfile(p)][0]
+        os.remove(chunk)
+    problems = verify(small_store)
+    assert any(p.endswith(": missing") and "L1/cls" in p for p in problems), problems
+
+
+def test_verify_cli_exit_code(small_store):
+    from click.testing import CliRunner
+
+    from cli.featstore_cli import main
+
+    r = CliRunner().invoke(main, ["verify", small_store, "--quiet"])
+    assert r.exit_code == 0 and "OK" in r.output
+    manifest_path = os.path.join(small_store, "manifest.json")
+    if os.path.isfile(manifest_path):
+        os.remove(manifest_path)
+        r = CliRunner().invoke(main, ["verify", small_store, "--quiet"])
+        assert r.exit_code == 1 and "not a featstore store" in r.stderr
+
+
+def _committed(out: str, fmt: str) -> int:
+    if fmt == "zarr":
+        return len(glob.glob(os.path.join(out, "segments/*/*/segment.json")))
+    return len(glob.glob(out + ".parts/segments/*/*.h5"))
+
+
+def _store_arrays(path: str) -> dict[str, np.ndarray]:
+    s = featstore.open_store(path)
+    out = {}
+    for name in s.splits:
+        sp = s.split(name)
+        out[f"{name}/rows"] = sp.rows
+        out[f"{name}/ids"] = np.array(sp.example_ids)
+        out[f"{name}/label"] = sp.targets("label")
+        for k in s.layers:
+            out[f"{name}/{k}/tokens"] = sp.tokens(k, 0, sp.n_tokens)
+            out[f"{name}/{k}/mean"] = sp.pooled("mean", k)
+    out["fingerprint"] = np.array(s.fingerprint)
+    s.close()
+    return out
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, bert, fmt):
+    data = {"train": write_jsonl(tmp_path / "train.jsonl", make_rows(240, 7, max_words=40)),
+            "test": write_jsonl(tmp_path / "test.jsonl", make_rows(60, 8, max_words=40))}
+    out = str(tmp_path / ("killed.h5" if fmt == "hdf5" else "killed"))
+    cmd = [sys.executable, "-m", "cli.featstore_cli", "extract", "--model", bert, "--label-column", "label",
+           "--layers", "all", "--max-length", "32", "--format", fmt, "--segment-mb", "0.004", "--batch-tokens", "64",
+           "--quiet", "--out", out]
+    for k, v in data.items():
+        cmd += ["--data", f"{k}={v}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _committed(out, fmt) < 3 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "extraction finished before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(featstore.StoreError, match="incomplete"):
+        featstore.open_store(out)
+    done_before = _committed(out, fmt)
+
+    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"{done_before} resumed" in r.stdout, r.stdout
+    assert verify(out) == []
+
+    ref = str(tmp_path / ("ref.h5" if fmt == "hdf5" else "ref"))
+    ref_cmd = [c if c != out else ref for c in cmd]
+    assert subprocess.run(ref_cmd, env=env, cwd=root, capture_output=True, timeout=300).returncode == 0
+    a, b = _store_arrays(out), _store_arrays(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
