@@ -79,6 +79,7 @@ class ExtractSummary:
     segments_resumed: int
     device: str
     already_complete: bool = False
+    loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
 
     @property
     def tokens_per_second(self) -> float:
@@ -198,6 +199,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     writer = BackgroundWriter(layout, manifest["layout"]["compression"], manifest["layout"]["chunk_bytes"])
     total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
     bar = _progress(total_tokens, cfg.progress)
+    t_loop = time.perf_counter()
     try:
         for seg in todo:
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
@@ -208,6 +210,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                 bar.update(int(toks[seg.split].lengths[rows].sum()))
             writer.put(job)
         writer.close()
+        loop_seconds = time.perf_counter() - t_loop
     finally:
         bar.close()
         if writer.thread.is_alive():
@@ -216,7 +219,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     _finalize(layout, manifest, ds, lm, layers, records, toks)
     return ExtractSummary(cfg.out, manifest["fingerprint"], {k: len(s) for k, s in ds.splits.items()},
                           total_tokens, sum(t.truncated for t in toks.values()), writer.bytes_written,
-                          time.perf_counter() - t_start, len(segments), len(done), device)
+                          time.perf_counter() - t_start, len(segments), len(done), device,
+                          loop_seconds=loop_seconds)
 
 
 def _progress(total: int, enabled: bool):
@@ -246,28 +250,29 @@ def _forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, lay
     if types is not None:
         kwargs["token_type_ids"] = types.to(device)
     store_dtype = getattr(torch, dtype)
+    limit = torch.finfo(store_dtype).max
     with torch.inference_mode():
         out = lm.model(**kwargs, output_hidden_states=True)
         m = kwargs["attention_mask"].bool()  # (B, T)
-        mf = m.unsqueeze(-1).float()
+        weights = (kwargs["attention_mask"].float() / m.sum(1, keepdim=True)).unsqueeze(1)  # (B, 1, T)
         result: dict[str, Any] = {}
         for k in layers:
             h = out.hidden_states[k].float()  # (B, T, D)
-            pooled = {"cls": h[:, 0], "mean": (h * mf).sum(1) / mf.sum(1)}
-            flat = h[m].to(store_dtype)  # (n_tokens, D), example after example
-            bad = ~torch.isfinite(flat).all(dim=1)
-            for kind, v in pooled.items():
-                pooled[kind] = v.to(store_dtype)
-            if bad.any() or not all(torch.isfinite(v).all() for v in pooled.values()):
-                _raise_non_finite(k, h.to(store_dtype), m, rows, split, dtype)
-            f32 = flat.float()
-            s = stats.setdefault(k, [0.0, 0.0, 0])
-            s[0] += float(f32.sum(dtype=torch.float64))
-            s[1] += float((f32 * f32).sum(dtype=torch.float64))
-            s[2] += int(f32.numel())
-            result[f"L{k}/tokens"] = _host(flat)
-            result[f"L{k}/cls"] = _host(pooled["cls"])
-            result[f"L{k}/mean"] = _host(pooled["mean"])
+            flat = h[m]  # (n_tokens, D), example after example
+            pooled = torch.cat([h[:, 0], torch.bmm(weights, h).squeeze(1)])  # (2B, D): cls then mean
+            # Sum and sum of squares give the statistics and screen for overflow in one BLAS pass each:
+            # every |x| is below the stored dtype's max whenever the sum of squares is.
+            total, squares = float(flat.sum()), float(torch.dot(flat.view(-1), flat.view(-1)))
+            p_squares = float(torch.dot(pooled.view(-1), pooled.view(-1)))
+            if not (abs(total) < float("inf") and squares < limit * limit and p_squares < limit * limit):
+                _check_finite(k, h, pooled, m, rows, split, store_dtype, dtype)
+            st = stats.setdefault(k, [0.0, 0.0, 0])
+            st[0] += total
+            st[1] += squares
+            st[2] += flat.numel()
+            pooled = _host(pooled.to(store_dtype))
+            result[f"L{k}/tokens"] = _host(flat.to(store_dtype))
+            result[f"L{k}/cls"], result[f"L{k}/mean"] = pooled[:len(rows)], pooled[len(rows):]
     result["lengths"] = lengths
     result["rows"] = rows
     result["ids"] = [split.ids[r] for r in rows]
@@ -282,14 +287,18 @@ def _host(t) -> np.ndarray:
     return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
 
 
-def _raise_non_finite(layer: int, h, mask, rows, split, dtype: str) -> None:
+def _check_finite(layer: int, h, pooled, mask, rows, split, store_dtype, dtype: str) -> None:
+    """Exact check once the cheap screen fired: raise naming the first example that does not fit."""
     import torch
 
-    finite = torch.isfinite(h).all(dim=-1) | ~mask  # (B, T)
-    b = int((~finite.all(dim=1)).nonzero()[0, 0]) if not finite.all() else 0
-    raise ExtractionError(
-        f"non-finite features in layer {layer} for example {split.ids[rows[b]]!r} (split {split.name!r}, "
-        f"row {int(rows[b])}) when stored as {dtype}; use --dtype bfloat16 or float32")
+    finite = torch.isfinite(h.to(store_dtype)).all(dim=-1) | ~mask  # (B, T)
+    ok_pooled = torch.isfinite(pooled.to(store_dtype)).all(dim=-1).view(2, -1).all(dim=0)  # (B,)
+    bad = ~(finite.all(dim=1) & ok_pooled)
+    if bad.any():
+        b = int(bad.nonzero()[0, 0])
+        raise ExtractionError(
+            f"non-finite features in layer {layer} for example {split.ids[rows[b]]!r} (split {split.name!r}, "
+            f"row {int(rows[b])}) when stored as {dtype}; use --dtype bfloat16 or float32")
 
 
 def _finalize(layout: Layout, manifest: dict, ds: Dataset, lm: LoadedModel, layers: list[int],
