@@ -16,13 +16,16 @@ def bbc_articles() -> list[tuple[str, str]]:
         tdir = os.path.join(root, topic)
         for name in sorted(os.listdir(tdir)):
             with open(os.path.join(tdir, name), encoding="utf-8", errors="replace") as f:
-                text = " ".join(f.read().split())
-            out.append((f"{topic}/{name}", text, topic))
+                raw = f.read()
+            title = raw.strip().splitlines()[0].strip() if raw.strip() else ""
+            out.append((f"{topic}/{name}", " ".join(raw.split()), topic, title))
     return out
 
 
-def make_splits(out_dir: str, seed: int = 0, fractions=(0.6, 0.2, 0.2), limit: int | None = None) -> dict[str, str]:
-    """Stratified split per topic; `limit` caps articles per topic (for quick runs)."""
+def make_splits(out_dir: str, seed: int = 0, fractions=(0.6, 0.2, 0.2), limit: int | None = None,
+                text: str = "full") -> dict[str, str]:
+    """Stratified split per topic; `limit` caps articles per topic; `text="title"` keeps headlines only
+    (short, sentence-level inputs like GLUE's)."""
     rnd = random.Random(seed)
     by_topic: dict[str, list] = {}
     for rec in bbc_articles():
@@ -44,7 +47,7 @@ def make_splits(out_dir: str, seed: int = 0, fractions=(0.6, 0.2, 0.2), limit: i
         with open(paths[name], "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["id", "text", "topic"])
-            w.writerows(recs)
+            w.writerows((r[0], r[1] if text == "full" else r[3], r[2]) for r in recs)
     return paths
 
 
@@ -53,6 +56,7 @@ if __name__ == "__main__":
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="articles per topic (default: all)")
+    ap.add_argument("--text", choices=["full", "title"], default="full", help="whole article or headline only")
     args = ap.parse_args()
-    for name, path in make_splits(args.out, args.seed, limit=args.limit).items():
+    for name, path in make_splits(args.out, args.seed, limit=args.limit, text=args.text).items():
         print(f"{name}: {path}")

@@ -77,6 +77,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="all-minilm-l6-v2")
     ap.add_argument("--limit", type=int, default=120, help="BBC articles per topic")
+    ap.add_argument("--text", choices=["full", "title"], default="full",
+                    help="whole articles (long: little padding) or headlines (short, like GLUE sentences)")
     ap.add_argument("--layers", default="all")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-tokens", type=int, default=16384)
@@ -85,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="bench-extract-")
-    data = make_splits(os.path.join(work, "data"), limit=args.limit)
+    data = make_splits(os.path.join(work, "data"), limit=args.limit, text=args.text)
     ds = load_dataset(data, "text", None, ["topic"], "id")
     lm = load_model(args.model)
     layers = resolve_layers(args.layers, lm.num_layers)
@@ -108,12 +110,12 @@ def main() -> None:
               file=sys.stderr)
     med = {k: statistics.median(v) for k, v in runs.items()}
     bare = med["bare forward"]
-    print(f"\nmodel {args.model}, layers {layers}, max_length {args.max_length}, {tokens:,} tokens, "
+    print(f"\nBBC {args.text} texts, model {args.model}, layers {layers}, max_length {args.max_length}, {tokens:,} tokens, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"{'method':<22}{'tokens/s (median)':>18}{'x bare forward':>16}{'extract x this':>16}")
     for k, v in med.items():
         print(f"{k:<22}{v:>18,.0f}{v / bare:>16.2f}{med['featstore extract'] / v:>16.2f}")
-    result = {"model": args.model, "layers": layers, "max_length": args.max_length, "tokens": tokens,
+    result = {"text": args.text, "model": args.model, "layers": layers, "max_length": args.max_length, "tokens": tokens,
               "reps": args.reps, "runs_tokens_per_s": runs, "median_tokens_per_s": med,
               "extract_over_bare": med["featstore extract"] / bare,
               "extract_over_naive": med["featstore extract"] / med["naive loop"],
