@@ -1,0 +1,151 @@
+"""`heads`: train Y-Tuning heads and probes on a featstore store; evaluate them; predict on raw text."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import user_errors
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="featstore", prog_name="heads")
+def main() -> None:
+    """Train small heads on frozen features from a store: no backbone in memory while training."""
+
+
+@main.command()
+@click.argument("head", type=click.Choice(["ytuning", "linear", "mlp"]))
+@click.option("--store", required=True, help="Store written by `featstore extract` (directory or .h5).")
+@click.option("--label-column", required=True, help="Label column of the store to predict.")
+@click.option("--task", default="auto", show_default=True, type=click.Choice(["auto", "classification", "regression"]),
+              help="auto: from the column (classes or numbers); regression also takes classes named by numbers.")
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--dev-split", default="validation", show_default=True,
+              help="Split for model selection and early stopping; 'none' keeps the last epoch.")
+@click.option("--test-split", default="test", show_default=True, help="Split reported once, on the best checkpoint; or 'none'.")
+@click.option("--layers", default=None,
+              help="Stored layers: 'all', or absolute indices; negative count from the deepest stored "
+                   "(-1 = last).  [default: all for ytuning, -1 for linear/mlp]")
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--lr", default=None, type=float, help="Peak learning rate of AdamW.  [default: 1e-3]")
+@click.option("--weight-decay", default=0.01, show_default=True, type=float)
+@click.option("--warmup", default=0.1, show_default=True, type=float, help="Warm-up, as a fraction of all steps.")
+@click.option("--schedule", default="linear", show_default=True, type=click.Choice(["linear", "cosine", "constant"]),
+              help="Decay after warm-up.")
+@click.option("--grad-clip", default=1.0, show_default=True, type=float, help="Max gradient norm (0: off).")
+@click.option("--patience", default=3, show_default=True, type=int,
+              help="Stop after this many epochs without dev improvement (0: never stop early).")
+@click.option("--seeds", default="0", show_default=True, help="One head per seed, e.g. 0,1,2; mean ± std reported.")
+@click.option("--d-head", default=128, show_default=True, type=int, help="Y-Tuning width; hidden width of mlp.")
+@click.option("--n-layers", default=2, show_default=True, type=int, help="Y-Tuning label blocks.")
+@click.option("--n-heads", default=4, show_default=True, type=int, help="Attention heads per Y-Tuning block.")
+@click.option("--dropout", default=0.1, show_default=True, type=float)
+@click.option("--label-init", default="random", show_default=True, type=click.Choice(["random", "prior"]),
+              help="Y-Tuning label queries: random, or from the backbone's features of the label names.")
+@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["cls", "mean"]),
+              help="Pooled vectors for linear/mlp.")
+@click.option("--max-memory", default=None,
+              help="RAM for features, e.g. 8GB; larger splits are streamed.  [default: half the available RAM]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--out", required=True, help="Head directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing head directory at --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@user_errors
+def train(head, store, label_column, task, train_split, dev_split, test_split, layers, epochs, batch_size, lr,
+          weight_decay, warmup, schedule, grad_clip, patience, seeds, d_head, n_layers, n_heads, dropout, label_init,
+          pooling, max_memory, device, out, overwrite, quiet, as_json) -> None:
+    """Train a HEAD (ytuning, linear or mlp) on a store's features; write it to --out.
+
+    The dev split selects the best epoch; the test split is evaluated once, on that checkpoint.
+    """
+    from heads.config import TrainConfig, parse_bytes, parse_seeds
+    from heads.report import format_train
+    from heads.train import train as run
+
+    if patience < 0:
+        raise click.BadParameter("must be >= 0 (0: never stop early)", param_hint="--patience")
+    cfg = TrainConfig(head=head, store=store, label_column=label_column, out=out, train_split=train_split,
+                      dev_split=dev_split, test_split=test_split, layers=layers, task=task, epochs=epochs,
+                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup, schedule=schedule,
+                      grad_clip=grad_clip, patience=patience or None, seeds=parse_seeds(seeds), d_head=d_head,
+                      n_layers=n_layers, n_heads=n_heads, dropout=dropout, label_init=label_init, pooling=pooling,
+                      max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
+                      overwrite=overwrite, progress=not quiet)
+    result = run(cfg)
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_train(result))
+
+
+@main.command("eval")
+@click.argument("run")
+@click.option("--store", required=True, help="Store with the same features as the head's (same fingerprint).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--seed", default=None, type=int, help="Evaluate this seed's head instead of the best one.")
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--max-memory", default=None, help="RAM for features, e.g. 8GB.  [default: half the available RAM]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--predictions", "predictions_out", default=None, help="Write per-example predictions (JSON lines).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@user_errors
+def evaluate(run, store, split, seed, batch_size, max_memory, device, predictions_out, as_json) -> None:
+    """Evaluate the head in RUN on one split of a store."""
+    from heads.config import parse_bytes
+    from heads.evaluate import evaluate as run_eval
+    from heads.report import format_eval
+
+    r = run_eval(run, store, split, seed=seed, batch_size=batch_size, device=device,
+                 max_memory=parse_bytes(max_memory) if max_memory is not None else None)
+    if predictions_out:
+        _write_jsonl(predictions_out, r.predictions)
+    click.echo(json.dumps(r.to_json(), indent=1) if as_json else format_eval(r))
+
+
+@main.command()
+@click.argument("run")
+@click.option("--text", "texts", multiple=True, help="Text to classify; repeatable.")
+@click.option("--text-pair", "pairs", multiple=True, help="Second text of a pair, one per --text (pair tasks).")
+@click.option("--input", "input_path", default=None,
+              help="File of texts: .jsonl (the store's text column, or 'text') or plain text, one per line.")
+@click.option("--output", "output_path", default=None, help="Write predictions here (JSON lines).")
+@click.option("--seed", default=None, type=int, help="Use this seed's head instead of the best one.")
+@click.option("--model", default=None, help="Backbone directory, when the one named in the head moved.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines: text, label, probabilities.")
+@user_errors
+def predict(run, texts, pairs, input_path, output_path, seed, model, batch_size, device, as_json) -> None:
+    """Label raw texts with the head in RUN: loads its backbone, extracts with the store's settings."""
+    from heads.artifacts import read_meta
+    from heads.predict import predict as run_predict, read_inputs
+    from heads.report import format_prediction
+
+    if texts and input_path:
+        raise click.UsageError("give --text or --input, not both")
+    if not texts and not input_path:
+        raise click.UsageError("nothing to predict: give --text (repeatable) or --input FILE")
+    if input_path:
+        bb = read_meta(run)["backbone"]
+        texts, pair_list = read_inputs(input_path, bb.get("text_column"), bb.get("pair_column"))
+    else:
+        texts, pair_list = list(texts), (list(pairs) if pairs else None)
+    recs = run_predict(run, texts, pair_list, seed=seed, model=model, batch_size=batch_size, device=device)
+    if output_path:
+        _write_jsonl(output_path, recs)
+        click.echo(f"wrote {len(recs)} predictions to {output_path}", err=True)
+        return
+    for rec in recs:
+        click.echo(json.dumps(rec) if as_json else format_prediction(rec))
+
+
+def _write_jsonl(path: str, recs: list) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in recs:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""A head directory: weights in safetensors, everything else in JSON. Never pickle, never torch.save.
+
+    head.safetensors           weights of the best seed (by the dev metric)
+    seeds/<seed>/head.safetensors
+    head.json                  format version, architecture, labels, layers, store fingerprint, backbone, metrics
+    metrics.json               per seed and a `summary` (per split, per metric: mean, std)
+    train_log.jsonl            one line per seed and epoch: loss, learning rate, dev metrics, seconds
+
+The directory is written under a temporary name and renamed into place: it exists whole or not at all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .config import HeadSpec
+from .errors import HeadError, InputError
+from .models import build_head
+
+FORMAT = "heads-head"
+FORMAT_VERSION = 1
+HEAD_JSON = "head.json"
+WEIGHTS = "head.safetensors"
+METRICS_JSON = "metrics.json"
+TRAIN_LOG = "train_log.jsonl"
+REQUIRED = ("head", "task", "architecture", "label_column", "label_names", "layers", "store", "backbone",
+            "primary_metric", "seeds", "best_seed")
+
+
+def check_out(out: str, overwrite: bool) -> None:
+    """An existing --out is refused unless --overwrite, and never replaced if it is not a head directory."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out):
+        raise InputError(f"--out {out} exists and is a file; give a directory path for the head")
+    if not os.listdir(out):
+        return
+    if not os.path.isfile(os.path.join(out, HEAD_JSON)):
+        raise InputError(f"--out {out} exists and is not a head directory (no {HEAD_JSON}); "
+                         "refusing to replace it, choose another --out")
+    if not overwrite:
+        raise InputError(f"--out {out} already exists; use --overwrite to replace it, or choose another --out")
+
+
+def _write_json(path: str, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+
+
+def save_run(out: str, meta: dict[str, Any], states: dict[int, dict[str, torch.Tensor]], metrics: dict[str, Any],
+             log: list[dict[str, Any]], overwrite: bool) -> None:
+    """Write the whole head directory to a temporary sibling, then rename it into place."""
+    from safetensors.torch import save_file
+
+    out = out.rstrip("/") or out
+    check_out(out, overwrite)
+    tmp = f"{out}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        for seed, state in states.items():
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+            md = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "head": meta["head"], "seed": str(seed)}
+            os.makedirs(os.path.join(tmp, "seeds", str(seed)))
+            save_file(tensors, os.path.join(tmp, "seeds", str(seed), WEIGHTS), metadata=md)
+            if seed == meta["best_seed"]:
+                save_file(tensors, os.path.join(tmp, WEIGHTS), metadata=md)
+        _write_json(os.path.join(tmp, HEAD_JSON), meta)
+        _write_json(os.path.join(tmp, METRICS_JSON), metrics)
+        with open(os.path.join(tmp, TRAIN_LOG), "w") as f:
+            for rec in log:
+                f.write(json.dumps(rec) + "\n")
+        if os.path.isdir(out) and os.listdir(out):
+            shutil.rmtree(out)  # check_out made sure it is a head directory and --overwrite was given
+        elif os.path.isdir(out):
+            os.rmdir(out)
+        parent = os.path.dirname(os.path.abspath(out))
+        os.makedirs(parent, exist_ok=True)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_meta(run: str) -> dict[str, Any]:
+    """head.json of a head directory, checked for format, version and required keys."""
+    if not os.path.isdir(run):
+        raise HeadError(f"no head at {run}: expected a directory written by `heads train`")
+    path = os.path.join(run, HEAD_JSON)
+    if not os.path.isfile(path):
+        raise HeadError(f"{run} is not a head directory: {HEAD_JSON} is missing")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HeadError(f"{path} is not valid JSON ({getattr(e, 'msg', e)}); the head is damaged, re-train or re-copy it")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise HeadError(f"{path} is not a heads head.json (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+    v = meta.get("format_version")
+    if v != FORMAT_VERSION:
+        raise HeadError(f"{path}: head format version {v!r}, this heads reads version {FORMAT_VERSION}; "
+                        "use the heads version that wrote it, or re-train")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise HeadError(f"{path} lacks {missing}; the head is damaged, re-train or re-copy it")
+    if not isinstance(meta["layers"], list) or not all(isinstance(x, int) for x in meta["layers"]):
+        raise HeadError(f"{path}: `layers` {meta['layers']!r} is not a list of layer indices")
+    store = meta["store"]
+    if not isinstance(store, dict) or not isinstance(store.get("fingerprint"), str) \
+            or not isinstance(store.get("hidden_size"), int):
+        raise HeadError(f"{path}: `store` lacks its fingerprint or hidden size; the head is damaged")
+    return meta
+
+
+@dataclass
+class LoadedHead:
+    run: str
+    meta: dict[str, Any]
+    spec: HeadSpec
+    model: torch.nn.Module
+    seed: int
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.meta["label_names"]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.meta["layers"])
+
+
+def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedHead:
+    """Rebuild a trained head (eval mode): the best seed's weights, or those of `seed`."""
+    from safetensors import safe_open
+
+    meta = read_meta(run)
+    spec = HeadSpec.from_json(meta["architecture"], os.path.join(run, HEAD_JSON))
+    if spec.n_layers_in != len(meta["layers"]) or spec.hidden_size != meta["store"]["hidden_size"]:
+        raise HeadError(f"{run}: architecture disagrees with its layers/hidden size; the head is damaged")
+    if seed is None:
+        seed, path = int(meta["best_seed"]), os.path.join(run, WEIGHTS)
+    else:
+        path = os.path.join(run, "seeds", str(seed), WEIGHTS)
+        if not os.path.isfile(path):
+            raise InputError(f"{run} has no head for seed {seed}; its seeds are {meta['seeds']}")
+    if not os.path.isfile(path):
+        raise HeadError(f"{run}: {os.path.relpath(path, run)} is missing; re-train or re-copy the head")
+    try:
+        with safe_open(path, framework="pt") as f:
+            md = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - any failure to parse means a damaged file
+        raise HeadError(f"{path} is corrupt or not a safetensors file ({type(e).__name__}: {str(e)[:120]}); "
+                        "re-train or re-copy the head")
+    if md.get("format") != FORMAT or md.get("format_version") != str(FORMAT_VERSION):
+        raise HeadError(f"{path}: weights of format {md.get('format')!r} version {md.get('format_version')!r}; "
+                        f"this heads reads {FORMAT} version {FORMAT_VERSION}")
+    model = build_head(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise HeadError(f"{path}: weights do not fit the architecture in {HEAD_JSON} ({first[:160]}); "
+                        "the head is damaged")
+    model.to(device).eval()
+    return LoadedHead(run, meta, spec, model, seed)

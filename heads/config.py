@@ -1,0 +1,239 @@
+"""Typed configuration for training heads, validated before any feature is read.
+
+`TrainConfig` is what `heads train` takes; `HeadSpec` is what builds a head and is saved in head.json so the
+checkpoint carries the config that built it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Sequence
+
+from .errors import HeadError, InputError
+
+HEADS = ("ytuning", "linear", "mlp")
+TASKS = ("auto", "classification", "regression")
+SCHEDULES = ("linear", "cosine", "constant")
+DEFAULT_LR = {"ytuning": 1e-3, "linear": 1e-3, "mlp": 1e-3}
+DEFAULT_LAYERS = {"ytuning": "all", "linear": "-1", "mlp": "-1"}
+
+
+@dataclass
+class HeadSpec:
+    """Everything needed to rebuild a head's modules (saved as head.json's `architecture`)."""
+
+    kind: str  # ytuning | linear | mlp
+    task: str  # classification | regression
+    n_outputs: int  # number of labels; 1 for regression
+    hidden_size: int  # D of the stored features
+    n_layers_in: int  # L: how many stored layers the head reads
+    d_head: int = 128  # Y-Tuning width; hidden width of mlp
+    n_layers: int = 2  # Y-Tuning label blocks
+    n_heads: int = 4
+    dropout: float = 0.1
+    ffn_mult: int = 4
+    pooling: str | None = None  # cls | mean for linear/mlp; None for ytuning (reads tokens)
+    target_mean: float = 0.0  # regression targets are standardised with train statistics
+    target_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.kind not in HEADS:
+            problems.append(f"head {self.kind!r}: use one of {', '.join(HEADS)}")
+        if self.task not in ("classification", "regression"):
+            problems.append(f"task {self.task!r}: use classification or regression")
+        for name in ("n_outputs", "hidden_size", "n_layers_in", "d_head", "n_layers", "n_heads", "ffn_mult"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                problems.append(f"{name} = {v!r}: must be a positive integer")
+        if isinstance(self.d_head, int) and isinstance(self.n_heads, int) and self.n_heads > 0 \
+                and self.kind == "ytuning" and self.d_head % self.n_heads:
+            problems.append(f"--d-head {self.d_head} is not divisible by --n-heads {self.n_heads}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            problems.append(f"--dropout {self.dropout!r}: must be in [0, 1)")
+        if self.kind != "ytuning" and self.pooling not in ("cls", "mean"):
+            problems.append(f"--pooling {self.pooling!r}: use cls or mean")
+        if not isinstance(self.target_std, (int, float)) or self.target_std <= 0:
+            problems.append(f"target_std {self.target_std!r}: must be positive")
+        if problems:
+            raise InputError("; ".join(problems))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Any, source: str) -> "HeadSpec":
+        if not isinstance(d, dict):
+            raise HeadError(f"{source}: `architecture` is not an object; the head directory is damaged")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise HeadError(f"{source}: unknown architecture keys {unknown}; written by a newer heads?")
+        try:
+            return cls(**d)
+        except (TypeError, InputError) as e:
+            raise HeadError(f"{source}: invalid architecture ({e}); the head directory is damaged")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `heads train` takes. `validate()` reports every problem at once."""
+
+    head: str
+    store: str
+    label_column: str
+    out: str | None = None
+    train_split: str = "train"
+    dev_split: str | None = "validation"  # None: no model selection, the last epoch is kept
+    test_split: str | None = "test"  # None: no held-out evaluation
+    layers: str | None = None  # default: all stored layers for ytuning, the last one for linear/mlp
+    task: str = "auto"  # auto: from the label column's kind
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of all steps
+    schedule: str = "linear"
+    grad_clip: float = 1.0  # 0: off
+    patience: int | None = 3  # epochs without dev improvement before stopping; None: never stop early
+    seeds: list[int] = field(default_factory=lambda: [0])
+    d_head: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.1
+    label_init: str = "random"
+    pooling: str = "mean"
+    max_memory: int | None = None  # bytes of features held in RAM; None: a safe fraction of available RAM
+    device: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.layers is None and self.head in DEFAULT_LAYERS:
+            self.layers = DEFAULT_LAYERS[self.head]
+        if self.lr is None and self.head in DEFAULT_LR:
+            self.lr = DEFAULT_LR[self.head]
+        self.dev_split = none_if_none(self.dev_split)
+        self.test_split = none_if_none(self.test_split)
+
+    def validate(self) -> None:
+        p = []
+        if self.head not in HEADS:
+            p.append(f"head {self.head!r}: use one of {', '.join(HEADS)}")
+        if self.task not in TASKS:
+            p.append(f"--task {self.task!r}: use one of {', '.join(TASKS)}")
+        if not self.out:
+            p.append("--out is required: the directory the head is written to")
+        if not _pos_int(self.epochs):
+            p.append(f"--epochs {self.epochs!r}: must be a positive integer")
+        if not _pos_int(self.batch_size):
+            p.append(f"--batch-size {self.batch_size!r}: must be a positive integer")
+        if self.lr is None or not self.lr > 0:
+            p.append(f"--lr {self.lr!r}: must be positive")
+        if not self.weight_decay >= 0:
+            p.append(f"--weight-decay {self.weight_decay!r}: must be >= 0")
+        if not 0 <= self.warmup < 1:
+            p.append(f"--warmup {self.warmup!r}: a fraction of the training steps, in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            p.append(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if not self.grad_clip >= 0:
+            p.append(f"--grad-clip {self.grad_clip!r}: must be >= 0 (0 turns clipping off)")
+        if self.patience is not None and not _pos_int(self.patience):
+            p.append(f"--patience {self.patience!r}: must be a positive integer")
+        if not self.seeds or not all(_nonneg_int(s) for s in self.seeds):
+            p.append(f"--seeds {self.seeds!r}: give non-negative integers, e.g. 0,1,2")
+        elif len(set(self.seeds)) != len(self.seeds):
+            p.append(f"--seeds {self.seeds!r}: a seed is repeated")
+        for name in ("d_head", "n_layers", "n_heads"):
+            if not _pos_int(getattr(self, name)):
+                p.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be a positive integer")
+        if self.head == "ytuning" and _pos_int(self.d_head) and _pos_int(self.n_heads) and self.d_head % self.n_heads:
+            p.append(f"--d-head {self.d_head} is not divisible by --n-heads {self.n_heads}")
+        if not 0 <= self.dropout < 1:
+            p.append(f"--dropout {self.dropout!r}: must be in [0, 1)")
+        if self.label_init not in ("random", "prior"):
+            p.append(f"--label-init {self.label_init!r}: use random or prior")
+        elif self.label_init == "prior" and self.head != "ytuning":
+            p.append("--label-init prior applies to ytuning heads only")
+        if self.pooling not in ("cls", "mean"):
+            p.append(f"--pooling {self.pooling!r}: use cls or mean")
+        if self.max_memory is not None and self.max_memory < 0:
+            p.append("--max-memory must be >= 0 (0 streams every split from the store)")
+        if self.dev_split is not None and self.dev_split == self.train_split:
+            p.append(f"--dev-split {self.dev_split!r} is the training split; model selection needs held-out data")
+        if self.test_split is not None and self.test_split == self.dev_split:
+            p.append(f"--test-split {self.test_split!r} is also the dev split: the split used for model selection "
+                     "is never the reported one; use another split, or --test-split none")
+        if self.test_split is not None and self.test_split == self.train_split:
+            p.append(f"--test-split {self.test_split!r} is the training split; use a held-out split")
+        if p:
+            raise InputError("; ".join(p))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def none_if_none(v: str | None) -> str | None:
+    return None if v is None or v.strip().lower() == "none" else v
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """`0,1,2` -> [0, 1, 2]."""
+    try:
+        return [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise InputError(f"bad --seeds {spec!r}: use comma-separated integers, e.g. 0,1,2")
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
+          "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40}
+
+
+def parse_bytes(spec: str) -> int:
+    """`8GB`, `512MiB`, `0` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", spec)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise InputError(f"bad --max-memory {spec!r}: use a size like 8GB, 512MiB or 0")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def resolve_layers(spec: str | Sequence[int], stored: list[int]) -> list[int]:
+    """Head layer spec -> absolute layer indices, all of which the store holds.
+
+    `all` = every stored layer; a non-negative index is an absolute layer (as in `featstore extract`);
+    a negative one counts from the store's deepest stored layer (-1 = the last stored layer).
+    """
+    if isinstance(spec, str):
+        s = spec.strip()
+        if s == "all":
+            return list(stored)
+        try:
+            items = [int(x) for x in s.split(",") if x.strip()]
+        except ValueError:
+            raise InputError(f"bad --layers {spec!r}: use 'all' or comma-separated integers like -1,-2")
+    else:
+        items = list(spec)
+    if not items:
+        raise InputError("--layers is empty: give e.g. -1 or all")
+    out: list[int] = []
+    bad_neg = [i for i in items if i < 0 and -i > len(stored)]
+    if bad_neg:
+        raise InputError(f"--layers {bad_neg}: the store holds only {len(stored)} layers {stored} "
+                         f"(-1..-{len(stored)} count from its deepest)")
+    for i in items:
+        a = stored[i] if i < 0 else i
+        if a not in out:
+            out.append(a)
+    missing = [a for a in out if a not in stored]
+    if missing:
+        raise InputError(f"store lacks layers {missing}; it holds {stored} "
+                         "(re-extract with those --layers, or choose from these)")
+    return sorted(out)

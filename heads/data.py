@@ -1,0 +1,251 @@
+"""Batches for heads from a store: padded token features (B, T, L, D) + mask, or pooled vectors (B, L, D).
+
+Storage order is length-sorted (longest first), so batches are cut from contiguous storage ranges and carry
+almost no padding. Each epoch is shuffled by a seeded, chunk-aware plan: the split is cut into *blocks* of
+neighbouring examples; block order is shuffled, examples are shuffled inside a block, and the batches of a
+window of blocks are interleaved. A block is the unit of reading, so a split streamed from the store is read
+by contiguous token ranges. The plan depends only on the split, batch size and seed - never on whether the
+split is held in RAM - so in-RAM and streamed training see the very same batches.
+
+A background thread assembles batches into a bounded queue so the device never waits on the store. Stored
+float16 is converted per batch, never for a whole split. No torch here: batches are numpy arrays.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+BLOCK_BYTES = 32 << 20  # target bytes of token features read at once when streaming
+MAX_BLOCK_BATCHES = 16  # a block holds at most this many batches (bounds padding after in-block shuffle)
+WINDOW_BLOCKS = 4  # batches of this many blocks are interleaved
+
+
+@dataclass
+class Batch:
+    x: np.ndarray  # (B, T, L, D) token features, or (B, L, D) pooled
+    mask: np.ndarray | None  # (B, T) bool, True on real tokens; None for pooled
+    y: np.ndarray | None  # (B,) targets
+    index: np.ndarray  # (B,) storage indices
+
+
+class TokenSource:
+    """Token features of chosen layers of one split, read by contiguous example ranges."""
+
+    def __init__(self, lengths: np.ndarray, n_layers: int, hidden: int, itemsize: int):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=self.offsets[1:])
+        self.n_layers, self.hidden, self.itemsize = n_layers, hidden, itemsize
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.offsets[-1]) * self.n_layers * self.hidden * self.itemsize
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Tokens of examples [start, stop): (n_tokens, L, D) in the stored dtype (bf16 already widened)."""
+        raise NotImplementedError
+
+    def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Pad the examples `idx` (storage indices inside the block) to (B, T, L, D) + mask (B, T)."""
+        lens = self.lengths[idx]
+        T = int(lens.max())
+        x = np.zeros((len(idx), T, self.n_layers, self.hidden), dtype=dtype)  # (B, T, L, D)
+        mask = np.zeros((len(idx), T), dtype=bool)
+        base = self.offsets[block_start]
+        for b, (i, n) in enumerate(zip(idx, lens)):
+            a = int(self.offsets[i] - base)
+            x[b, :n] = block[a:a + n]  # float16 -> float32 here, one batch at a time
+            mask[b, :n] = True
+        return x, mask
+
+
+class StoreTokens(TokenSource):
+    """A store split's token features; held in RAM when `in_ram`, else read per block from the store."""
+
+    def __init__(self, split: Any, layers: Sequence[int], in_ram: bool):
+        store = split.store
+        itemsize = 4 if store.dtype in ("float32", "bfloat16") else 2  # bf16 is widened when read
+        super().__init__(split.lengths, len(layers), store.hidden_size, itemsize)
+        self.split, self.layers, self.in_ram = split, list(layers), in_ram
+        self._ram: np.ndarray | None = None
+        if in_ram:
+            self._ram = self._read_store(0, len(self))  # (N_tokens, L, D)
+
+    def _read_store(self, start: int, stop: int) -> np.ndarray:
+        a, b = int(self.offsets[start]), int(self.offsets[stop])
+        out = None
+        for j, k in enumerate(self.layers):
+            part = self.split.tokens(k, a, b)  # (n, D): one contiguous token range per layer
+            if out is None:
+                out = np.empty((b - a, len(self.layers), self.hidden), dtype=part.dtype)  # (n, L, D)
+            out[:, j] = part
+        return out
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._ram is not None:
+            return self._ram[self.offsets[start]:self.offsets[stop]]
+        return self._read_store(start, stop)
+
+
+class ArrayTokens(TokenSource):
+    """Token features already in memory (raw text run through the backbone by `heads predict`)."""
+
+    def __init__(self, flat: np.ndarray, lengths: np.ndarray):
+        super().__init__(lengths, flat.shape[1], flat.shape[2], flat.dtype.itemsize)
+        self.flat = flat  # (N_tokens, L, D)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.flat[self.offsets[start]:self.offsets[stop]]
+
+
+class PooledSource:
+    """Pooled vectors (N, L, D) of chosen layers, in the stored dtype; small enough to hold in RAM."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self.lengths = np.ones(len(x), dtype=np.int64)
+        self.nbytes = int(x.nbytes)
+
+    @classmethod
+    def from_split(cls, split: Any, layers: Sequence[int], pooling: str) -> "PooledSource":
+        return cls(np.stack([split.pooled(pooling, k) for k in layers], axis=1))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.x[start:stop]
+
+    def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any) -> tuple[np.ndarray, None]:
+        return block[idx - block_start].astype(dtype), None  # (B, L, D)
+
+
+Source = TokenSource | PooledSource
+
+
+def block_size(source: Source, batch_size: int) -> int:
+    """Examples per block: about BLOCK_BYTES of features, a whole number of batches, 1..16 batches."""
+    per_example = source.nbytes / max(len(source), 1)
+    n_batches = int(BLOCK_BYTES // max(per_example * batch_size, 1))
+    return batch_size * min(max(n_batches, 1), MAX_BLOCK_BATCHES)
+
+
+def plan_epoch(n: int, batch_size: int, block: int, rng: np.random.Generator | None) -> list[tuple[int, int, list[np.ndarray]]]:
+    """Blocks `(start, stop, batches)` for one pass. `rng=None`: storage order, contiguous batches (eval)."""
+    starts = list(range(0, n, block))
+    if rng is not None:
+        starts = [starts[i] for i in rng.permutation(len(starts))]
+    out = []
+    for s in starts:
+        e = min(s + block, n)
+        idx = np.arange(s, e)
+        if rng is not None:
+            rng.shuffle(idx)  # neighbours in storage order have similar lengths: padding stays small
+        out.append((s, e, [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]))
+    return out
+
+
+class Loader:
+    """Iterate batches of one split, assembled on a background thread behind a bounded queue."""
+
+    def __init__(self, source: Source, targets: np.ndarray | None, batch_size: int, *, shuffle: bool,
+                 seed: int = 0, dtype: Any = np.float32, prefetch: int = 4):
+        self.source, self.targets, self.batch_size = source, targets, batch_size
+        self.shuffle, self.seed, self.dtype, self.prefetch = shuffle, seed, dtype, prefetch
+        self.block = block_size(source, batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.source)
+        return sum(-(-min(self.block, n - s) // self.batch_size) for s in range(0, n, self.block))
+
+    def plan(self, epoch: int) -> list[tuple[int, int, list[np.ndarray]]]:
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+        return plan_epoch(len(self.source), self.batch_size, self.block, rng)
+
+    def _batches(self, epoch: int) -> Iterator[Batch]:
+        plan = self.plan(epoch)
+        rng = np.random.default_rng([self.seed, epoch, 1]) if self.shuffle else None
+        window = WINDOW_BLOCKS if self.shuffle else 1
+        for w in range(0, len(plan), window):
+            group = []
+            for s, e, batches in plan[w:w + window]:
+                data = self.source.read(s, e)
+                group += [(data, s, idx) for idx in batches]
+            order = rng.permutation(len(group)) if rng is not None else range(len(group))
+            for j in order:
+                data, s, idx = group[j]
+                x, mask = self.source.batch(data, s, idx, self.dtype)
+                y = self.targets[idx] if self.targets is not None else None
+                yield Batch(x, mask, y, idx)
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        """Batches of one pass; a worker thread keeps up to `prefetch` of them ready."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def work() -> None:
+            try:
+                for b in self._batches(epoch):
+                    while not stop.is_set():
+                        try:
+                            q.put(b, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                item: Any = done
+            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
+                item = e
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        t = threading.Thread(target=work, name="heads-prefetch", daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            t.join()
+
+
+def available_memory() -> int:
+    """Bytes of RAM available now (psutil when installed, else sysconf)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return 1 << 30
+
+
+def default_max_memory() -> int:
+    """Half of the RAM available now: room for the process, the OS page cache and the rest of the machine."""
+    return available_memory() // 2
+
+
+def token_bytes(split: Any, n_layers: int) -> int:
+    itemsize = 4 if split.store.dtype in ("float32", "bfloat16") else 2
+    return split.n_tokens * n_layers * split.store.hidden_size * itemsize

@@ -1,0 +1,103 @@
+"""`heads eval`: a trained head on any split of a store with the same features (same fingerprint)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featstore.manifest import diff_settings
+from featstore.reader import open_store
+
+from .artifacts import LoadedHead, load_head
+from .data import Loader, default_max_memory
+from .errors import HeadError
+from .metrics import compute
+from .task import batch_dtype, infer, make_sources, pick_device, resolve_task
+
+
+@dataclass
+class EvalResult:
+    run: str
+    store: str
+    split: str
+    seed: int
+    task: str
+    primary_metric: str
+    metrics: dict[str, float]
+    n_examples: int
+    predictions: list[dict[str, Any]] = field(default_factory=list, repr=False)  # input order
+
+    def to_json(self, predictions: bool = False) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("run", "store", "split", "seed", "task", "primary_metric", "metrics",
+                                            "n_examples")}
+        if predictions:
+            d["predictions"] = self.predictions
+        return d
+
+
+def check_compatible(head: LoadedHead, store: Any) -> None:
+    """Refuse a store whose features differ from those the head was trained on, saying what differs."""
+    want = head.meta["store"]
+    problems = []
+    if store.hidden_size != want["hidden_size"]:
+        problems.append(f"its hidden size is {store.hidden_size}, the head was trained on features of hidden size "
+                        f"{want['hidden_size']} (model {want.get('model', {}).get('name')})")
+    missing = [k for k in head.layers if k not in store.layers]
+    if missing:
+        problems.append(f"it lacks layers {missing} that the head reads (it holds {store.layers})")
+    if not problems and store.fingerprint != want["fingerprint"]:
+        try:
+            what = ", ".join(diff_settings(want, store.manifest))
+        except (KeyError, TypeError):
+            what = "fingerprint"
+        problems.append(f"its features differ from the head's store (fingerprint {store.fingerprint[:12]} vs "
+                        f"{want['fingerprint'][:12]}: {what})")
+    if problems:
+        raise HeadError(f"store {store.path} does not fit head {head.run}: {'; '.join(problems)}; "
+                        "use the store the head was trained on, or one extracted with the same model and settings")
+
+
+def evaluate(run: str, store: str, split: str = "test", *, seed: int | None = None, batch_size: int = 64,
+             device: str = "auto", max_memory: int | None = None) -> EvalResult:
+    """Metrics (and per-example predictions) of the head in `run` on one split of `store`."""
+    if batch_size < 1:
+        raise HeadError(f"--batch-size {batch_size}: must be positive")
+    dev = pick_device(device)
+    head = load_head(run, seed, device=str(dev))
+    st = open_store(store)
+    try:
+        check_compatible(head, st)
+        sp = st.split(split)
+        lt = resolve_task(st, head.meta["label_column"], head.spec.task)
+        if lt.label_names != head.label_names:
+            raise HeadError(f"store {st.path}: labels of column {lt.column!r} are {lt.label_names}, the head's are "
+                            f"{head.label_names}; they must be the same, in the same order")
+        budget = max_memory if max_memory is not None else default_max_memory()
+        sources, _ = make_sources(st, [split], head.spec.kind, head.layers, head.spec.pooling, budget)
+        y = lt.targets(sp)
+        loader = Loader(sources[split], y, batch_size, shuffle=False, dtype=batch_dtype(dev))
+        out = infer(head.model, head.spec, loader, dev)
+        metrics = compute(lt.task, y, out, lt.n_outputs)
+        preds = _predictions(head, out, y, sp)
+        primary = head.meta["primary_metric"]
+        return EvalResult(run, store, split, head.seed, lt.task, primary, metrics, sp.n_examples, preds)
+    finally:
+        st.close()
+
+
+def _predictions(head: LoadedHead, out: np.ndarray, y: np.ndarray, sp: Any) -> list[dict[str, Any]]:
+    ids, rows = sp.example_ids, sp.rows
+    names = head.label_names
+    recs = []
+    for i in sp.input_order():
+        r: dict[str, Any] = {"id": ids[i], "row": int(rows[i])}
+        if head.spec.task == "classification":
+            r["label"] = names[int(out[i].argmax())]
+            r["target"] = names[int(y[i])]
+            r["probabilities"] = {n: float(p) for n, p in zip(names, out[i])}
+        else:
+            r["prediction"] = float(out[i])
+            r["target"] = float(y[i])
+        recs.append(r)
+    return recs

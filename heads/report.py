@@ -1,0 +1,53 @@
+"""Human-readable tables for train, eval and predict results."""
+from __future__ import annotations
+
+from typing import Any
+
+from .evaluate import EvalResult
+from .metrics import METRICS
+from .train import TrainResult
+
+
+def _count(n: int | None) -> str:
+    if not isinstance(n, int):
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def format_train(r: TrainResult) -> str:
+    metrics = METRICS[r.task]
+    seeds = [s.seed for s in r.seeds]
+    role = {v: k for k, v in r.splits.items() if v is not None}
+    lines = [f"{r.head} on {r.label_column!r} ({r.task}), layers {r.layers}, seeds {','.join(map(str, seeds))}; "
+             f"primary metric: {r.primary_metric}" + (f", model selection on {r.splits['dev']!r}"
+                                                      if r.splits.get("dev") else ", no dev split: last epoch kept")]
+    head = f"{'split':<22}" + "".join(f"{m:>20}" for m in metrics)
+    lines += [head, "-" * len(head)]
+    for split, per in r.summary.items():
+        name = split + (f" ({role[split]})" if role.get(split, split) != split else "")
+        cells = []
+        for m in metrics:
+            v = per[m]
+            cells.append(f"{v['mean']:.4f} ± {v['std']:.4f}" if len(seeds) > 1 else f"{v['mean']:.4f}")
+        lines.append(f"{name:<22}" + "".join(f"{c:>20}" for c in cells))
+    pct = r.trainable_percent
+    lines.append(f"trainable parameters {r.trainable_parameters:,}"
+                 + (f" ({pct:.3f}% of the {_count(r.backbone_parameters)}-parameter backbone)" if pct is not None else ""))
+    best_epochs = ", ".join(f"seed {s.seed}: {s.best_epoch}/{s.epochs_run}" for s in r.seeds)
+    lines.append(f"time per epoch {r.seconds_per_epoch:.2f} s on {r.device}; best epoch ({best_epochs})")
+    lines.append(f"mean ± sample std over {len(seeds)} seed(s); best seed {r.best_seed} (by "
+                 f"{r.splits.get('dev') or r.splits['train']}) saved to {r.out}")
+    return "\n".join(lines)
+
+
+def format_eval(r: EvalResult) -> str:
+    cells = "  ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
+    return f"{r.run} on {r.store} [{r.split}] ({r.n_examples:,} examples, seed {r.seed}): {cells}"
+
+
+def format_prediction(rec: dict[str, Any], top: int = 3) -> str:
+    text = rec["text"] if len(rec["text"]) <= 60 else rec["text"][:57] + "..."
+    if "label" in rec:
+        probs = sorted(rec["probabilities"].items(), key=lambda kv: -kv[1])[:top]
+        return f"{rec['label']}\t" + "  ".join(f"{k}={v:.3f}" for k, v in probs) + f"\t{text}"
+    return f"{rec['prediction']:.4f}\t{text}"

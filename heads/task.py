@@ -1,0 +1,153 @@
+"""What train, eval and predict share: the label task of a store column, feature sources, device, inference."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from featstore.errors import InputError, StoreError
+
+from .config import HeadSpec
+from .data import Loader, PooledSource, Source, StoreTokens, token_bytes
+
+
+@dataclass
+class LabelTask:
+    """A store's label column seen as a task: classification over `label_names`, or regression."""
+
+    column: str
+    task: str  # classification | regression
+    label_names: list[str] | None
+    values: np.ndarray | None = None  # regression on a class column with numeric names: class id -> value
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.label_names) if self.task == "classification" else 1
+
+    def targets(self, split: Any) -> np.ndarray:
+        t = split.targets(self.column)
+        if self.values is not None:
+            return self.values[t.astype(np.int64)]
+        return t.astype(np.int64) if self.task == "classification" else t.astype(np.float32)
+
+
+def _number(s: str) -> float | None:
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def resolve_task(store: Any, column: str, task: str = "auto") -> LabelTask:
+    """Task from the column's kind; `regression` on a class column works only when its labels are numbers."""
+    cols = store.label_columns
+    if column not in cols:
+        raise StoreError(f"store {store.path} has no label column {column!r}; it has {', '.join(cols) or 'none'} "
+                         "(add one with `featstore extract --label-column`)")
+    kind, names = cols[column]["kind"], cols[column]["names"]
+    if task == "auto":
+        task = "classification" if kind == "class" else "regression"
+    if task == "classification":
+        if kind != "class":
+            raise InputError(f"label column {column!r} holds continuous numbers (regression); classification "
+                             "needs a class column (re-extract with --label-column NAME:class)")
+        if not names or len(names) < 2:
+            raise InputError(f"label column {column!r} has {len(names or [])} class(es); classification needs 2 or more")
+        return LabelTask(column, task, list(names))
+    if kind == "regression":
+        return LabelTask(column, "regression", None)
+    values = [_number(n) for n in names]
+    if any(v is None for v in values):
+        text = [n for n, v in zip(names, values) if v is None][:3]
+        raise InputError(f"label column {column!r} is text ({', '.join(map(repr, text))} ...), not numbers; "
+                         "regression needs a numeric column (use --task classification)")
+    return LabelTask(column, "regression", None, np.asarray(values, dtype=np.float32))
+
+
+def check_splits(store: Any, train: str | None, dev: str | None, test: str | None) -> None:
+    """Every named split exists; the messages say how to proceed without a dev or test split."""
+    have = store.splits
+    p = []
+    if train is not None and train not in have:
+        p.append(f"store {store.path} has no split {train!r} to train on; its splits are {', '.join(have)} "
+                 "(use --train-split)")
+    if dev is not None and dev not in have:
+        p.append(f"store {store.path} has no dev split {dev!r} for model selection (its splits: {', '.join(have)}); "
+                 "pass --dev-split NAME, or --dev-split none to keep the last epoch without early stopping")
+    if test is not None and test not in have:
+        p.append(f"store {store.path} has no test split {test!r} (its splits: {', '.join(have)}); "
+                 "pass --test-split NAME, or --test-split none")
+    if p:
+        raise StoreError("; ".join(p))
+
+
+def feature_bytes(split: Any, spec_kind: str, n_layers: int) -> int:
+    if spec_kind == "ytuning":
+        return token_bytes(split, n_layers)
+    itemsize = 4 if split.store.dtype in ("float32", "bfloat16") else 2
+    return split.n_examples * n_layers * split.store.hidden_size * itemsize
+
+
+def make_sources(store: Any, names: Sequence[str], kind: str, layers: Sequence[int], pooling: str | None,
+                 max_memory: int) -> tuple[dict[str, Source], dict[str, bool]]:
+    """One source per split; splits are held in RAM in the given order while they fit under `max_memory`."""
+    sources, in_ram, budget = {}, {}, max_memory
+    for name in dict.fromkeys(names):
+        split = store.split(name)
+        if kind == "ytuning":
+            need = feature_bytes(split, kind, len(layers))
+            in_ram[name] = need <= budget
+            budget -= need if in_ram[name] else 0
+            sources[name] = StoreTokens(split, layers, in_ram[name])
+        else:
+            in_ram[name] = True  # pooled vectors: one per example, always small
+            sources[name] = PooledSource.from_split(split, layers, pooling)
+    return sources, in_ram
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"bad --device {device!r}: use auto, cpu, cuda or cuda:N")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    return d
+
+
+def batch_dtype(device: torch.device) -> Any:
+    """Batches stay in the stored 16-bit dtype on their way to a GPU (half the bytes) and widen there."""
+    return np.float16 if device.type == "cuda" else np.float32
+
+
+def autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = torch.from_numpy(batch.x).to(device, non_blocking=True).float()
+    mask = torch.from_numpy(batch.mask).to(device) if batch.mask is not None else None
+    return x, mask
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, spec: HeadSpec, loader: Loader, device: torch.device) -> np.ndarray:
+    """Outputs for every example in storage order: probabilities (N, Y) or values (N,)."""
+    from .models import outputs
+
+    model.eval()
+    n = len(loader.source)
+    res = np.zeros((n, spec.n_outputs) if spec.task == "classification" else (n,), dtype=np.float32)
+    for batch in loader.epoch(0):
+        x, mask = to_device(batch, device)
+        with autocast(device):
+            out = model(x, mask)
+        res[batch.index] = outputs(spec, out).cpu().numpy()
+    return res

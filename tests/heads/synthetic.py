@@ -1,0 +1,202 @@
+"""Synthetic stores for head tests: features written straight through featstore's layout and writer, no model.
+
+The manifest mimics `featstore.extract` field for field (format version, fingerprint, model, tokenizer,
+settings, layout, runtime, dataset, segments, files, stats, label features), so `featstore.open_store` and
+`featstore.verify` accept the result.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from featstore import __version__
+from featstore.layout import layout_for
+from featstore.manifest import FORMAT_VERSION, fingerprint
+from featstore.plan import plan_segments, storage_order
+from featstore.writer import SegmentJob, assemble
+
+NP_DTYPE = {"float16": np.float16, "float32": np.float32}
+
+
+def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequence[int], hidden: int,
+                label_columns: list[dict[str, Any]], dtype: str = "float16", fmt: str = "zarr",
+                label_features: dict[str, np.ndarray] | None = None, segment_tokens: int = 4096,
+                model_name: str = "synthetic-encoder", num_parameters: int = 1_000_000, salt: str = "") -> str:
+    """Write a complete store.
+
+    splits[name] = {"features": list of (T_i, L, D) float arrays (input order), "targets": {column: array}}
+    label_columns: [{"name", "kind": "class"|"regression", "names": [...] | None}]
+    label_features: {column: (n_labels, L, D)} - the "backbone's" features of the label names
+    """
+    layers = list(layers)
+    if dtype not in NP_DTYPE:
+        raise ValueError("synthetic stores support float16 and float32")
+    h = hashlib.sha256(salt.encode())
+    for name in sorted(splits):
+        for f in splits[name]["features"]:
+            h.update(np.ascontiguousarray(f, dtype=np.float32).tobytes())
+    weights = h.hexdigest()
+    model = {"name": model_name, "path": f"/nonexistent/{model_name}", "revision": None,
+             "config": {"hidden_size": hidden, "model_type": "synthetic"}, "weights_sha256": weights,
+             "num_layers": max(layers), "hidden_size": hidden, "num_parameters": num_parameters,
+             "architecture": "SyntheticModel"}
+    tokenizer = {"name": model["path"], "sha256": hashlib.sha256(b"tok" + salt.encode()).hexdigest(),
+                 "class": "SyntheticTokenizer"}
+    settings = {"layers": layers, "max_length": 512, "truncation": "longest_first", "pooling": ["cls", "mean"],
+                "dtype": dtype}
+    split_meta = {}
+    for name, s in splits.items():
+        sh = hashlib.sha256(name.encode() + weights.encode()).hexdigest()
+        lengths = np.array([len(f) for f in s["features"]], dtype=np.int64)
+        split_meta[name] = {"source": f"/synthetic/{name}.jsonl", "sha256": sh, "n_examples": len(lengths),
+                            "n_tokens": int(lengths.sum()), "truncated": 0}
+    fp = fingerprint(model, tokenizer, settings, {k: v["sha256"] for k, v in split_meta.items()})
+    chunk_bytes = 1 << 20
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "tool": {"name": "featstore", "version": __version__}, "format": fmt,
+        "fingerprint": fp, "complete": False, "model": model, "tokenizer": tokenizer, "settings": settings,
+        "layout": {"segment_tokens": segment_tokens, "chunk_bytes": chunk_bytes, "compression": "none"},
+        "runtime": {"device": "cpu", "compute_dtype": "float32", "batch_tokens": 4096},
+        "dataset": {"text_column": "text", "pair_column": None, "id_column": None, "splits": split_meta,
+                    "label_columns": label_columns},
+    }
+    layout = layout_for(path, fmt)
+    if fmt == "zarr":
+        os.makedirs(path, exist_ok=True)
+    layout.write_manifest(manifest)
+    records, arrays = [], {}
+    store_dt = NP_DTYPE[dtype]
+    for name, s in splits.items():
+        feats = s["features"]
+        lengths = np.array([len(f) for f in feats], dtype=np.int64)
+        for seg in plan_segments(name, lengths, segment_tokens):
+            job = SegmentJob(name, seg.name, seg.index, layers, dtype)
+            batch: dict[str, Any] = {"lengths": lengths[seg.examples], "rows": seg.examples,
+                                     "ids": [f"{name}-{r}" for r in seg.examples],
+                                     "input_ids": np.zeros(int(lengths[seg.examples].sum()), dtype=np.int32)}
+            for j, k in enumerate(layers):
+                per = [np.asarray(feats[r][:, j], dtype=np.float32) for r in seg.examples]
+                flat = np.concatenate(per).astype(store_dt)
+                batch[f"L{k}/tokens"] = flat
+                batch[f"L{k}/cls"] = np.stack([p[0] for p in per]).astype(store_dt)
+                batch[f"L{k}/mean"] = np.stack([p.mean(0) for p in per]).astype(store_dt)
+                f32 = flat.astype(np.float64)
+                job.stats[k] = [float(f32.sum()), float((f32 * f32).sum()), int(f32.size)]
+            job.batches.append(batch)
+            seg_arrays = assemble(job)
+            record, tmp, final = layout.write_segment(f"segments/{name}/{seg.name}", seg_arrays, "none", chunk_bytes)
+            record.update(split=name, name=seg.name, index=seg.index, n_examples=int(len(seg_arrays["length"])),
+                          n_tokens=int(seg_arrays["offsets"][-1]), stats={str(k): v for k, v in job.stats.items()})
+            layout.commit_segment(tmp, final, record)
+            records.append(record)
+        order = storage_order(lengths)
+        for col, t in s["targets"].items():
+            arrays[f"labels/{name}/{col}"] = np.asarray(t)[order]
+    for col, feats in (label_features or {}).items():
+        for j, k in enumerate(layers):
+            arrays[f"label_features/{col}/L{k}"] = np.asarray(feats[:, j], dtype=np.float32)
+    manifest["files"] = layout.write_arrays(arrays, "none", chunk_bytes)
+    stats = {}
+    for k in layers:
+        s_, ss, n = (sum(r["stats"][str(k)][i] for r in records) for i in range(3))
+        mean = s_ / max(n, 1)
+        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
+    manifest["stats"] = stats
+    records.sort(key=lambda r: (r["split"], r["index"]))
+    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
+                            for r in records]
+    manifest["label_features"] = sorted(label_features or {})
+    manifest["complete"] = True
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    layout.finalize(manifest)
+    layout.close()
+    return path
+
+
+# -- planted signals ---------------------------------------------------------------------------------------
+
+def _directions(k: int, d: int) -> np.ndarray:
+    """k fixed orthonormal directions in R^d (the same in every split)."""
+    q, _ = np.linalg.qr(np.random.default_rng(1234).standard_normal((d, k)))
+    return q.T  # (k, d)
+
+
+def planted_classification(n: int, seed: int, n_classes: int = 4, hidden: int = 16, n_layers: int = 2,
+                           min_len: int = 8, max_len: int = 24, signal: float = 4.0) -> tuple[list[np.ndarray], np.ndarray]:
+    """The label is recoverable only by attending to one token position.
+
+    Every example holds one *marker* token (a fixed direction, the same for all classes) carrying its class
+    pattern u_c, and one *decoy* token for every other class carrying u_c' without the marker. The sum over
+    tokens - hence mean pooling - is marker + sum_k u_k + noise for every class: no probe on pooled vectors
+    can beat chance. Attending to the marker token reads the class. The signal lives in the last layer; the
+    other layers are pure noise, so the layer mix has something to learn too.
+    """
+    rng = np.random.default_rng(seed)
+    dirs = _directions(n_classes + 1, hidden)
+    u, marker = dirs[:n_classes] * signal, dirs[n_classes] * signal
+    feats, y = [], rng.integers(0, n_classes, n)
+    for c in y:
+        T = int(rng.integers(max(min_len, n_classes + 1), max_len + 1))
+        x = rng.standard_normal((T, n_layers, hidden)).astype(np.float32)  # (T, L, D)
+        pos = rng.choice(T, n_classes, replace=False)
+        x[pos[0], -1] += marker + u[c]
+        others = [k for k in range(n_classes) if k != c]
+        for p, k in zip(pos[1:], others):
+            x[p, -1] += u[k]
+        feats.append(x)
+    return feats, y.astype(np.int64)
+
+
+def planted_regression(n: int, seed: int, hidden: int = 16, n_layers: int = 2, min_len: int = 8,
+                       max_len: int = 24, signal: float = 8.0, amplitude: float = 3.0) -> tuple[list[np.ndarray], np.ndarray]:
+    """Target = a fixed linear function of one token's (last-layer) features: the marker token's.
+
+    The marker direction is strong so that the token's norm, and hence what LayerNorm divides by, barely
+    varies with the target; pooled vectors carry the target only diluted by the sequence length.
+    """
+    rng = np.random.default_rng(seed)
+    dirs = _directions(2, hidden)
+    marker, w = dirs[0] * signal, dirs[1]
+    feats, y = [], []
+    for _ in range(n):
+        T = int(rng.integers(min_len, max_len + 1))
+        x = rng.standard_normal((T, n_layers, hidden)).astype(np.float32)  # (T, L, D)
+        p = int(rng.integers(T))
+        x[p, -1] += marker + float(rng.uniform(-1.0, 1.0)) * amplitude * w
+        feats.append(x)
+        y.append(2.0 + float(x[p, -1] @ w))
+    return feats, np.asarray(y, dtype=np.float32)
+
+
+def classification_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test: int = 200, splits=None,
+                         fmt: str = "zarr", names=("alpha", "beta", "gamma", "delta"), **kw: Any) -> str:
+    hidden, n_classes = kw.pop("hidden", 16), len(names)
+    sizes = {"train": n_train, "validation": n_dev, "test": n_test}
+    if splits is not None:
+        sizes = {k: v for k, v in sizes.items() if k in splits}
+    data = {}
+    for i, (name, n) in enumerate(sizes.items()):
+        feats, y = planted_classification(n, seed=100 + i, n_classes=n_classes, hidden=hidden, **kw)
+        data[name] = {"features": feats, "targets": {"label": y}}
+    prior = np.random.default_rng(7).standard_normal((n_classes, 2, hidden)).astype(np.float32)
+    return write_store(path, data, layers=[1, 2], hidden=hidden, fmt=fmt,
+                       label_columns=[{"name": "label", "kind": "class", "names": list(names)}],
+                       label_features={"label": prior}, segment_tokens=2048)
+
+
+def regression_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test: int = 200, **kw: Any) -> str:
+    hidden = kw.pop("hidden", 16)
+    data = {}
+    for i, (name, n) in enumerate({"train": n_train, "validation": n_dev, "test": n_test}.items()):
+        feats, y = planted_regression(n, seed=200 + i, hidden=hidden, **kw)
+        stars = np.clip(np.round(y).astype(np.int64), 0, 4)  # a class column whose names are numbers
+        data[name] = {"features": feats, "targets": {"score": y, "word": (y > 2.0).astype(np.int64), "stars": stars}}
+    return write_store(path, data, layers=[1, 2], hidden=hidden,
+                       label_columns=[{"name": "score", "kind": "regression", "names": None},
+                                      {"name": "word", "kind": "class", "names": ["low", "high"]},
+                                      {"name": "stars", "kind": "class", "names": ["0", "1", "2", "3", "4"]}],
+                       segment_tokens=2048)
