@@ -2,7 +2,8 @@
 
 Storage order is length-sorted (longest first), so batches are cut from contiguous storage ranges and carry
 almost no padding. Each epoch is shuffled by a seeded, chunk-aware plan: the split is cut into *blocks* of
-neighbouring examples; block order is shuffled, examples are shuffled inside a block, and the batches of a
+neighbouring examples; block order is shuffled, examples are shuffled locally inside a block (each moves by
+about two batches, so batch composition changes every epoch while lengths stay alike), and the batches of a
 window of blocks are interleaved. A block is the unit of reading, so a split streamed from the store is read
 by contiguous token ranges. The plan depends only on the split, batch size and seed - never on whether the
 split is held in RAM - so in-RAM and streamed training see the very same batches.
@@ -23,6 +24,7 @@ import numpy as np
 BLOCK_BYTES = 32 << 20  # target bytes of token features read at once when streaming
 MAX_BLOCK_BATCHES = 16  # a block holds at most this many batches (bounds padding after in-block shuffle)
 WINDOW_BLOCKS = 4  # batches of this many blocks are interleaved
+JITTER_BATCHES = 2  # how far an example may move inside its block
 
 
 @dataclass
@@ -147,8 +149,9 @@ def plan_epoch(n: int, batch_size: int, block: int, rng: np.random.Generator | N
     for s in starts:
         e = min(s + block, n)
         idx = np.arange(s, e)
-        if rng is not None:
-            rng.shuffle(idx)  # neighbours in storage order have similar lengths: padding stays small
+        if rng is not None:  # a local shuffle: each example moves by about JITTER_BATCHES batches at most,
+            # so a batch still holds neighbours in storage order (similar lengths: little padding)
+            idx = s + np.argsort(np.arange(e - s) + rng.uniform(0, JITTER_BATCHES * batch_size, e - s), kind="stable")
         out.append((s, e, [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]))
     return out
 

@@ -1,0 +1,100 @@
+"""Batches from the store: every example once per epoch, exact padding and masks, seeded chunk-aware shuffle,
+in-RAM and streamed reads identical, prefetch errors surface."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import featstore
+from heads.config import parse_bytes, resolve_layers
+from heads.data import Loader, PooledSource, StoreTokens, plan_epoch
+from heads.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def split(stores):
+    store = featstore.open_store(stores["cls"])
+    yield store.split("train")
+    store.close()
+
+
+def test_plan_covers_every_example_once_and_is_seeded():
+    rng = lambda e: np.random.default_rng([7, e])  # noqa: E731
+    for r in (None, rng(1)):
+        plan = plan_epoch(103, 8, 32, r)
+        idx = np.concatenate([b for _, _, bs in plan for b in bs])
+        assert sorted(idx) == list(range(103))
+        for s, e, bs in plan:  # batches stay inside their block: one contiguous read per block
+            assert all(((b >= s) & (b < e)).all() and len(b) <= 8 for b in bs)
+    a, b, c = plan_epoch(103, 8, 32, rng(1)), plan_epoch(103, 8, 32, rng(1)), plan_epoch(103, 8, 32, rng(2))
+    flat = lambda p: np.concatenate([x for _, _, bs in p for x in bs])  # noqa: E731
+    assert np.array_equal(flat(a), flat(b)) and not np.array_equal(flat(a), flat(c))
+    assert np.array_equal(flat(plan_epoch(103, 8, 32, None)), np.arange(103))  # eval: storage order
+
+
+@pytest.mark.parametrize("in_ram", [True, False])
+def test_padded_batches_match_the_store(split, in_ram):
+    src = StoreTokens(split, [1, 2], in_ram=in_ram)
+    y = split.targets("label")
+    seen = []
+    for batch in Loader(src, y, 16, shuffle=True, seed=1).epoch(3):
+        B, T, L, D = batch.x.shape
+        assert batch.x.dtype == np.float32 and (L, D) == (2, 16) and B <= 16
+        assert np.array_equal(batch.mask.sum(1), split.lengths[batch.index])
+        assert T == split.lengths[batch.index].max()  # padded to the longest in the batch only
+        for b, i in enumerate(batch.index[:3]):
+            ex = split.example(int(i), [1, 2])  # (T_i, L, D)
+            np.testing.assert_array_equal(batch.x[b, :len(ex)], ex.astype(np.float32))
+            assert not batch.x[b, len(ex):].any()
+        assert np.array_equal(batch.y, y[batch.index])
+        seen += list(batch.index)
+    assert sorted(seen) == list(range(split.n_examples))
+
+
+def test_streamed_equals_in_ram(split):
+    a = [b for b in Loader(StoreTokens(split, [2], True), None, 32, shuffle=True, seed=5).epoch(1)]
+    b = [b for b in Loader(StoreTokens(split, [2], False), None, 32, shuffle=True, seed=5).epoch(1)]
+    assert len(a) == len(b) == len(Loader(StoreTokens(split, [2], False), None, 32, shuffle=True))
+    for x, z in zip(a, b):
+        assert np.array_equal(x.index, z.index) and np.array_equal(x.x, z.x)
+
+
+def test_padding_is_small(split):
+    """Length bucketing: padded tokens are a small fraction of real ones."""
+    real = padded = 0
+    for batch in Loader(StoreTokens(split, [2], True), None, 32, shuffle=True, seed=0).epoch(1):
+        real, padded = real + batch.mask.sum(), padded + batch.mask.size
+    assert padded / real < 1.2  # random batches of lengths 8..24 would pad ~40% more
+
+
+def test_pooled_batches(split):
+    src = PooledSource.from_split(split, [1, 2], "mean")
+    batch = next(iter(Loader(src, None, 10, shuffle=False).epoch()))
+    assert batch.x.shape == (10, 2, 16) and batch.mask is None
+    np.testing.assert_array_equal(batch.x[:, 1], split.pooled("mean", 2)[:10].astype(np.float32))
+
+
+def test_prefetch_errors_surface_and_early_exit_stops_the_thread(split):
+    class Broken(StoreTokens):
+        def read(self, start, stop):
+            raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(Loader(Broken(split, [2], False), None, 8, shuffle=False).epoch())
+    it = Loader(StoreTokens(split, [2], False), None, 8, shuffle=False, prefetch=1).epoch()
+    next(it)
+    it.close()  # the worker is told to stop and joined
+
+
+def test_layer_specs():
+    stored = [0, 3, 6]
+    assert resolve_layers("all", stored) == [0, 3, 6]
+    assert resolve_layers("-1", stored) == [6] and resolve_layers("-1,-3", stored) == [0, 6]
+    assert resolve_layers("3", stored) == [3]
+    with pytest.raises(InputError, match="lacks layers \\[4\\]"):
+        resolve_layers("4", stored)
+    with pytest.raises(InputError, match="holds only 3 layers"):
+        resolve_layers("-4", stored)
+    with pytest.raises(InputError, match="bad --layers"):
+        resolve_layers("last", stored)
+    assert parse_bytes("2GiB") == 2 << 30 and parse_bytes("0") == 0 and parse_bytes("1.5 GB") == 1_500_000_000
