@@ -67,6 +67,8 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         progress=not quiet)
     s = run(cfg)
+    if s.rank:
+        return  # under torchrun, rank 0 reports
     if as_json:
         click.echo(json.dumps(summary_dict(s), indent=1))
         return
@@ -81,15 +83,36 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                f"{s.segments_total} segments{resumed}; {s.truncated} truncated; fingerprint {s.fingerprint[:16]}")
 
 
+def storage_options(fn):
+    """--storage-option KEY=VALUE (repeatable) for commands that take a URL."""
+    return click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                        help="fsspec option for a URL (repeatable; JSON values, dotted keys nest), e.g. "
+                             "client_kwargs.endpoint_url=http://localhost:9000 or anon=true.")(fn)
+
+
+def cache_dir(fn):
+    return click.option("--cache-dir", default=None, metavar="DIR",
+                        help="Local cache for stores read from a URL (default: $FEATSTORE_CACHE_DIR or the user "
+                             "cache directory; bound: $FEATSTORE_CACHE_MAX_GB, default 50).")(fn)
+
+
+def _options(pairs) -> dict:
+    from featstore.remote import parse_storage_options
+
+    return parse_storage_options(pairs)
+
+
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@storage_options
+@cache_dir
 @user_errors
-def info(store, as_json) -> None:
-    """Summarise STORE: splits, examples, tokens, layers, dtype, bytes, model, fingerprint, completeness."""
+def info(store, as_json, storage_option, cache_dir) -> None:
+    """Summarise STORE (a path or a URL): splits, examples, tokens, layers, dtype, bytes, model, fingerprint."""
     from featstore.verify import format_info, info as get_info
 
-    d = get_info(store)
+    d = get_info(store, storage_options=_options(storage_option), cache_dir=cache_dir)
     click.echo(json.dumps(d, indent=1) if as_json else format_info(d))
 
 
@@ -97,18 +120,126 @@ def info(store, as_json) -> None:
 @click.argument("store")
 @click.option("--no-values", is_flag=True, help="Skip the finiteness scan of every value (checksums only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@storage_options
+@cache_dir
 @user_errors
-def verify(store, no_values, quiet) -> None:
-    """Check STORE: manifest complete, checksums, counts and offsets, all values finite. Exit 1 on any problem."""
+def verify(store, no_values, quiet, storage_option, cache_dir) -> None:
+    """Check STORE: manifest complete, checksums, counts and offsets, all values finite. Exit 1 on any problem.
+
+    STORE may be a URL: the published copy is verified in place (every file downloaded and checked)."""
     from featstore.verify import verify as run
 
-    problems = run(store, check_values=not no_values, progress=not quiet)
+    problems = run(store, check_values=not no_values, progress=not quiet, storage_options=_options(storage_option),
+                   cache_dir=cache_dir)
     if problems:
         for p in problems:
             click.echo(f"FAIL {p}", err=True)
         click.echo(f"{store}: {len(problems)} problem(s)", err=True)
         sys.exit(1)
     click.echo(f"{store}: OK (manifest complete, checksums, counts{'' if no_values else ', finite values'})")
+
+
+@main.command()
+@click.argument("store")
+@click.argument("url")
+@storage_options
+@click.option("--jobs", default=8, show_default=True, type=int, help="Parallel transfers.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@user_errors
+def push(store, url, storage_option, jobs, quiet, as_json) -> None:
+    """Publish the local STORE at URL (s3://bucket/prefix/name, a shared path, any fsspec URL).
+
+    Data files go first and the manifest last, so readers see the whole store or none. A published store is
+    immutable: a different store at URL is refused, the same one is a no-op. Re-run to resume an interrupted push.
+    """
+    from featstore.share import push as run
+
+    r = run(store, url, _options(storage_option), jobs=jobs, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(r.to_json(), indent=1))
+    elif r.already:
+        click.echo(f"{r.dest}: already published (same fingerprint {r.fingerprint[:16]}); nothing to do")
+    else:
+        resumed = f", {r.resumed} already there" if r.resumed else ""
+        click.echo(f"published {r.source} at {r.dest}: {r.transferred} files ({r.bytes / 2**20:.1f} MiB) sent"
+                   f"{resumed} in {r.seconds:.1f} s; fingerprint {r.fingerprint[:16]}")
+
+
+@main.command()
+@click.argument("url")
+@click.argument("dest")
+@storage_options
+@click.option("--jobs", default=8, show_default=True, type=int, help="Parallel transfers.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@user_errors
+def pull(url, dest, storage_option, jobs, quiet, as_json) -> None:
+    """Fetch the store published at URL into the local path DEST, every file checked against the manifest.
+
+    Downloads go to a temporary directory next to DEST, which is renamed into place only when all files
+    verify; re-run to resume an interrupted pull.
+    """
+    from featstore.share import pull as run
+
+    r = run(url, dest, _options(storage_option), jobs=jobs, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps(r.to_json(), indent=1))
+    elif r.already:
+        click.echo(f"{r.dest}: already holds this store (fingerprint {r.fingerprint[:16]}); nothing to do")
+    else:
+        resumed = f", {r.resumed} resumed" if r.resumed else ""
+        click.echo(f"pulled {r.source} into {r.dest}: {r.transferred} files ({r.bytes / 2**20:.1f} MiB) verified"
+                   f"{resumed} in {r.seconds:.1f} s; fingerprint {r.fingerprint[:16]}")
+
+
+@main.command(name="ls")
+@click.argument("prefix")
+@storage_options
+@click.option("--depth", default=4, show_default=True, type=int, help="How many directory levels to search.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def ls_cmd(prefix, storage_option, depth, as_json) -> None:
+    """List the stores under PREFIX from their manifests alone: name, model, layers, splits, size, fingerprint, date."""
+    from featstore.share import format_ls, ls
+
+    entries, problems = ls(prefix, _options(storage_option), max_depth=depth)
+    for p in problems:
+        click.echo(f"warning: skipped {p}", err=True)
+    if as_json:
+        click.echo(json.dumps(entries, indent=1))
+    elif entries:
+        click.echo(format_ls(entries))
+    else:
+        click.echo(f"no stores under {prefix}", err=True)
+
+
+@main.command(name="add-labels")
+@click.argument("store")
+@click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=PATH",
+              help="File with the new labels for SPLIT (CSV/TSV, JSONL, Parquet); one per split of the store.")
+@click.option("--id-column", default="id", show_default=True, help="Column holding the store's example ids.")
+@click.option("--label-column", required=True, metavar="NAME[:class|:regression]", help="The new label column.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@user_errors
+def add_labels(store, data, id_column, label_column, as_json) -> None:
+    """Attach a new label column to the local STORE, joined by example id; no re-extraction.
+
+    Unmatched or duplicate ids are reported and refused. The fingerprint does not change.
+    """
+    from dataclasses import asdict
+
+    from featstore.data import parse_split_specs
+    from featstore.labels import add_labels as run
+
+    r = run(store, parse_split_specs(list(data)), label_column, id_column=id_column)
+    if as_json:
+        click.echo(json.dumps(asdict(r), indent=1))
+        return
+    what = f"{len(r.names)} classes" if r.kind == "class" else "regression"
+    click.echo(f"{store}: added label column {r.column!r} ({what}) to "
+               f"{', '.join(f'{k} {v:,}' for k, v in r.examples.items())} examples; "
+               f"fingerprint unchanged ({r.fingerprint[:16]})")
 
 
 if __name__ == "__main__":

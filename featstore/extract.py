@@ -80,6 +80,7 @@ class ExtractSummary:
     device: str
     already_complete: bool = False
     loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
+    rank: int = 0  # under torchrun: this process's rank (tokens and bytes are this rank's share)
 
     @property
     def tokens_per_second(self) -> float:
@@ -155,7 +156,10 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     t_start = time.perf_counter()
     ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column)
     _check_out(cfg)
+    rank, world = _distributed()
     device = pick_device(cfg.device)
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     compute_dtype = cfg.compute_dtype if cfg.compute_dtype != "auto" else (
         "bfloat16" if device.startswith("cuda") else "float32")
     lm = load_model(cfg.model, device="cpu", dtype="float32")
@@ -170,12 +174,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize * lm.hidden_size * len(layers)))
     manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device, compute_dtype)
 
+    # Every rank runs the same read-only checks (so all fail alike); only rank 0 changes the store, after
+    # every rank has looked at it.
     layout = layout_for(cfg.out, cfg.format)
     old = layout.read_manifest() if os.path.exists(cfg.out) or os.path.exists(cfg.out + ".parts") else None
-    if old is not None and cfg.overwrite:
-        _remove_store(layout)
-        old = None
-    if old is not None:
+    if old is not None and not cfg.overwrite:
         if old.get("fingerprint") != manifest["fingerprint"]:
             raise StoreError(f"--out {cfg.out} holds a different store ({', '.join(diff_settings(old, manifest))} "
                              "differ); use another --out, or --overwrite to replace it")
@@ -183,22 +186,30 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             layout.close()
             return ExtractSummary(cfg.out, old["fingerprint"], {k: v["n_examples"] for k, v in
                                   old["dataset"]["splits"].items()}, 0, 0, 0, time.perf_counter() - t_start,
-                                  len(old.get("segments", [])), len(old.get("segments", [])), device, True)
+                                  len(old.get("segments", [])), len(old.get("segments", [])), device, True,
+                                  rank=rank)
         manifest["layout"] = old["layout"]  # resume with the recorded segmentation
         segment_tokens = old["layout"]["segment_tokens"]
-    if cfg.format == "zarr":
-        os.makedirs(cfg.out, exist_ok=True)
-    layout.write_manifest(manifest)  # complete: false; readers refuse it, a re-run resumes it
+    _barrier(world)
+    if rank == 0:
+        if old is not None and cfg.overwrite:
+            _remove_store(layout)
+        if cfg.format == "zarr":
+            os.makedirs(cfg.out, exist_ok=True)
+        layout.write_manifest(manifest)  # complete: false; readers refuse it, a re-run resumes it
+        layout.committed_segments()  # clears partial segments left by a killed run
+    _barrier(world)
+    done = layout.committed_segments(clean=False)
 
     segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
-    done = layout.committed_segments()
-    todo = [s for s in segments if f"{s.split}/{s.name}" not in done]
+    # Each rank takes a deterministic share of the planned segments and writes its own.
+    todo = [s for i, s in enumerate(segments) if i % world == rank and f"{s.split}/{s.name}" not in done]
 
     truncate_after(lm.model, max(layers))
     lm.model.to(device=device, dtype=getattr(torch, compute_dtype))
     writer = BackgroundWriter(layout, manifest["layout"]["compression"], manifest["layout"]["chunk_bytes"])
     total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
-    bar = _progress(total_tokens, cfg.progress)
+    bar = _progress(total_tokens, cfg.progress and rank == 0)
     t_loop = time.perf_counter()
     try:
         for seg in todo:
@@ -215,12 +226,34 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         bar.close()
         if writer.thread.is_alive():
             writer.queue.put(None)
-    records = list(done.values()) + writer.records
-    _finalize(layout, manifest, ds, lm, layers, records, toks)
+    _barrier(world)
+    if rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
+        _finalize(layout, manifest, ds, lm, layers, list(layout.committed_segments().values()), toks)
+    _barrier(world)
     return ExtractSummary(cfg.out, manifest["fingerprint"], {k: len(s) for k, s in ds.splits.items()},
                           total_tokens, sum(t.truncated for t in toks.values()), writer.bytes_written,
                           time.perf_counter() - t_start, len(segments), len(done), device,
-                          loop_seconds=loop_seconds)
+                          loop_seconds=loop_seconds, rank=rank)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun; (0, 1) otherwise. No home-made launcher: torch.distributed only."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _progress(total: int, enabled: bool):

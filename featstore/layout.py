@@ -78,7 +78,8 @@ class Layout:
     def write_segment(self, rel: str, arrays: dict[str, np.ndarray], compression: str, chunk_bytes: int) -> dict:
         raise NotImplementedError
 
-    def committed_segments(self) -> dict[str, dict]:
+    def committed_segments(self, clean: bool = True) -> dict[str, dict]:
+        """Records of segments in place; `clean` also removes partial ones left by a killed writer."""
         raise NotImplementedError
 
     def write_arrays(self, arrays: dict[str, np.ndarray], compression: str, chunk_bytes: int) -> dict:
@@ -198,8 +199,9 @@ class ZarrLayout(Layout):
         write_json_atomic(os.path.join(tmp, SEGMENT_RECORD), record)
         os.replace(tmp, final)
 
-    def committed_segments(self):
-        _remove_partials(self.root)
+    def committed_segments(self, clean=True):
+        if clean:
+            _remove_partials(self.root)
         return _committed_records(self.root)
 
     def write_arrays(self, arrays, compression, chunk_bytes):
@@ -299,8 +301,9 @@ class H5Layout(Layout):
         write_json_atomic(final[:-3] + ".json", record)  # record first: a part without its record is ignored
         os.replace(tmp, final)
 
-    def committed_segments(self):
-        _remove_partials(self.parts)
+    def committed_segments(self, clean=True):
+        if clean:
+            _remove_partials(self.parts)
         recs = _committed_records(self.parts)
         return {k: v for k, v in recs.items() if os.path.isfile(os.path.join(self.parts, "segments", k + ".h5"))}
 

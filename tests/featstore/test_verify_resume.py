@@ -140,3 +140,27 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, bert, fmt):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_torchrun_two_ranks_equals_one_process(tmp_path, bert):
+    """`torchrun --nproc_per_node 2`: each rank writes its share of segments, rank 0 commits the manifest."""
+    data = {"train": write_jsonl(tmp_path / "train.jsonl", make_rows(60, 11)),
+            "test": write_jsonl(tmp_path / "test.jsonl", make_rows(20, 12))}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    args = ["extract", "--model", bert, "--label-column", "label", "--layers", "1,2", "--max-length", "24",
+            "--segment-mb", "0.004", "--quiet"]
+    for k, v in data.items():
+        args += ["--data", f"{k}={v}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    dist = str(tmp_path / "dist")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli.featstore_cli", *args, "--out", dist], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    single = str(tmp_path / "single")
+    r = subprocess.run([sys.executable, "-m", "cli.featstore_cli", *args, "--out", single], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert verify(dist) == []
+    a, b = _store_arrays(dist), _store_arrays(single)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -1,0 +1,102 @@
+"""Full fine-tuning baselines for vs_finetune.py: backbone + linear head on mean-pooled output, all weights trained.
+
+`init_head` (a file written by `heads export`) starts the classifier from a head trained on the store: head-first
+fine-tuning (LP-FT, Kumar et al. ICLR 2022; EH-FT, EMNLP 2022).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from featstore.data import load_dataset
+from featstore.models import resolve_model_name
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone, n_labels: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.config.hidden_size, n_labels)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
+        m = attention_mask.unsqueeze(-1).float()
+        return self.head((h * m).sum(1) / m.sum(1))  # mean pooling, as the store's `mean` vectors
+
+
+def _batches(enc, idx, batch_size):
+    for a in range(0, len(idx), batch_size):
+        rows = idx[a:a + batch_size]
+        ids = [enc["input_ids"][r] for r in rows]
+        T = max(len(x) for x in ids)
+        x = torch.zeros((len(rows), T), dtype=torch.long)
+        m = torch.zeros((len(rows), T), dtype=torch.long)
+        for b, seq in enumerate(ids):
+            x[b, :len(seq)] = torch.as_tensor(seq)
+            m[b, :len(seq)] = 1
+        yield rows, x, m
+
+
+def accuracy(model, enc, y, batch_size, device) -> float:
+    model.eval()
+    order = np.argsort([-len(x) for x in enc["input_ids"]])
+    pred = np.zeros(len(y), dtype=np.int64)
+    with torch.inference_mode():
+        for rows, x, m in _batches(enc, order, batch_size * 2):
+            pred[rows] = model(x.to(device), m.to(device)).argmax(-1).cpu().numpy()
+    return float((pred == y).mean())
+
+
+def finetune(data: dict[str, str], model_name: str, label_column: str, seed: int, epochs: int, max_length: int,
+             lr: float = 5e-5, batch_size: int = 16, warmup: float = 0.1, init_head: str | None = None,
+             device: str = "cpu", log=None) -> dict:
+    """Train backbone + head; select the epoch by dev accuracy; report test accuracy of that epoch's weights."""
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    ds = load_dataset(data, "text", None, [label_column], "id")
+    names = ds.label_columns[0].names
+    path = resolve_model_name(model_name)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = Classifier(AutoModel.from_pretrained(path), len(names)).to(device)
+    if init_head:
+        from safetensors.torch import load_file
+
+        w = load_file(init_head)
+        model.head.weight.data.copy_(w["weight"])
+        model.head.bias.data.copy_(w["bias"])
+    enc = {k: tok(s.texts, truncation=True, max_length=max_length) for k, s in ds.splits.items()}
+    y = {k: s.targets[label_column] for k, s in ds.splits.items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    steps = epochs * math.ceil(len(y["train"]) / batch_size)
+    warm = max(1, int(warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
+    best, best_state, epoch_times = -1.0, None, []
+    for epoch in range(epochs):
+        model.train()
+        t0 = time.perf_counter()
+        for rows, x, m in _batches(enc["train"], rng.permutation(len(y["train"])), batch_size):
+            loss = nn.functional.cross_entropy(model(x.to(device), m.to(device)),
+                                               torch.as_tensor(y["train"][rows], device=device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        epoch_times.append(time.perf_counter() - t0)
+        dev = accuracy(model, enc["validation"], y["validation"], batch_size, device)
+        if log:
+            log(json.dumps({"epoch": epoch + 1, "dev_accuracy": dev, "seconds": epoch_times[-1]}))
+        if dev > best:
+            best, best_state = dev, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    test = accuracy(model, enc["test"], y["test"], batch_size, device)
+    return {"dev_accuracy": best, "test_accuracy": test, "train_seconds": float(sum(epoch_times)),
+            "epoch_seconds": epoch_times, "trainable_parameters": sum(p.numel() for p in model.parameters()),
+            "backbone_parameters": sum(p.numel() for p in model.backbone.parameters())}
