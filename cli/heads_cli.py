@@ -51,6 +51,8 @@ def main() -> None:
 @click.option("--max-memory", default=None,
               help="RAM for features, e.g. 8GB; larger splits are streamed.  [default: half the available RAM]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--threads", default=None, type=int,
+              help="CPU threads for torch (default: torch's choice; 1 is often fastest for small heads on a busy machine).")
 @click.option("--out", required=True, help="Head directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing head directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -58,7 +60,7 @@ def main() -> None:
 @user_errors
 def train(head, store, label_column, task, train_split, dev_split, test_split, layers, epochs, batch_size, lr,
           weight_decay, warmup, schedule, grad_clip, patience, seeds, d_head, n_layers, n_heads, dropout, label_init,
-          pooling, max_memory, device, out, overwrite, quiet, as_json) -> None:
+          pooling, max_memory, device, threads, out, overwrite, quiet, as_json) -> None:
     """Train a HEAD (ytuning, linear or mlp) on a store's features; write it to --out.
 
     The dev split selects the best epoch; the test split is evaluated once, on that checkpoint.
@@ -75,7 +77,7 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
                       grad_clip=grad_clip, patience=patience or None, seeds=parse_seeds(seeds), d_head=d_head,
                       n_layers=n_layers, n_heads=n_heads, dropout=dropout, label_init=label_init, pooling=pooling,
                       max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
-                      overwrite=overwrite, progress=not quiet)
+                      threads=threads, overwrite=overwrite, progress=not quiet)
     result = run(cfg)
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_train(result))
 
@@ -88,17 +90,18 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--max-memory", default=None, help="RAM for features, e.g. 8GB.  [default: half the available RAM]")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--threads", default=None, type=int, help="CPU threads for torch (default: torch's choice).")
 @click.option("--predictions", "predictions_out", default=None, help="Write per-example predictions (JSON lines).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @user_errors
-def evaluate(run, store, split, seed, batch_size, max_memory, device, predictions_out, as_json) -> None:
+def evaluate(run, store, split, seed, batch_size, max_memory, device, threads, predictions_out, as_json) -> None:
     """Evaluate the head in RUN on one split of a store."""
     from heads.config import parse_bytes
     from heads.evaluate import evaluate as run_eval
     from heads.report import format_eval
 
     r = run_eval(run, store, split, seed=seed, batch_size=batch_size, device=device,
-                 max_memory=parse_bytes(max_memory) if max_memory is not None else None)
+                 max_memory=parse_bytes(max_memory) if max_memory is not None else None, threads=threads)
     if predictions_out:
         _write_jsonl(predictions_out, r.predictions)
     click.echo(json.dumps(r.to_json(), indent=1) if as_json else format_eval(r))

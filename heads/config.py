@@ -105,6 +105,7 @@ class TrainConfig:
     pooling: str = "mean"
     max_memory: int | None = None  # bytes of features held in RAM; None: a safe fraction of available RAM
     device: str = "auto"
+    threads: int | None = None  # CPU threads for torch; None: torch's default
     overwrite: bool = False
     progress: bool = True
 
@@ -157,6 +158,8 @@ class TrainConfig:
             p.append("--label-init prior applies to ytuning heads only")
         if self.pooling not in ("cls", "mean"):
             p.append(f"--pooling {self.pooling!r}: use cls or mean")
+        if self.threads is not None and not _pos_int(self.threads):
+            p.append(f"--threads {self.threads!r}: must be a positive integer")
         if self.max_memory is not None and self.max_memory < 0:
             p.append("--max-memory must be >= 0 (0 streams every split from the store)")
         if self.dev_split is not None and self.dev_split == self.train_split:

@@ -11,9 +11,9 @@ from featstore.reader import open_store
 
 from .artifacts import LoadedHead, load_head
 from .data import Loader, default_max_memory
-from .errors import HeadError
+from .errors import HeadError, InputError
 from .metrics import compute
-from .task import batch_dtype, infer, make_sources, pick_device, resolve_task
+from .task import batch_dtype, infer, make_sources, pick_device, resolve_task, torch_threads
 
 
 @dataclass
@@ -59,10 +59,18 @@ def check_compatible(head: LoadedHead, store: Any) -> None:
 
 
 def evaluate(run: str, store: str, split: str = "test", *, seed: int | None = None, batch_size: int = 64,
-             device: str = "auto", max_memory: int | None = None) -> EvalResult:
+             device: str = "auto", max_memory: int | None = None, threads: int | None = None) -> EvalResult:
     """Metrics (and per-example predictions) of the head in `run` on one split of `store`."""
     if batch_size < 1:
-        raise HeadError(f"--batch-size {batch_size}: must be positive")
+        raise InputError(f"--batch-size {batch_size}: must be positive")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads}: must be positive")
+    with torch_threads(threads):
+        return _evaluate(run, store, split, seed, batch_size, device, max_memory)
+
+
+def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: int, device: str,
+              max_memory: int | None) -> EvalResult:
     dev = pick_device(device)
     head = load_head(run, seed, device=str(dev))
     st = open_store(store)
@@ -76,7 +84,7 @@ def evaluate(run: str, store: str, split: str = "test", *, seed: int | None = No
         budget = max_memory if max_memory is not None else default_max_memory()
         sources, _ = make_sources(st, [split], head.spec.kind, head.layers, head.spec.pooling, budget)
         y = lt.targets(sp)
-        loader = Loader(sources[split], y, batch_size, shuffle=False, dtype=batch_dtype(dev))
+        loader = Loader(sources[split], y, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype))
         out = infer(head.model, head.spec, loader, dev)
         metrics = compute(lt.task, y, out, lt.n_outputs)
         preds = _predictions(head, out, y, sp)

@@ -117,7 +117,7 @@ def predict(run: str, texts: Sequence[str], pairs: Sequence[str] | None = None, 
         raise InputError(f"{len(texts)} texts but {len(pairs)} text pairs; give one pair per text")
     lm = load_backbone(head, model, verify_backbone)
     source, order = extract_features(head, lm, texts, pairs, batch_size, str(dev))
-    loader = Loader(source, None, batch_size, shuffle=False, dtype=batch_dtype(dev))
+    loader = Loader(source, None, batch_size, shuffle=False, dtype=batch_dtype(dev, head.meta["store"]["dtype"]))
     out_sorted = infer(head.model, head.spec, loader, dev)
     out = np.empty_like(out_sorted)
     out[order] = out_sorted

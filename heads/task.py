@@ -108,6 +108,20 @@ def make_sources(store: Any, names: Sequence[str], kind: str, layers: Sequence[i
     return sources, in_ram
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Any:
+    """Run with `n` CPU threads, then restore. Small heads on a busy machine are often fastest with one."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,9 +134,9 @@ def pick_device(device: str) -> torch.device:
     return d
 
 
-def batch_dtype(device: torch.device) -> Any:
-    """Batches stay in the stored 16-bit dtype on their way to a GPU (half the bytes) and widen there."""
-    return np.float16 if device.type == "cuda" else np.float32
+def batch_dtype(device: torch.device, store_dtype: str) -> Any:
+    """float16 features stay float16 on their way to a GPU (half the bytes) and widen there; else float32."""
+    return np.float16 if device.type == "cuda" and store_dtype == "float16" else np.float32
 
 
 def autocast(device: torch.device) -> Any:

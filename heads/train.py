@@ -24,7 +24,8 @@ from .data import Loader, default_max_memory
 from .errors import InputError, StoreError
 from .metrics import METRICS, PRIMARY, compute, higher_is_better, mean_std
 from .models import build_head, count_trainable, loss_fn
-from .task import LabelTask, autocast, batch_dtype, check_splits, infer, make_sources, pick_device, resolve_task, to_device
+from .task import (LabelTask, autocast, batch_dtype, check_splits, infer, make_sources, pick_device, resolve_task,
+                   to_device, torch_threads)
 
 
 @dataclass
@@ -103,7 +104,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     check_out(cfg.out, cfg.overwrite)
     store = open_store(cfg.store)
     try:
-        return _train(cfg, store)
+        with torch_threads(cfg.threads):
+            return _train(cfg, store)
     finally:
         store.close()
 
@@ -136,7 +138,7 @@ def _train(cfg: TrainConfig, store: Any) -> TrainResult:
                     dropout=cfg.dropout, pooling=pooling, target_mean=t_mean, target_std=t_std)
     stats = _input_stats(sources[cfg.train_split]) if cfg.head != "ytuning" else None
     primary = PRIMARY[lt.task]
-    dtype = batch_dtype(device)
+    dtype = batch_dtype(device, store.dtype)
 
     log: list[dict[str, Any]] = []
     results, states = [], {}

@@ -84,7 +84,7 @@ def test_eval(env, tmp_path):
     metrics = json.load(open(os.path.join(env["run"], "metrics.json")))
     assert d["metrics"] == metrics["seeds"]["0"]["validation"] and d["n_examples"] == 20
     assert len(open(tmp_path / "p.jsonl").readlines()) == 20
-    r = invoke(["eval", env["run"], "--store", env["store"]])
+    r = invoke(["eval", env["run"], "--store", env["store"], "--threads", "1"])
     assert r.exit_code == 0 and "accuracy" in r.stdout and "[test]" in r.stdout
 
 
@@ -134,6 +134,8 @@ def test_bad_options(env, tmp_path):
     r = invoke(train_args(env, tmp_path, "--epochs", "0", "--dropout", "2", "--d-head", "15"))
     assert_user_error(r, "--epochs", "--dropout", "--d-head 15 is not divisible")  # every problem at once
     assert_user_error(invoke(train_args(env, tmp_path, "--label-init", "prior", head="linear")), "ytuning heads only")
+    assert_user_error(invoke(train_args(env, tmp_path, "--threads", "0")), "--threads 0")
+    assert_user_error(invoke(["eval", env["run"], "--store", env["store"], "--threads", "0"]), "--threads 0")
     assert_user_error(invoke(["train", "linear", "--store", str(tmp_path / "none"), "--label-column", "label",
                               "--out", str(tmp_path / "o")]), "no store at")
 
