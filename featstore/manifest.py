@@ -13,6 +13,10 @@ DTYPES = ("float16", "bfloat16", "float32")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 MAX_COUNT = 1 << 40  # bound on any declared count or size
+MAX_FILES = 10_000_000  # bound on the files a published store may declare
+MAX_PATH = 512
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MANIFEST_NAME = "manifest.json"
 
 
 def fingerprint(model: dict[str, Any], tokenizer: dict[str, Any], settings: dict[str, Any],
@@ -48,6 +52,13 @@ def _count(v: Any, what: str) -> int:
 
 def validate(m: Any, source: str) -> dict[str, Any]:
     """Check an untrusted manifest's shape, names, counts and paths. Returns it unchanged."""
+    try:
+        return _validate(m, source)
+    except (AttributeError, TypeError, KeyError, ValueError) as e:  # a field of the wrong JSON type
+        raise StoreError(f"{source}: manifest is malformed ({type(e).__name__}: {e}); refusing the store")
+
+
+def _validate(m: Any, source: str) -> dict[str, Any]:
     if not isinstance(m, dict):
         raise StoreError(f"{source}: manifest is not a JSON object")
     v = m.get("format_version")
@@ -64,8 +75,10 @@ def validate(m: Any, source: str) -> dict[str, Any]:
     if not isinstance(layers, list) or not layers or not all(isinstance(x, int) and 0 <= x < 10_000 for x in layers):
         raise StoreError(f"{source}: manifest layers {layers!r} invalid")
     _count(m["model"].get("hidden_size"), "model.hidden_size")
-    for split in m["dataset"].get("splits", {}):
+    for split, meta in m["dataset"].get("splits", {}).items():
         safe_name(split, "split")
+        _count(meta.get("n_examples"), f"split {split} n_examples")
+        _count(meta.get("n_tokens"), f"split {split} n_tokens")
     for col in m["dataset"].get("label_columns", []):
         safe_name(col.get("name"), "label column")
     for seg in m.get("segments", []):
@@ -80,6 +93,65 @@ def validate(m: Any, source: str) -> dict[str, Any]:
         safe_path(path)
         _count(meta.get("size"), f"size of {path}")
     return m
+
+
+def validate_published(m: Any, source: str) -> dict[str, Any]:
+    """Stricter checks for a store that crosses machines (push, pull, ls, read from a URL): complete, a
+    known format, hex fingerprint and checksums (they name cache files), bounded file count and sizes, and
+    file paths that stay inside the store and cannot collide with each other or with the manifest."""
+    validate(m, source)
+    if m["complete"] is not True:
+        raise StoreError(f"{source}: the store is incomplete; only complete stores are published and read remotely")
+    if m.get("format") not in ("zarr", "hdf5"):
+        raise StoreError(f"{source}: manifest format {m.get('format')!r} unknown (zarr or hdf5)")
+    if not isinstance(m["fingerprint"], str) or not _HEX64.match(m["fingerprint"]):
+        raise StoreError(f"{source}: manifest fingerprint {str(m['fingerprint'])[:80]!r} is not a sha256 hex digest")
+    try:
+        items = _declared_files(m)
+    except (AttributeError, TypeError, KeyError) as e:
+        raise StoreError(f"{source}: manifest file list is malformed ({type(e).__name__}: {e})")
+    if len(items) > MAX_FILES:
+        raise StoreError(f"{source}: manifest declares {len(items)} files, more than {MAX_FILES}; refusing the store")
+    seen: dict[str, dict] = {}
+    total = 0
+    for path, meta in items:
+        safe_path(path)
+        if len(path) > MAX_PATH or any(p.startswith(".") for p in path.split("/")) or path == MANIFEST_NAME:
+            raise StoreError(f"manifest: file path {path[:MAX_PATH]!r} is reserved or too long; refusing the store")
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"]):
+            raise StoreError(f"{source}: file {path} has no valid sha256 in the manifest; refusing the store")
+        total += _count(meta.get("size"), f"size of {path}")
+        if path in seen and (seen[path]["size"], seen[path]["sha256"]) != (meta["size"], meta["sha256"]):
+            raise StoreError(f"{source}: file {path} is declared twice with different contents; refusing the store")
+        seen[path] = meta
+    _count(total, "total size of the store")
+    for path in seen:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in seen:
+                raise StoreError(f"{source}: {'/'.join(parts[:i])} is declared both as a file and as a directory "
+                                 f"(of {path}); refusing the store")
+    return m
+
+
+def _declared_files(m: dict[str, Any]) -> list[tuple[str, Any]]:
+    if m["format"] == "hdf5":
+        h = m.get("hdf5")
+        if not isinstance(h, dict):
+            raise StoreError("manifest of a published hdf5 store lacks its 'hdf5' file entry")
+        return [(h.get("file"), {"size": h.get("size"), "sha256": h.get("sha256")})]
+    items = list(m.get("files", {}).items())
+    for seg in m.get("segments", []):
+        items += list(seg.get("files", {}).items())
+    return items
+
+
+def transfer_files(m: dict[str, Any]) -> dict[str, dict]:
+    """The files a published store consists of, beside its manifest: every zarr file, or the one .h5 file."""
+    if m.get("format") == "hdf5":
+        h = m["hdf5"]
+        return {h["file"]: {"size": h["size"], "sha256": h["sha256"]}}
+    return all_files(m)
 
 
 def split_segments(m: dict[str, Any], split: str) -> list[dict[str, Any]]:

@@ -15,8 +15,19 @@ from .layout import Layout, from_stored, layout_for
 from .manifest import split_segments, validate
 
 
-def open_store(path: str, *, allow_incomplete: bool = False) -> "Store":
-    """Open a complete store (Zarr directory or HDF5 file). Incomplete stores are refused."""
+def open_store(path: str, *, allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None,
+               cache_dir: str | None = None, cache_max_bytes: int | None = None) -> "Store":
+    """Open a complete store: a Zarr directory, an HDF5 file, or any fsspec URL of a published store
+    (`s3://bucket/glue/sst2`, `file:///shared/sst2`). Incomplete stores are refused.
+
+    A URL is read in place: each file is fetched whole on first use, verified against the manifest's sha256,
+    and kept in a local cache (`cache_dir`, default `$FEATSTORE_CACHE_DIR` or the user cache directory; bound
+    `cache_max_bytes`, default `$FEATSTORE_CACHE_MAX_GB` or 50 GiB). `storage_options` go to fsspec
+    (endpoint, credentials, ...)."""
+    from .remote import is_url
+
+    if is_url(path):
+        return _open_remote(path, storage_options, cache_dir, cache_max_bytes)
     if not os.path.exists(path) and not os.path.exists(path + ".parts"):
         raise StoreError(f"no store at {path}: check the path (a directory for zarr, a .h5 file for hdf5)")
     layout = layout_for(path)
@@ -28,6 +39,21 @@ def open_store(path: str, *, allow_incomplete: bool = False) -> "Store":
         raise StoreError(f"store {path} is incomplete (extraction interrupted or still running); "
                          "re-run the same `featstore extract` command to finish it")
     return Store(path, layout, manifest)
+
+
+def _open_remote(url: str, storage_options: dict[str, Any] | None, cache_dir: str | None,
+                 cache_max_bytes: int | None) -> "Store":
+    from .remote import PUSH_MARKER, open_remote
+
+    layout = open_remote(url, storage_options, cache_dir, cache_max_bytes)
+    manifest = layout.read_manifest()  # validated as untrusted input
+    if manifest is None:
+        if layout.remote.read_small(PUSH_MARKER, 1 << 16) is not None:
+            raise StoreError(f"{url} is an unfinished upload (no manifest yet); re-run the same `featstore push` "
+                             "to finish it")
+        raise StoreError(f"no store at {url} (no manifest.json there); check the URL, or list stores with "
+                         "`featstore ls`")
+    return Store(url, layout, manifest)
 
 
 class Store:
@@ -90,6 +116,22 @@ class Store:
         if missing:
             raise StoreError(f"store {self.path} lacks layers {missing}; it holds {self.layers} "
                              "(re-extract with those --layers, or choose from these)")
+
+    @property
+    def is_remote(self) -> bool:
+        return hasattr(self.layout, "prefetch")
+
+    def prefetch(self, splits: Sequence[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
+        """Fetch a remote store's files (of `splits`, default all) into the local cache in parallel, so the
+        first epoch does not wait on one chunk at a time. Returns bytes; a no-op (0) for local stores."""
+        if not self.is_remote:
+            return 0
+        prefixes = None
+        if splits is not None:
+            for s in splits:
+                self.split(s)  # a clear error for an unknown split
+            prefixes = [f"{kind}/{s}" for s in splits for kind in ("segments", "labels")] + ["label_features"]
+        return self.layout.prefetch(prefixes, jobs=jobs, progress=progress)
 
     def close(self) -> None:
         self.layout.close()

@@ -1,6 +1,7 @@
 """`featstore info` and `featstore verify`."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -9,11 +10,13 @@ from .errors import StoreError
 from .layout import from_stored
 from .manifest import all_files
 from .reader import Store, open_store
+from .remote import printable
 
 
-def info(path: str) -> dict[str, Any]:
-    """A summary of a store from its manifest alone (no feature reads); works on incomplete stores too."""
-    store = open_store(path, allow_incomplete=True)
+def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """A summary of a store from its manifest alone (no feature reads); works on incomplete stores too.
+    `path` may be a URL of a published store (see `open_store`)."""
+    store = open_store(path, allow_incomplete=True, storage_options=storage_options, cache_dir=cache_dir)
     m = store.manifest
     try:
         files = all_files(m)
@@ -21,7 +24,7 @@ def info(path: str) -> dict[str, Any]:
         for name, s in m["dataset"]["splits"].items():
             splits[name] = {"examples": s["n_examples"], "tokens": s["n_tokens"], "truncated": s.get("truncated", 0),
                             "segments": sum(1 for g in m.get("segments", []) if g["split"] == name)}
-        return {
+        return {k: printable(v) if isinstance(v, str) else v for k, v in {
             "path": path, "format": m.get("format"), "complete": bool(m["complete"]), "fingerprint": m["fingerprint"],
             "model": m["model"].get("name"), "model_path": m["model"].get("path"),
             "architecture": m["model"].get("architecture"), "num_layers": m["model"].get("num_layers"),
@@ -33,7 +36,9 @@ def info(path: str) -> dict[str, Any]:
             "bytes": int(sum(f["size"] for f in files.values())), "files": len(files),
             "compression": m["layout"]["compression"], "created": m.get("created"),
             "tool_version": m["tool"]["version"],
-        }
+        }.items()}
+    except (KeyError, TypeError, AttributeError) as e:  # a manifest from elsewhere may lack optional fields
+        raise StoreError(f"{path}: manifest lacks or mangles {e}; the store is damaged or from another tool")
     finally:
         store.close()
 
@@ -75,10 +80,14 @@ def _count(n: Any) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
-def verify(path: str, check_values: bool = True, progress: bool = False) -> list[str]:
-    """Every problem found (empty list = the store is whole): manifest, checksums, counts, finiteness."""
+def verify(path: str, check_values: bool = True, progress: bool = False,
+           storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> list[str]:
+    """Every problem found (empty list = the store is whole): manifest, checksums, counts, finiteness.
+
+    On a URL this verifies the published copy in place: every file is downloaded and checked against the
+    manifest (verified files stay in the local cache, so the value scan reads them locally)."""
     try:
-        store = open_store(path, allow_incomplete=True)
+        store = open_store(path, allow_incomplete=True, storage_options=storage_options, cache_dir=cache_dir)
     except StoreError as e:
         return [str(e)]
     problems: list[str] = []
@@ -90,24 +99,39 @@ def verify(path: str, check_values: bool = True, progress: bool = False) -> list
         files = all_files(m)
         from tqdm.auto import tqdm
 
-        for name, meta in tqdm(sorted(files.items()), desc="checksums", unit="file", disable=not progress):
+        def checksum(name: str) -> Any:
             try:
-                got = store.layout.checksum(name)
+                return store.layout.checksum(name)
             except Exception as e:  # noqa: BLE001 - an unreadable item is a problem to list, not a crash
-                problems.append(f"{name}: unreadable ({type(e).__name__}: {e})")
-                continue
-            if got is None:
-                problems.append(f"{name}: missing")
-            elif got[0] != meta["size"]:
-                problems.append(f"{name}: size {got[0]} != {meta['size']} in the manifest")
-            elif got[1] != meta["sha256"]:
-                problems.append(f"{name}: checksum mismatch (the file was changed or corrupted)")
+                return e
+
+        items = sorted(files.items())
+        # a remote zarr store: one download per file, so fetch several at once
+        jobs = 8 if store.is_remote and m.get("format") == "zarr" else 1
+        with ThreadPoolExecutor(jobs) as pool:
+            results = pool.map(checksum, [name for name, _ in items])
+            checked = tqdm(zip(items, results), total=len(items), desc="checksums", unit="file", disable=not progress)
+            for (name, meta), got in checked:
+                problems += _checksum_problem(name, meta, got)
         if problems:
             return problems  # reading damaged arrays would only repeat the same problems
         for split in store.splits:
             problems += _check_split(store, split, check_values)
     finally:
         store.close()
+    return problems
+
+
+def _checksum_problem(name: str, meta: dict, got: Any) -> list[str]:
+    problems = []
+    if isinstance(got, Exception):
+        problems.append(f"{name}: unreadable ({type(got).__name__}: {got})")
+    elif got is None:
+        problems.append(f"{name}: missing")
+    elif got[0] != meta["size"]:
+        problems.append(f"{name}: size {got[0]} != {meta['size']} in the manifest")
+    elif got[1] != meta["sha256"]:
+        problems.append(f"{name}: checksum mismatch (the file was changed or corrupted)")
     return problems
 
 

@@ -1,0 +1,151 @@
+"""`featstore add-labels`: attach a new label column to a local store, joined by example id, no re-extraction.
+
+Labels are not part of the fingerprint (the features do not depend on them), so a teammate's new annotations
+on a shared corpus become a new column of the same store: `labels/<split>/<column>` in storage order, listed in
+the manifest's `dataset.label_columns` and checksummed in its `files`. The manifest is replaced atomically,
+after the arrays are written, so a crash leaves the store as it was.
+
+A published store is immutable: to label one, pull it, add labels, and push the result under a new name.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .data import SplitData, _encode_labels, parse_label_spec, read_table
+from .errors import InputError, StoreError
+from .layout import ZarrLayout, sha256_array, write_json_atomic
+from .manifest import safe_name
+from .reader import Store, open_store
+from .remote import is_url
+
+
+@dataclass
+class AddLabelsResult:
+    store: str
+    column: str
+    kind: str
+    names: list[str] | None
+    examples: dict[str, int]
+    fingerprint: str
+
+
+def add_labels(store_path: str, data: dict[str, str], label_column: str, id_column: str = "id") -> AddLabelsResult:
+    """Join `label_column` of the files in `data` (split -> path) to the store's examples by `id_column`.
+
+    `label_column` is `NAME`, `NAME:class` or `NAME:regression`. Every split of the store needs a file; every
+    example needs exactly one label and every id in the files must exist in the store, else nothing changes.
+    """
+    if is_url(store_path):
+        raise InputError(f"{store_path} is a published store and immutable: pull it (`featstore pull`), add labels "
+                         "to the copy, and push that under a new name")
+    column, kind = parse_label_spec(label_column)
+    if not _safe(column):
+        raise InputError(f"--label-column {column!r}: use letters, digits, _ . - only")
+    store = open_store(store_path)
+    try:
+        if column in store.label_columns:
+            raise InputError(f"store {store_path} already has label column {column!r}; choose another name "
+                             "(published columns are never replaced)")
+        missing = [s for s in store.splits if s not in data]
+        unknown = [s for s in data if s not in store.splits]
+        if unknown:
+            raise InputError(f"--data for split(s) {', '.join(unknown)} that the store does not have; "
+                             f"its splits are {', '.join(store.splits)}")
+        if missing:
+            raise InputError(f"--data missing for split(s) {', '.join(missing)}: every split of the store needs "
+                             "its labels (give --data SPLIT=PATH for each)")
+        splits = {name: _join(store, name, data[name], id_column, column) for name in store.splits}
+        col = _encode_labels(column, kind, splits)  # same vocabulary rules as extraction
+        arrays = {f"labels/{name}/{column}": s.targets[column] for name, s in splits.items()}
+        entry = {**col.to_json(), "added": {"id_column": id_column, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                        time.gmtime()),
+                                            "sources": {k: os.path.abspath(v) for k, v in data.items()}}}
+        manifest = store.manifest
+        fmt = manifest.get("format", "zarr")
+        fingerprint = store.fingerprint
+    finally:
+        store.close()
+    manifest["dataset"]["label_columns"].append(entry)
+    if fmt == "hdf5":
+        _write_hdf5(store_path, arrays, manifest)
+    else:
+        layout = ZarrLayout(store_path)
+        manifest.setdefault("files", {}).update(layout.write_arrays(arrays, "none", manifest["layout"]["chunk_bytes"]))
+        write_json_atomic(os.path.join(store_path, "manifest.json"), manifest)  # last: the column now exists
+    return AddLabelsResult(store_path, column, col.kind, col.names, {k: len(s.ids) for k, s in splits.items()},
+                           fingerprint)
+
+
+def _safe(name: str) -> bool:
+    try:
+        safe_name(name, "label column")
+        return True
+    except StoreError:
+        return False
+
+
+def _join(store: Store, split: str, path: str, id_column: str, column: str) -> SplitData:
+    """The file's labels in the store's storage order; every mismatch reported at once."""
+    cols = read_table(path)
+    for c in (id_column, column):
+        if c not in cols:
+            raise InputError(f"split {split!r} ({path}): column {c!r} not found; columns are {sorted(cols)}")
+    ids = [None if v is None else str(v) for v in cols[id_column]]
+    by_id: dict[str, Any] = {}
+    dupes: list[str] = []
+    for i, v in enumerate(ids):
+        if v is None:
+            raise InputError(f"split {split!r} ({path}) row {i}: id is null")
+        if v in by_id:
+            dupes.append(v)
+        by_id[v] = cols[column][i]
+    sp = store.split(split)
+    store_ids = sp.example_ids  # storage order
+    known = set(store_ids)
+    unmatched = [v for v in by_id if v not in known]
+    unlabelled = [v for v in store_ids if v not in by_id]
+    problems = []
+    if dupes:
+        problems.append(f"{len(set(dupes))} duplicate id(s) {_some(sorted(set(dupes)))}")
+    if unmatched:
+        problems.append(f"{len(unmatched)} id(s) not in the store {_some(unmatched)}")
+    if unlabelled:
+        problems.append(f"{len(unlabelled)} example(s) of the store without a label {_some(unlabelled)}")
+    if problems:
+        raise InputError(f"split {split!r} ({path}), joined on {id_column!r}: {'; '.join(problems)}; "
+                         "fix the file (ids must match the store's example ids one to one); nothing was changed")
+    return SplitData(split, path, texts=[], pairs=None, ids=store_ids,
+                     raw_labels={column: [by_id[i] for i in store_ids]})
+
+
+def _some(values: list[str], n: int = 3) -> str:
+    shown = ", ".join(repr(v) for v in values[:n])
+    return f"({shown}{', ...' if len(values) > n else ''})"
+
+
+def _write_hdf5(path: str, arrays: dict[str, np.ndarray], manifest: dict) -> None:
+    """HDF5 cannot replace part of a file atomically: edit a copy, then rename it over the original."""
+    import json
+
+    import h5py
+
+    tmp = f"{path}.labels-{os.getpid()}"
+    shutil.copyfile(path, tmp)
+    try:
+        with h5py.File(tmp, "a") as f:
+            for name, data in arrays.items():
+                if name in f:
+                    del f[name]
+                f.create_dataset(name, data=data)
+                manifest.setdefault("files", {})[name] = {"size": int(data.nbytes), "sha256": sha256_array(data)}
+            f.attrs["manifest"] = json.dumps(manifest)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,392 @@
+"""Sharing stores: push, ls, pull, verify and read in place, against a real S3 server and a local directory URL.
+
+Every test runs twice (`remote` fixture): on moto's S3 server over loopback and on a plain `file://` directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featstore
+from cli.featstore_cli import main
+from featstore.errors import InputError, StoreError
+from featstore.manifest import all_files
+from featstore.share import ls, pull, push
+from featstore.verify import verify
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def arrays(store) -> dict[str, np.ndarray]:
+    """Everything a head can read from a store."""
+    out = {"fingerprint": np.array(store.fingerprint)}
+    for name in store.splits:
+        sp = store.split(name)
+        out[f"{name}/rows"], out[f"{name}/ids"] = sp.rows, np.array(sp.example_ids)
+        out[f"{name}/offsets"], out[f"{name}/label"] = sp.offsets, sp.targets("label")
+        out[f"{name}/input_ids"] = np.concatenate([sp.input_ids(i) for i in range(len(sp))])
+        for k in store.layers:
+            out[f"{name}/L{k}/tokens"] = sp.tokens(k, 0, sp.n_tokens)
+            out[f"{name}/L{k}/cls"], out[f"{name}/L{k}/mean"] = sp.pooled("cls", k), sp.pooled("mean", k)
+    for k in store.layers:
+        out[f"label_features/L{k}"] = store.label_features("label", k)
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def local_arrays(shared_store):
+    with featstore.open_store(shared_store) as s:
+        return arrays(s)
+
+
+def flip_byte(data: bytes) -> bytes:
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+
+
+def a_chunk(store_path: str, split: str = "train", what: str = "L2/tokens") -> str:
+    """Manifest path of one chunk of a feature array."""
+    with featstore.open_store(store_path) as s:
+        files = all_files(s.manifest)
+    return sorted(f for f in files if f.startswith(f"segments/{split}/") and f"/{what}/c/" in f)[0]
+
+
+# -- publish, list, fetch, verify ------------------------------------------------------------------------
+
+def test_push_ls_pull_verify_round_trip(remote, shared_store, tmp_path, local_arrays):
+    url = remote.url("glue", "sst2")
+    r = push(shared_store, url, progress=False)
+    n_files = len(all_files(featstore.open_store(shared_store).manifest))
+    assert (r.files, r.transferred, r.resumed, r.already) == (n_files, n_files, 0, False)
+    assert remote.read(url + "/manifest.json") == open(os.path.join(shared_store, "manifest.json"), "rb").read()
+
+    again = push(shared_store, url, progress=False)
+    assert again.already and again.transferred == 0
+
+    entries, problems = ls(remote.url())
+    assert problems == [] and [e["name"] for e in entries] == ["glue/sst2"]
+    e = entries[0]
+    with featstore.open_store(shared_store) as s:
+        assert e["fingerprint"] == s.fingerprint and e["layers"] == [1, 2] and e["format"] == "zarr"
+        assert e["splits"] == {"train": 40, "validation": 12, "test": 12}
+        assert e["bytes"] == sum(f["size"] for f in all_files(s.manifest).values()) and e["created"]
+
+    dest = str(tmp_path / "copy" / "sst2")
+    got = pull(url, dest, progress=False)
+    assert got.transferred == n_files and not got.already
+    assert verify(dest) == []
+    assert open(os.path.join(dest, "manifest.json"), "rb").read() == \
+        open(os.path.join(shared_store, "manifest.json"), "rb").read()
+    with featstore.open_store(dest) as s:
+        assert_same(arrays(s), local_arrays)
+    assert os.listdir(tmp_path / "copy") == ["sst2"]  # no temporary left behind
+    assert pull(url, dest, progress=False).already
+
+    assert verify(url) == []  # in place
+
+
+def test_cli_push_ls_pull_verify(remote, shared_store, tmp_path, s3_server):
+    url = remote.url("team", "sst2")
+    opts = ["--storage-option", f"client_kwargs.endpoint_url={s3_server}"] if remote.kind == "s3" else []
+    run = CliRunner().invoke
+    r = run(main, ["push", shared_store, url, "--quiet", *opts])
+    assert r.exit_code == 0 and "published" in r.output, r.output
+    r = run(main, ["push", shared_store, url, "--quiet", *opts])
+    assert r.exit_code == 0 and "already published" in r.output, r.output
+    r = run(main, ["ls", remote.url(), *opts])
+    assert r.exit_code == 0 and "team/sst2" in r.output and "train:40" in r.output and "FINGERPRINT" in r.output
+    r = run(main, ["ls", remote.url(), "--json", *opts])
+    assert r.exit_code == 0 and json.loads(r.output)[0]["name"] == "team/sst2"
+    r = run(main, ["info", url, *opts])
+    assert r.exit_code == 0 and "complete" in r.output and "40 examples" in r.output
+    r = run(main, ["verify", url, "--quiet", "--cache-dir", str(tmp_path / "c"), *opts])
+    assert r.exit_code == 0 and "OK" in r.output, r.output
+    r = run(main, ["pull", url, str(tmp_path / "copy"), "--quiet", "--json", *opts])
+    assert r.exit_code == 0 and json.loads(r.output)["transferred"] > 0
+    r = run(main, ["pull", remote.url("nothing-here"), str(tmp_path / "x"), "--quiet", *opts])
+    assert r.exit_code == 2 and r.stderr.startswith("error: no store at") and "\n" not in r.stderr.strip()
+    r = run(main, ["push", shared_store, url, "--storage-option", "novalue"])
+    assert r.exit_code == 2 and "KEY=VALUE" in r.stderr
+
+
+def test_read_in_place_equals_local_copy_and_is_cached(remote, shared_store, tmp_path, local_arrays):
+    url = remote.url("sst2")
+    push(shared_store, url, progress=False)
+    cache = str(tmp_path / "cache")
+    with featstore.open_store(url, cache_dir=cache) as s:
+        assert s.is_remote and s.path == url
+        assert_same(arrays(s), local_arrays)
+    # a second run reads locally: even with the remote data gone, the cache serves every array
+    remote.remove(*(f"{url}/{rel}" for rel in remote.files(url) if rel != "manifest.json"))
+    assert remote.files(url) == ["manifest.json"]
+    with featstore.open_store(url, cache_dir=cache) as s:
+        assert_same(arrays(s), local_arrays)
+
+
+def test_prefetch_and_bounded_cache(remote, shared_store, tmp_path, local_arrays):
+    from featstore.cache import FileCache
+
+    url = remote.url("sst2")
+    push(shared_store, url, progress=False)
+    bound = 64 << 10  # far smaller than the store: files are evicted and fetched again as needed
+    with featstore.open_store(url, cache_dir=str(tmp_path / "c"), cache_max_bytes=bound) as s:
+        assert s.prefetch(["validation"]) > 0
+        assert_same(arrays(s), local_arrays)
+    largest = max(f["size"] for f in all_files(featstore.open_store(shared_store).manifest).values())
+    assert FileCache(str(tmp_path / "c"), bound).usage() <= bound + largest
+
+
+def test_push_refuses_a_different_store(remote, shared_store, tmp_path):
+    from featstore.labels import add_labels
+
+    url = remote.url("sst2")
+    push(shared_store, url, progress=False)
+    other = str(tmp_path / "other")
+    shutil.copytree(shared_store, other)
+    m = json.load(open(os.path.join(other, "manifest.json")))
+    m["fingerprint"] = "0" * 64
+    m["settings"]["max_length"] = 16
+    json.dump(m, open(os.path.join(other, "manifest.json"), "w"))
+    with pytest.raises(StoreError, match=r"already holds a different store \(max_length \(24 vs 16\)"):
+        push(other, url, progress=False)
+    # same features, new labels: still a different published artefact, so refused as well
+    relabelled = str(tmp_path / "relabelled")
+    shutil.copytree(shared_store, relabelled)
+    ids = {}
+    with featstore.open_store(relabelled) as s:
+        for name in s.splits:
+            ids[name] = s.split(name).example_ids
+    data = {}
+    for name, split_ids in ids.items():
+        p = tmp_path / f"{name}.jsonl"
+        p.write_text("".join(json.dumps({"id": i, "flag": str(len(i) % 2)}) + "\n" for i in split_ids))
+        data[name] = str(p)
+    add_labels(relabelled, data, "flag")
+    with pytest.raises(StoreError, match="other files or label columns.*push under a new name"):
+        push(relabelled, url, progress=False)
+    assert remote.read(url + "/manifest.json") == open(os.path.join(shared_store, "manifest.json"), "rb").read()
+    assert push(relabelled, remote.url("sst2-flag"), progress=False).transferred > 0
+
+
+def test_push_refuses_a_non_store_location(remote, shared_store):
+    remote.write(remote.url("data", "notes.txt"), b"someone else's files")
+    with pytest.raises(StoreError, match="not empty and holds no featstore store"):
+        push(shared_store, remote.url("data"), progress=False)
+    with pytest.raises(InputError, match="push takes a local store"):
+        push(remote.url("data"), remote.url("x"), progress=False)
+
+
+# -- damage ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["flip", "append"])
+def test_corrupted_object_detected_on_pull_verify_and_read(remote, shared_store, tmp_path, damage):
+    url = remote.url("sst2")
+    push(shared_store, url, progress=False)
+    rel = a_chunk(shared_store)
+    good = remote.read(f"{url}/{rel}")
+    remote.write(f"{url}/{rel}", flip_byte(good) if damage == "flip" else good + b"\0" * 4096)
+
+    dest = tmp_path / "copy"
+    with pytest.raises(StoreError, match=f"file {rel} (fails its sha256 checksum|has more than)") as e:
+        pull(url, str(dest), progress=False)
+    assert "nothing was installed" in str(e.value)
+    assert not dest.exists()  # only the hidden work directory (kept for resume) is left next to it
+    assert set(os.listdir(tmp_path)) <= {".copy.featstore-pull", "published", "user-cache"}
+
+    problems = verify(url, cache_dir=str(tmp_path / "vc"))
+    assert len(problems) == 1 and problems[0].startswith(rel), problems
+
+    with featstore.open_store(url, cache_dir=str(tmp_path / "rc")) as s:
+        sp = s.split("train")
+        with pytest.raises(StoreError, match=f"file {rel}"):
+            sp.tokens(2, 0, sp.n_tokens)
+    # repaired at the source: the same pull resumes and succeeds
+    remote.write(f"{url}/{rel}", good)
+    r = pull(url, str(dest), progress=False)
+    assert r.resumed > 0 and verify(str(dest)) == []
+
+
+def test_corrupted_cache_file_is_fetched_again(remote, shared_store, tmp_path, local_arrays):
+    url = remote.url("sst2")
+    push(shared_store, url, progress=False)
+    cache = tmp_path / "cache"
+    with featstore.open_store(url, cache_dir=str(cache)) as s:
+        arrays(s)
+        fp = s.fingerprint
+        meta = all_files(s.manifest)[a_chunk(shared_store)]
+    cached = cache / fp / meta["sha256"][:2] / meta["sha256"]
+    cached.write_bytes(flip_byte(cached.read_bytes()))
+    with featstore.open_store(url, cache_dir=str(cache)) as s:
+        assert_same(arrays(s), local_arrays)
+    from featstore.layout import sha256_file
+
+    assert sha256_file(str(cached)) == meta["sha256"]
+
+
+# -- interruption ----------------------------------------------------------------------------------------
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.featstore_cli", *args]
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.005)
+    assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_push_leaves_no_readable_store_and_resumes(remote, shared_store, tmp_path, local_arrays):
+    url = remote.url("sst2")
+    proc = subprocess.Popen(_cli("push", shared_store, url, "--jobs", "1", "--quiet"), cwd=ROOT,
+                            env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _kill_when(proc, lambda: len(remote.files(url)) >= 12)
+    present = [f for f in remote.files(url) if not f.startswith(".") and ".part-" not in f]
+    assert "manifest.json" not in present and len(present) >= 10
+
+    with pytest.raises(StoreError, match="unfinished upload"):
+        featstore.open_store(url)
+    with pytest.raises(StoreError, match="unfinished upload"):
+        pull(url, str(tmp_path / "copy"), progress=False)
+    entries, _ = ls(remote.url())
+    assert [(e["name"], e["status"]) for e in entries] == [("sst2", "unfinished")]
+    with featstore.open_store(shared_store) as s:
+        m = s.manifest
+        m["fingerprint"] = "f" * 64
+    other = str(tmp_path / "other")
+    shutil.copytree(shared_store, other)
+    json.dump(m, open(os.path.join(other, "manifest.json"), "w"))
+    with pytest.raises(StoreError, match="unfinished upload of a different store"):
+        push(other, url, progress=False)
+
+    r = push(shared_store, url, progress=False)
+    assert r.resumed >= len(present) - 1 and r.resumed + r.transferred == r.files
+    assert not any(".part-" in f or f.startswith(".") for f in remote.files(url))
+    with featstore.open_store(url, cache_dir=str(tmp_path / "c")) as s:
+        assert_same(arrays(s), local_arrays)
+
+
+def test_killed_pull_resumes(remote, shared_store, tmp_path, local_arrays):
+    url = remote.url("sst2")
+    push(shared_store, url, progress=False)
+    dest = tmp_path / "copy"
+    work = tmp_path / ".copy.featstore-pull"
+
+    def n_files() -> int:
+        return sum(len(f) for _, _, f in os.walk(work))
+
+    proc = subprocess.Popen(_cli("pull", url, str(dest), "--jobs", "1", "--quiet"), cwd=ROOT, env={**os.environ},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _kill_when(proc, lambda: n_files() >= 12)
+    assert not dest.exists()
+    r = pull(url, str(dest), progress=False)
+    assert r.resumed >= 10 and r.resumed + r.transferred == r.files
+    assert not work.exists() and verify(str(dest)) == []
+    with featstore.open_store(str(dest)) as s:
+        assert_same(arrays(s), local_arrays)
+
+
+# -- untrusted manifests ---------------------------------------------------------------------------------
+
+def _tampered(shared_store: str, how: str) -> dict:
+    m = json.load(open(os.path.join(shared_store, "manifest.json")))
+    seg = m["segments"][0]
+    rel = sorted(seg["files"])[0]
+    meta = seg["files"].pop(rel)
+    if how == "traversal":
+        seg["files"]["../../../escaped/x"] = meta
+    elif how == "absolute":
+        seg["files"]["/tmp/escaped/x"] = meta
+    elif how == "scheme":
+        seg["files"]["s3://other-bucket/x"] = meta
+    elif how == "absurd-size":
+        seg["files"][rel] = {**meta, "size": 10 ** 18}
+    elif how == "smaller-size":
+        seg["files"][rel] = {**meta, "size": 3}  # the object is bigger: never read past 3 (+1) bytes
+    elif how == "bad-fingerprint":
+        seg["files"][rel] = meta
+        m["fingerprint"] = "../../x"
+    elif how == "manifest-name":
+        seg["files"]["manifest.json"] = meta
+    elif how == "not-json":
+        return None
+    return m
+
+
+@pytest.mark.parametrize("how", ["traversal", "absolute", "scheme", "absurd-size", "smaller-size",
+                                 "bad-fingerprint", "manifest-name", "not-json"])
+def test_malicious_manifest_is_rejected(remote, shared_store, tmp_path, how):
+    url = remote.url("evil")
+    push(shared_store, url, progress=False)
+    m = _tampered(shared_store, how)
+    remote.write(url + "/manifest.json", b"{not json" if m is None else json.dumps(m).encode())
+    dest = tmp_path / "inbox" / "copy"
+    with pytest.raises(StoreError) as e:
+        pull(url, str(dest), progress=False)
+    assert "\n" not in str(e.value)
+    assert not dest.exists() and not (tmp_path / "escaped").exists() and not os.path.exists("/tmp/escaped/x")
+    if how != "smaller-size":  # caught from the manifest alone
+        with pytest.raises(StoreError):
+            featstore.open_store(url, cache_dir=str(tmp_path / "c"))
+        entries, problems = ls(remote.url())
+        assert entries == [] and len(problems) == 1
+    else:
+        assert "has more than 3 bytes" in str(e.value)
+
+
+def test_oversized_manifest_is_refused(remote, shared_store, tmp_path, monkeypatch):
+    import featstore.remote
+
+    url = remote.url("big")
+    push(shared_store, url, progress=False)
+    monkeypatch.setattr(featstore.remote, "MAX_MANIFEST_BYTES", 1024)
+    with pytest.raises(StoreError, match="larger than 1024 bytes"):
+        pull(url, str(tmp_path / "copy"), progress=False)
+
+
+# -- HDF5 ------------------------------------------------------------------------------------------------
+
+def test_hdf5_push_pull_and_read_in_place(remote, shared_h5, tmp_path):
+    url = remote.url("sst2-h5")
+    r = push(shared_h5, url, progress=False)
+    assert r.files == 1
+    entries, _ = ls(remote.url())
+    assert entries[0]["format"] == "hdf5" and entries[0]["bytes"] == os.path.getsize(shared_h5)
+    dest = str(tmp_path / "copy.h5")
+    pull(url, dest, progress=False)
+    assert open(dest, "rb").read() == open(shared_h5, "rb").read() and verify(dest) == []
+    assert verify(url, cache_dir=str(tmp_path / "c")) == []
+    with featstore.open_store(url, cache_dir=str(tmp_path / "c")) as a, featstore.open_store(shared_h5) as b:
+        assert_same(arrays(a), arrays(b))
+
+
+@pytest.mark.parametrize("cmd,expect", [
+    (["push"], ["--storage-option", "--jobs", "immutable"]),
+    (["pull"], ["--storage-option", "--jobs", "resume"]),
+    (["ls"], ["--json", "--depth"]),
+    (["verify"], ["--storage-option", "--cache-dir"]),
+    (["info"], ["--storage-option"]),
+    (["add-labels"], ["--data", "--id-column", "--label-column"]),
+])
+def test_help(cmd, expect):
+    r = CliRunner().invoke(main, cmd + ["--help"])
+    assert r.exit_code == 0, r.output
+    for e in expect:
+        assert e in r.output
