@@ -97,3 +97,29 @@ def test_predict_bad_input(real, tmp_path):
         predict(run, [])
     r = CliRunner().invoke(main, ["predict", run, "--text", "x", "--model", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "cannot load the head's backbone" in r.stderr
+
+
+def test_pairs_and_regression(bert, tmp_path):
+    """A text-pair store and a regression head: predict takes pairs, returns values equal to eval's."""
+    rows = {"train": make_rows(30, 21), "validation": make_rows(8, 22), "test": make_rows(8, 23)}
+    data = {k: write_jsonl(tmp_path / f"{k}.jsonl", v) for k, v in rows.items()}
+    store = str(tmp_path / "pairs")
+    extract(ExtractConfig(model=bert, data=data, out=store, pair_column="text2", label_columns=["score"],
+                          layers="-1", max_length=32, progress=False))
+    run = str(tmp_path / "reg")
+    r = train(TrainConfig("ytuning", store=store, label_column="score", out=run, epochs=1, d_head=16, n_layers=1,
+                          n_heads=2, progress=False))
+    assert r.task == "regression"
+    texts, pairs = [x["text"] for x in rows["test"]], [x["text2"] for x in rows["test"]]
+    preds = predict(run, texts, pairs)
+    ev = evaluate(run, store, "test")
+    for p, e in zip(preds, ev.predictions):
+        assert p["pair"] and p["prediction"] == pytest.approx(e["prediction"], abs=1e-3)
+    with pytest.raises(InputError, match="text pairs"):
+        predict(run, texts)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"text": t, "text2": q}) + "\n" for t, q in zip(texts[:2], pairs[:2])))
+    res = CliRunner().invoke(main, ["predict", run, "--input", str(inp), "--json"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(x)["prediction"] for x in res.stdout.splitlines()] == pytest.approx(
+        [p["prediction"] for p in preds[:2]], abs=1e-6)
