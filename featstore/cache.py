@@ -60,7 +60,7 @@ class FileCache:
         self.root = os.path.abspath(os.path.expanduser(root or default_cache_dir()))
         self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
         self._verified: set[str] = set()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks = [threading.Lock() for _ in range(64)]  # striped: one fetch per file at a time
         self._guard = threading.Lock()
         self._usage: int | None = None
 
@@ -69,8 +69,7 @@ class FileCache:
         return os.path.join(self.root, fingerprint, sha256[:2], sha256)
 
     def _lock(self, key: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+        return self._locks[hash(key) % len(self._locks)]
 
     def fetch(self, remote: "Remote", fingerprint: str, rel: str, meta: dict) -> str:
         """Local path of a verified copy of `rel`, downloading it if absent or damaged."""

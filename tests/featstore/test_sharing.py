@@ -377,6 +377,20 @@ def test_hdf5_push_pull_and_read_in_place(remote, shared_h5, tmp_path):
         assert_same(arrays(a), arrays(b))
 
 
+def test_heads_train_on_url_equals_local_copy(remote, shared_store, tmp_path):
+    """`heads train` reads a URL through `featstore.open_store`: same data, same metrics as the local copy."""
+    heads = pytest.importorskip("heads")
+    url = remote.url("sst2")
+    push(shared_store, url, progress=False)
+    cfg = dict(label_column="label", epochs=2, d_head=16, n_layers=1, n_heads=2, device="cpu", threads=1,
+               seeds=[0], progress=False)
+    local = heads.train(heads.TrainConfig("ytuning", store=shared_store, out=str(tmp_path / "local"), **cfg))
+    remote_run = heads.train(heads.TrainConfig("ytuning", store=url, out=str(tmp_path / "remote"), **cfg))
+    assert remote_run.summary == local.summary
+    assert json.load(open(tmp_path / "remote" / "head.json"))["store"]["fingerprint"] == \
+        json.load(open(tmp_path / "local" / "head.json"))["store"]["fingerprint"]
+
+
 @pytest.mark.parametrize("cmd,expect", [
     (["push"], ["--storage-option", "--jobs", "immutable"]),
     (["pull"], ["--storage-option", "--jobs", "resume"]),
