@@ -9,7 +9,7 @@ from heads import TrainConfig, train
 from .synthetic import classification_store, regression_store
 
 # A small Y-Tuning head: enough to learn the planted signals in a few seconds on two CPU cores.
-SMALL = dict(d_head=32, n_layers=1, n_heads=2, lr=3e-3, epochs=15, progress=False)
+SMALL = dict(d_head=32, n_layers=1, n_heads=2, lr=3e-3, epochs=20, patience=5, progress=False)
 REGRESSION_STORE = dict(n_train=800, signal=12.0, min_len=4, max_len=12)
 
 
