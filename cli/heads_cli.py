@@ -5,6 +5,8 @@ import json
 
 import click
 
+from featstore.remote import parse_storage_options
+
 from .common import user_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -52,15 +54,18 @@ def main() -> None:
               help="RAM for features, e.g. 8GB; larger splits are streamed.  [default: half the available RAM]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--threads", default=None, type=int,
-              help="CPU threads for torch (default: torch's choice; 1 is often fastest for small heads on a busy machine).")
+              help="CPU threads for torch (default: all cores but one, which the batch prefetcher uses).")
 @click.option("--out", required=True, help="Head directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing head directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for a store URL (repeatable), e.g. client_kwargs.endpoint_url=http://host:9000.")
+@click.option("--cache-dir", default=None, help="Local cache for a remote store (default: user cache directory).")
 @user_errors
 def train(head, store, label_column, task, train_split, dev_split, test_split, layers, epochs, batch_size, lr,
           weight_decay, warmup, schedule, grad_clip, patience, seeds, d_head, n_layers, n_heads, dropout, label_init,
-          pooling, max_memory, device, threads, out, overwrite, quiet, as_json) -> None:
+          pooling, max_memory, device, threads, out, overwrite, quiet, as_json, storage_options, cache_dir) -> None:
     """Train a HEAD (ytuning, linear or mlp) on a store's features; write it to --out.
 
     The dev split selects the best epoch; the test split is evaluated once, on that checkpoint.
@@ -77,7 +82,8 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
                       grad_clip=grad_clip, patience=patience or None, seeds=parse_seeds(seeds), d_head=d_head,
                       n_layers=n_layers, n_heads=n_heads, dropout=dropout, label_init=label_init, pooling=pooling,
                       max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
-                      threads=threads, overwrite=overwrite, progress=not quiet)
+                      threads=threads, overwrite=overwrite, progress=not quiet,
+                      storage_options=parse_storage_options(list(storage_options)), cache_dir=cache_dir)
     result = run(cfg)
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_train(result))
 
@@ -90,7 +96,7 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
 @click.option("--batch-size", default=64, show_default=True, type=int)
 @click.option("--max-memory", default=None, help="RAM for features, e.g. 8GB.  [default: half the available RAM]")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--threads", default=None, type=int, help="CPU threads for torch (default: torch's choice).")
+@click.option("--threads", default=None, type=int, help="CPU threads for torch (default: all cores but one).")
 @click.option("--predictions", "predictions_out", default=None, help="Write per-example predictions (JSON lines).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @user_errors
@@ -152,3 +158,32 @@ def _write_jsonl(path: str, recs: list) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def compare(runs, as_json) -> None:
+    """Compare trained head directories side by side (test and dev metric, mean ± std over seeds)."""
+    from heads.report import compare_runs, format_compare
+
+    rows = compare_runs(list(runs))
+    click.echo(json.dumps(rows, indent=1) if as_json else format_compare(rows))
+
+
+@main.command()
+@click.argument("run")
+@click.option("--out", required=True, help="Output .safetensors file.")
+@click.option("--seed", default=None, type=int, help="Which seed's head (default: the best).")
+@user_errors
+def export(run, out, seed) -> None:
+    """Export RUN's head to initialise a classifier on top of the backbone (head-first fine-tuning).
+
+    A linear head becomes `weight` (labels x hidden) and `bias` with its input standardisation folded in:
+    logits = mean_or_cls_pool(backbone(x)) @ weight.T + bias. Other heads are exported as their state dict.
+    """
+    from heads.export import export_head
+
+    meta = export_head(run, out, seed)
+    click.echo(f"wrote {out}: {meta['kind']} head, layers {meta['layers']}, pooling {meta['pooling']}")

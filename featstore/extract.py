@@ -216,7 +216,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
             job = SegmentJob(seg.split, seg.name, seg.index, layers, cfg.dtype)
             for rows in seg.batches:
-                job.batches.append(_forward_batch(lm, toks[seg.split], ds.splits[seg.split], rows, layers,
+                job.batches.append(forward_batch(lm, toks[seg.split], ds.splits[seg.split], rows, layers,
                                                   cfg.dtype, device, job.stats))
                 bar.update(int(toks[seg.split].lengths[rows].sum()))
             writer.put(job)
@@ -262,7 +262,7 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not enabled, smoothing=0.1)
 
 
-def _forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, layers: list[int], dtype: str,
+def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, layers: list[int], dtype: str,
                    device: str, stats: dict[int, list[float]]) -> dict[str, Any]:
     """One padded forward pass; returns host arrays of the kept layers (ragged tokens + pooled)."""
     import torch

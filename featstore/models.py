@@ -150,10 +150,11 @@ def tokenizer_hash(tokenizer: Any) -> str:
             with open(os.path.join(d, fn), "rb") as f:
                 data = f.read()
             if fn.endswith(".json"):
-                try:  # drop keys that name the path it was loaded from
+                try:  # drop the loaded-from path and the state left by the last call (truncation/padding)
                     obj = json.loads(data)
                     if isinstance(obj, dict):
-                        obj.pop("name_or_path", None)
+                        for key in ("name_or_path", "truncation", "padding"):
+                            obj.pop(key, None)
                     data = json.dumps(obj, sort_keys=True).encode()
                 except ValueError:
                     pass

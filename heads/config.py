@@ -105,9 +105,11 @@ class TrainConfig:
     pooling: str = "mean"
     max_memory: int | None = None  # bytes of features held in RAM; None: a safe fraction of available RAM
     device: str = "auto"
-    threads: int | None = None  # CPU threads for torch; None: torch's default
+    threads: int | None = None  # CPU threads for torch; None: all cores but one (the prefetcher's)
     overwrite: bool = False
     progress: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)  # for a store URL (s3://...)
+    cache_dir: str | None = None  # local cache of a remote store (default: the user cache directory)
 
     def __post_init__(self) -> None:
         if self.layers is None and self.head in DEFAULT_LAYERS:
@@ -173,7 +175,9 @@ class TrainConfig:
             raise InputError("; ".join(p))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["storage_options"] = sorted(d["storage_options"])  # keys only: values may hold credentials
+        return d
 
 
 def _pos_int(v: Any) -> bool:

@@ -21,7 +21,7 @@ from .task import batch_dtype, infer, pick_device
 
 def load_backbone(head: LoadedHead, model: str | None = None, verify: bool = True) -> Any:
     """The backbone named in head.json (or `model`), checked to be the one whose features trained the head."""
-    from featstore.models import load_model, weights_hash
+    from featstore.models import load_model, tokenizer_hash, weights_hash
 
     bb = head.meta["backbone"]
     path = model or bb.get("path") or bb.get("name")
@@ -31,31 +31,13 @@ def load_backbone(head: LoadedHead, model: str | None = None, verify: bool = Tru
         raise InputError(f"cannot load the head's backbone {path!r} ({e}); pass --model with its local directory")
     if verify:
         want = head.meta["store"]
-        if not _tokenizer_matches(lm.tokenizer, want["tokenizer"]["sha256"], head.meta["backbone"]["settings"]):
+        if tokenizer_hash(lm.tokenizer) != want["tokenizer"]["sha256"]:
             raise HeadError(f"backbone {path}: its tokenizer differs from the one the head's features were extracted "
                             "with; pass --model with the right backbone")
         if weights_hash(lm.model) != want["model"]["weights_sha256"]:
             raise HeadError(f"backbone {path}: its weights differ from those the head's features were extracted "
                             "with; pass --model with the right backbone")
     return lm
-
-
-def _tokenizer_matches(tokenizer: Any, want: str, settings: dict[str, Any]) -> bool:
-    """Compare with the store's tokenizer hash.
-
-    featstore's hash covers the tokenizer's saved files, which include the truncation state left by the last
-    call; extraction leaves it after truncating at max_length, possibly followed by one untruncated call (to
-    count truncated examples). Try the fresh state and both of those.
-    """
-    from featstore.models import tokenizer_hash
-
-    if tokenizer_hash(tokenizer) == want:
-        return True
-    tokenizer("x", truncation=settings["truncation"], max_length=settings["max_length"], verbose=False)
-    if tokenizer_hash(tokenizer) == want:
-        return True
-    tokenizer("x", truncation=False, verbose=False)
-    return tokenizer_hash(tokenizer) == want
 
 
 def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Sequence[str] | None,
@@ -66,7 +48,7 @@ def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Seq
     """
     import torch
 
-    from featstore.extract import _forward_batch
+    from featstore.extract import forward_batch
     from featstore.models import truncate_after
     from featstore.plan import storage_order, tokenize
 
@@ -84,7 +66,7 @@ def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Seq
     dtype = settings["dtype"]
     parts: list[dict[str, np.ndarray]] = []
     for a in range(0, len(order), batch_size):
-        parts.append(_forward_batch(lm, tok, split, order[a:a + batch_size], layers, dtype, device, {}))
+        parts.append(forward_batch(lm, tok, split, order[a:a + batch_size], layers, dtype, device, {}))
     if head.spec.kind == "ytuning":
         flat = np.stack([from_stored(np.concatenate([p[f"L{k}/tokens"] for p in parts]), dtype) for k in layers],
                         axis=1)  # (N_tokens, L, D)

@@ -51,3 +51,45 @@ def format_prediction(rec: dict[str, Any], top: int = 3) -> str:
         probs = sorted(rec["probabilities"].items(), key=lambda kv: -kv[1])[:top]
         return f"{rec['label']}\t" + "  ".join(f"{k}={v:.3f}" for k, v in probs) + f"\t{text}"
     return f"{rec['prediction']:.4f}\t{text}"
+
+
+def compare_runs(runs: list[str]) -> list[dict[str, Any]]:
+    """One row per head directory, from its head.json and metrics.json alone (nothing is re-run)."""
+    from .artifacts import read_meta
+
+    import json
+    import os
+
+    rows = []
+    for run in runs:
+        meta = read_meta(run)
+        with open(os.path.join(run, "metrics.json")) as f:
+            metrics = json.load(f)
+        splits, primary = metrics["splits"], metrics["primary_metric"]
+        seconds = [s["seconds_per_epoch"] for s in metrics["seeds"].values()]
+        row = {"run": run, "head": meta["head"], "layers": meta["layers"], "pooling": meta.get("pooling"),
+               "primary_metric": primary, "seeds": meta["seeds"],
+               "trainable_parameters": meta["trainable_parameters"], "trainable_percent": meta["trainable_percent"],
+               "seconds_per_epoch": sum(seconds) / len(seconds)}
+        for role in ("dev", "test"):
+            split = splits.get(role)
+            row[role] = metrics["summary"][split][primary] if split else None
+        rows.append(row)
+    return rows
+
+
+def format_compare(rows: list[dict[str, Any]]) -> str:
+    def cell(v: dict[str, float] | None) -> str:
+        return "-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+    head = f"{'run':<28}{'head':<9}{'metric':<10}{'test (mean ± std)':>20}{'dev (mean ± std)':>20}" \
+           f"{'seeds':>7}{'trainable':>12}{'% bb':>8}{'s/epoch':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        pct = f"{r['trainable_percent']:.2f}" if r["trainable_percent"] is not None else "?"
+        lines.append(f"{r['run'][-27:]:<28}{r['head']:<9}{r['primary_metric']:<10}{cell(r['test']):>20}"
+                     f"{cell(r['dev']):>20}{len(r['seeds']):>7}{r['trainable_parameters']:>12,}{pct:>8}"
+                     f"{r['seconds_per_epoch']:>9.2f}")
+    lines.append("test: the split reported once per seed on the checkpoint the dev split chose; "
+                 "% bb: trainable parameters as a share of the backbone's")
+    return "\n".join(lines)

@@ -1,6 +1,8 @@
 """What train, eval and predict share: the label task of a store column, feature sources, device, inference."""
 from __future__ import annotations
 
+import os
+
 import contextlib
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -110,10 +112,10 @@ def make_sources(store: Any, names: Sequence[str], kind: str, layers: Sequence[i
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Any:
-    """Run with `n` CPU threads, then restore. Small heads on a busy machine are often fastest with one."""
+    """Run with `n` CPU threads, then restore. Default: one core left free for the batch-prefetch thread
+    (torch's default of every core made training ~10x slower on 2 cores, its threads fighting the prefetcher)."""
     if n is None:
-        yield
-        return
+        n = max(1, (os.cpu_count() or 1) - 1)
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:

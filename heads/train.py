@@ -102,7 +102,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Train `cfg.seeds` heads on a store and write the head directory to `cfg.out`."""
     cfg.validate()
     check_out(cfg.out, cfg.overwrite)
-    store = open_store(cfg.store)
+    store = open_store(cfg.store, storage_options=cfg.storage_options or None, cache_dir=cfg.cache_dir)
     try:
         with torch_threads(cfg.threads):
             return _train(cfg, store)

@@ -57,7 +57,7 @@ def train_args(env, tmp_path, *extra, head="ytuning"):
             *TINY, *extra]
 
 
-@pytest.mark.parametrize("cmd", [[], ["train"], ["eval"], ["predict"]])
+@pytest.mark.parametrize("cmd", [[], ["train"], ["eval"], ["predict"], ["compare"], ["export"]])
 def test_help(cmd):
     r = invoke(cmd + ["--help"])
     assert r.exit_code == 0 and "Usage:" in r.output

@@ -1,0 +1,159 @@
+"""Y-Tuning from a store vs full fine-tuning: accuracy, trainable parameters, training time, peak memory.
+
+Same splits, same seeds, same number of epochs for every method; the dev split selects the epoch, the test
+split is reported. Each (method, seed) runs in its own process so its peak memory is its own.
+
+    python benchmarks/vs_finetune.py --limit 100 --max-length 128 --epochs 4 --seeds 0,1,2 \
+        --json benchmarks/vs_finetune.json
+
+Methods: full fine-tuning; linear probe (store); Y-Tuning (store), extraction counted once; Y-Tuning with
+features recomputed by the frozen backbone every epoch (no store); head-first fine-tuning (LP-FT), whose
+classifier starts from the linear probe exported by `heads export`. LoRA is skipped unless `peft` is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+METHODS = ["full fine-tuning", "linear probe (store)", "Y-Tuning (store)", "Y-Tuning (no store)",
+           "head-first fine-tuning"]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
+    """One method, one seed, in this process."""
+    import torch
+
+    data = {k: os.path.join(a.work, "data", f"{k}.csv") for k in ("train", "validation", "test")}
+    store = os.path.join(a.work, "store")
+    t0 = time.perf_counter()
+    if method == "extract":
+        from featstore.extract import ExtractConfig, extract
+
+        s = extract(ExtractConfig(model=a.model, data=data, out=store, text_column="text", label_columns=["topic"],
+                                  id_column="id", layers=a.layers, max_length=a.max_length, progress=False))
+        out = {"seconds": time.perf_counter() - t0, "tokens": s.tokens}
+    elif method in ("linear probe (store)", "Y-Tuning (store)"):
+        import heads
+        from heads.config import TrainConfig
+
+        kind = "linear" if method.startswith("linear") else "ytuning"
+        run = os.path.join(a.work, f"{kind}-{seed}")
+        r = heads.train(TrainConfig(head=kind, store=store, label_column="topic", epochs=a.epochs, seeds=[seed],
+                                    patience=None, out=run, overwrite=True, progress=False,
+                                    label_init="prior" if kind == "ytuning" else "random",
+                                    layers="all" if kind == "ytuning" else "-1", pooling="mean"))
+        out = {"test_accuracy": r.seeds[0].metrics["test"]["accuracy"], "seconds": time.perf_counter() - t0,
+               "epoch_seconds": r.seconds_per_epoch, "trainable_parameters": r.trainable_parameters,
+               "backbone_parameters": r.backbone_parameters}
+        if kind == "linear":
+            from heads.export import export_head
+
+            export_head(run, os.path.join(a.work, f"linear-{seed}.safetensors"))
+    elif method == "Y-Tuning (no store)":
+        from benchmarks.ytuning_nostore import train_nostore
+
+        out = train_nostore(data, a.model, "topic", seed, a.epochs, a.max_length, a.layers)
+    else:
+        from benchmarks.finetune import finetune
+
+        init = os.path.join(a.work, f"linear-{seed}.safetensors") if method.startswith("head-first") else None
+        out = finetune(data, a.model, "topic", seed, a.epochs, a.max_length, init_head=init)
+        out["seconds"] = out["train_seconds"]
+        out["epoch_seconds"] = statistics.mean(out["epoch_seconds"])
+    out["peak_rss_mib"] = peak_rss_mib()
+    if torch.cuda.is_available():
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="all-minilm-l6-v2")
+    ap.add_argument("--limit", type=int, default=100, help="BBC articles per topic (default 100: 300 train)")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--layers", default="all")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(run_one(a.one[0], int(a.one[1]), a)))
+        return
+
+    from benchmarks.bbc import make_splits
+
+    a.work = a.work or tempfile.mkdtemp(prefix="vs-finetune-")
+    make_splits(os.path.join(a.work, "data"), limit=a.limit)
+    seeds = [int(s) for s in a.seeds.split(",")]
+
+    def child(method: str, seed: int) -> dict:
+        cmd = [sys.executable, __file__, "--one", method, str(seed), "--work", a.work, "--model", a.model,
+               "--max-length", str(a.max_length), "--layers", a.layers, "--epochs", str(a.epochs)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"{method} seed {seed} failed:\n{r.stderr[-3000:]}")
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"{method:<26} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()
+                                                          if isinstance(v, (int, float))), file=sys.stderr)
+        return res
+
+    extraction = child("extract", 0)
+    results = {m: [child(m, s) for s in seeds] for m in METHODS}
+    ft_acc = statistics.mean(r["test_accuracy"] for r in results["full fine-tuning"])
+    ft_time = statistics.mean(r["seconds"] for r in results["full fine-tuning"])
+    ft_epoch = statistics.mean(r["epoch_seconds"] for r in results["full fine-tuning"])
+    rows = []
+    for m, rs in results.items():
+        acc = [r["test_accuracy"] for r in rs]
+        t = statistics.mean(r["seconds"] for r in rs) + (extraction["seconds"] if "(store)" in m else 0.0)
+        epoch = statistics.mean(r["epoch_seconds"] for r in rs)
+        trainable = rs[0]["trainable_parameters"]
+        backbone = rs[0].get("backbone_parameters") or results["full fine-tuning"][0]["backbone_parameters"]
+        rows.append({"method": m, "test_accuracy_mean": statistics.mean(acc),
+                     "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                     "pct_of_full_ft": 100 * statistics.mean(acc) / ft_acc, "trainable_parameters": trainable,
+                     "pct_of_backbone": 100 * trainable / backbone, "train_seconds": t, "epoch_seconds": epoch,
+                     "speedup": ft_time / t, "epoch_speedup": ft_epoch / epoch,
+                     "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                     "peak_gpu_mib": max((r.get("peak_gpu_mib", 0.0) for r in rs), default=0.0)})
+    print(f"\nBBC News ({a.limit}/topic; splits 60/20/20), {a.model}, max_length {a.max_length}, {a.epochs} epochs, "
+          f"seeds {seeds}; extraction {extraction['seconds']:.1f} s once ({extraction['tokens']:,} tokens); "
+          f"{platform.platform()}, {os.cpu_count()} cores")
+    hdr = f"{'method':<26}{'test acc':>16}{'% of FT':>9}{'trainable':>12}{'% bb':>8}{'train s':>9}{'s/epoch':>9}" \
+          f"{'speed-up':>9}{'epoch x':>9}{'peak MiB':>10}"
+    print(hdr)
+    for r in rows:
+        print(f"{r['method']:<26}{r['test_accuracy_mean']:>9.4f} ± {r['test_accuracy_std']:.3f}"
+              f"{r['pct_of_full_ft']:>9.1f}{r['trainable_parameters']:>12,}{r['pct_of_backbone']:>8.2f}"
+              f"{r['train_seconds']:>9.1f}{r['epoch_seconds']:>9.2f}{r['speedup']:>9.1f}{r['epoch_speedup']:>9.1f}"
+              f"{r['peak_rss_mib']:>10,.0f}")
+    print("train s: wall-clock training time for all epochs (store rows include the one extraction); "
+          "speed-up and epoch x are relative to full fine-tuning.")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        print("LoRA: skipped (peft not installed)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"settings": vars(a), "extraction": extraction, "rows": rows, "runs": results,
+                       "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Y-Tuning without a store: the same head, its features recomputed by the frozen backbone on every batch.
+
+This is Y-Tuning as the paper trains it without feature reuse: no backward through the backbone, but a
+forward pass through it at every step of every epoch. vs_finetune.py compares it with the store.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from featstore.data import load_dataset
+from featstore.models import load_model, resolve_layers
+from heads.config import HeadSpec
+from heads.metrics import compute
+from heads.models import build_head, count_trainable, loss_fn
+from heads.train import lr_factor, param_groups
+
+
+def _features(lm, enc, rows, layers):
+    """Backbone forward for one batch -> (B, T, L, D) features of the kept layers + mask."""
+    ids = [enc["input_ids"][r] for r in rows]
+    T = max(len(x) for x in ids)
+    x = torch.zeros((len(rows), T), dtype=torch.long)
+    m = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, seq in enumerate(ids):
+        x[b, :len(seq)] = torch.as_tensor(seq)
+        m[b, :len(seq)] = 1
+    with torch.inference_mode():
+        hs = lm.model(input_ids=x, attention_mask=m, output_hidden_states=True).hidden_states
+        feats = torch.stack([hs[k] for k in layers], dim=2)  # (B, T, L, D)
+    return feats.clone(), m.bool()  # clone: inference tensors cannot enter autograd
+
+
+def _predict(model, lm, enc, layers, batch_size):
+    model.eval()
+    order = np.argsort([-len(x) for x in enc["input_ids"]])
+    out = np.zeros((len(order), model.spec.n_outputs), dtype=np.float32)
+    with torch.no_grad():
+        for a in range(0, len(order), batch_size):
+            rows = order[a:a + batch_size]
+            x, m = _features(lm, enc, rows, layers)
+            out[rows] = model(x, m).softmax(-1).numpy()
+    return out
+
+
+def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed: int, epochs: int,
+                  max_length: int, layers_spec: str = "all", batch_size: int = 32, lr: float = 1e-3) -> dict:
+    ds = load_dataset(data, "text", None, [label_column], "id")
+    col = ds.label_columns[0]
+    lm = load_model(model_name)
+    layers = resolve_layers(layers_spec, lm.num_layers)
+    enc = {k: lm.tokenizer(s.texts, truncation=True, max_length=max_length) for k, s in ds.splits.items()}
+    y = {k: s.targets[label_column] for k, s in ds.splits.items()}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    spec = HeadSpec(kind="ytuning", task="classification", n_outputs=len(col.names), hidden_size=lm.hidden_size,
+                    n_layers_in=len(layers))
+    model = build_head(spec)
+    opt = torch.optim.AdamW(param_groups(model, 0.01), lr=lr)
+    steps = epochs * -(-len(y["train"]) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, int(0.1 * steps), "linear"))
+    best, best_state, seconds = -1.0, None, []
+    for _ in range(epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = rng.permutation(len(y["train"]))
+        for a in range(0, len(order), batch_size):
+            rows = order[a:a + batch_size]
+            x, m = _features(lm, enc["train"], rows, layers)
+            loss = loss_fn(spec, model(x, m), torch.as_tensor(y["train"][rows]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+        seconds.append(time.perf_counter() - t0)
+        dev = compute("classification", y["validation"], _predict(model, lm, enc["validation"], layers, 64),
+                      spec.n_outputs)["accuracy"]
+        if dev > best:
+            best, best_state = dev, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    test = compute("classification", y["test"], _predict(model, lm, enc["test"], layers, 64), spec.n_outputs)
+    return {"test_accuracy": test["accuracy"], "dev_accuracy": best, "seconds": float(sum(seconds)),
+            "epoch_seconds": float(np.mean(seconds)), "trainable_parameters": count_trainable(model),
+            "backbone_parameters": lm.num_parameters}

@@ -1,0 +1,62 @@
+"""`heads export` reproduces a linear head's outputs on pooled vectors; `heads compare` tabulates runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import featstore
+from cli.heads_cli import main
+from heads import TrainConfig, evaluate, train
+from heads.export import export_head, load_export
+
+
+@pytest.fixture(scope="module")
+def linear_run(stores, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs") / "linear")
+    train(TrainConfig("linear", store=stores["cls"], label_column="label", out=out, seeds=[0, 1], epochs=3,
+                      progress=False))
+    return out
+
+
+def test_export_linear_folds_standardisation(linear_run, stores, tmp_path):
+    path = str(tmp_path / "head.safetensors")
+    r = CliRunner().invoke(main, ["export", linear_run, "--out", path])
+    assert r.exit_code == 0, r.output
+    tensors, meta = load_export(path)
+    s = featstore.open_store(stores["cls"])
+    layer = s.layers[-1]
+    x = torch.as_tensor(s.split("test").pooled("mean", layer).astype(np.float32))  # (N, D)
+    probs = (x @ tensors["weight"].T + tensors["bias"]).softmax(-1).numpy()
+    ev = evaluate(linear_run, stores["cls"], "test")
+    want = np.array([p["probabilities"][n] for p in ev.predictions for n in s.label_names("label")])
+    got = probs[s.split("test").input_order()].reshape(-1)  # predictions are in input order
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert meta["kind"] == "linear" and meta["pooling"] == "mean"
+
+
+def test_export_ytuning_state_dict(ytuning_run, tmp_path):
+    run, _ = ytuning_run
+    tensors, meta = load_export(export_head(run, str(tmp_path / "y.safetensors")) and str(tmp_path / "y.safetensors"))
+    assert meta["kind"] == "ytuning" and "queries" in tensors
+
+
+def test_export_bad_name(linear_run, tmp_path):
+    r = CliRunner().invoke(main, ["export", linear_run, "--out", str(tmp_path / "head.bin")])
+    assert r.exit_code == 2 and "use a .safetensors file name" in r.stderr
+
+
+def test_compare(linear_run, ytuning_run):
+    run, _ = ytuning_run
+    r = CliRunner().invoke(main, ["compare", run, linear_run])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert "ytuning" in lines[2] and "linear" in lines[3] and "±" in lines[2]
+    r = CliRunner().invoke(main, ["compare", run, "--json"])
+    import json
+
+    row = json.loads(r.output)[0]
+    assert row["head"] == "ytuning" and row["test"]["n"] == 2 and 0 <= row["test"]["mean"] <= 1
+    r = CliRunner().invoke(main, ["compare", "/nonexistent/run"])
+    assert r.exit_code == 2
