@@ -174,15 +174,13 @@ class ZarrLayout(Layout):
                 arr[...] = data
 
     def _file_sums(self, base: str, prefix: str) -> dict[str, dict]:
-        files = {}
-        for dirpath, _, names in os.walk(base):
-            for n in names:
-                if n == SEGMENT_RECORD:
-                    continue
-                full = os.path.join(dirpath, n)
-                rel = prefix + "/" + os.path.relpath(full, base).replace(os.sep, "/")
-                files[rel] = {"size": os.path.getsize(full), "sha256": sha256_file(full)}
-        return files
+        from concurrent.futures import ThreadPoolExecutor
+
+        paths = sorted(os.path.join(d, n) for d, _, names in os.walk(base) for n in names if n != SEGMENT_RECORD)
+        with ThreadPoolExecutor(4) as pool:  # hashlib releases the GIL: hash files side by side
+            sums = list(pool.map(sha256_file, paths))
+        return {prefix + "/" + os.path.relpath(p, base).replace(os.sep, "/"): {"size": os.path.getsize(p), "sha256": h}
+                for p, h in zip(paths, sums)}
 
     def write_segment(self, rel, arrays, compression, chunk_bytes):
         final = os.path.join(self.root, rel)
