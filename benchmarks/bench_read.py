@@ -1,0 +1,143 @@
+"""Read-back: heads batches streamed from a store vs reading the same bytes as raw files; time waiting for data.
+
+1. One epoch of `heads` batches (B, T, L, D) streamed from the store (split not held in RAM) vs a plain read of
+   the same token-feature files. Target (issue 6): >= 0.80 x the raw read rate. Page cache dropped before each
+   read when the machine allows it (root + /proc/sys/vm/drop_caches), else both read warm.
+2. A Y-Tuning training epoch with the split cached in RAM: the fraction of the epoch spent waiting for the next
+   batch. Goal: < 5%.
+
+    python benchmarks/bench_read.py --store demo_out/bbc --reps 3 --json bench_out/read.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import featstore  # noqa: E402
+from heads.data import Loader, StoreTokens  # noqa: E402
+
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def token_files(store, split: str, layers) -> list[str]:
+    sp = store.split(split)
+    files = []
+    for seg in sp.segments:
+        files += [os.path.join(store.path, p) for p in seg["files"]
+                  if any(f"/L{k}/tokens/" in p for k in layers)]
+    return files
+
+
+def raw_read(files: list[str]) -> tuple[float, int]:
+    t0, n = time.perf_counter(), 0
+    for p in files:
+        with open(p, "rb") as f:
+            n += len(f.read())
+    return time.perf_counter() - t0, n
+
+
+def streamed_epoch(store, split: str, layers, batch_size: int) -> float:
+    src = StoreTokens(store.split(split), layers, in_ram=False)
+    loader = Loader(src, None, batch_size, shuffle=True, seed=0, dtype=np.float16)
+    t0 = time.perf_counter()
+    for _ in loader.epoch(1):
+        pass
+    return time.perf_counter() - t0
+
+
+def training_wait_fraction(store, split: str, layers, label: str, batch_size: int) -> tuple[float, float]:
+    import torch
+
+    from heads.config import HeadSpec
+    from heads.models import build_head, loss_fn
+    from heads.task import torch_threads
+
+    sp = store.split(split)
+    src = StoreTokens(sp, layers, in_ram=True)
+    y = sp.targets(label)
+    spec = HeadSpec(kind="ytuning", task="classification", n_outputs=int(y.max()) + 1,
+                    hidden_size=store.hidden_size, n_layers_in=len(layers))
+    model = build_head(spec)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    loader = Loader(src, y, batch_size, shuffle=True, seed=0)
+    with torch_threads(None):
+        wait = 0.0
+        t0 = time.perf_counter()
+        it = iter(loader.epoch(1))
+        while True:
+            tw = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - tw
+            out = model(torch.from_numpy(b.x), torch.from_numpy(b.mask))
+            loss = loss_fn(spec, out, torch.from_numpy(b.y))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        total = time.perf_counter() - t0
+    return wait / total, total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--label-column", default="topic")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    store = featstore.open_store(a.store)
+    layers = store.layers
+    files = token_files(store, a.split, layers)
+    runs = {"raw read": [], "streamed epoch": []}
+    cold = False
+    nbytes = 0
+    for rep in range(a.reps):
+        cold = drop_caches()
+        t, nbytes = raw_read(files)
+        runs["raw read"].append(nbytes / t)
+        cold = drop_caches() and cold
+        runs["streamed epoch"].append(nbytes / streamed_epoch(store, a.split, layers, a.batch_size))
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1] / 2**20:,.0f} MiB/s" for k, v in runs.items()),
+              file=sys.stderr)
+    fractions = [training_wait_fraction(store, a.split, layers, a.label_column, a.batch_size) for _ in range(a.reps)]
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    wait = statistics.median(f for f, _ in fractions)
+    print(f"\n{a.store} [{a.split}]: {nbytes / 2**20:,.0f} MiB of token features, layers {layers}, "
+          f"{'cold (page cache dropped)' if cold else 'warm page cache'}; {platform.platform()}")
+    print(f"{'read':<18}{'MiB/s (median)':>16}{'x raw':>8}")
+    for k, v in med.items():
+        print(f"{k:<18}{v / 2**20:>16,.0f}{v / med['raw read']:>8.2f}")
+    print(f"Y-Tuning epoch with the split in RAM: {100 * wait:.1f}% of "
+          f"{statistics.median(t for _, t in fractions):.1f} s spent waiting for data (median of {a.reps})")
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump({"store": a.store, "bytes": nbytes, "cold": cold, "runs_bytes_per_s": runs,
+                       "median_bytes_per_s": med, "streamed_over_raw": med["streamed epoch"] / med["raw read"],
+                       "wait_fraction_in_ram": wait, "wait_fractions": fractions,
+                       "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
