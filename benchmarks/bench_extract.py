@@ -27,7 +27,7 @@ from benchmarks.bbc import make_splits  # noqa: E402
 from featstore.data import load_dataset  # noqa: E402
 from featstore.extract import ExtractConfig, extract  # noqa: E402
 from featstore.models import load_model, resolve_layers  # noqa: E402
-from featstore.plan import plan_batches, plan_segments, tokenize  # noqa: E402
+from featstore.plan import pad_batch, plan_batches, plan_segments, tokenize  # noqa: E402
 
 
 def bare_forward(lm, toks, batch_tokens: int) -> tuple[float, int]:
@@ -39,12 +39,7 @@ def bare_forward(lm, toks, batch_tokens: int) -> tuple[float, int]:
             plan_batches(seg, tok.lengths, batch_tokens)
             for rows in seg.batches:
                 lengths = tok.lengths[rows]
-                T = int(lengths.max())
-                ids = torch.zeros((len(rows), T), dtype=torch.long)
-                mask = torch.zeros((len(rows), T), dtype=torch.long)
-                for b, r in enumerate(rows):
-                    ids[b, :lengths[b]] = torch.as_tensor(tok.input_ids[r])
-                    mask[b, :lengths[b]] = 1
+                ids, mask = pad_batch([tok.input_ids[r] for r in rows], lm.tokenizer.pad_token_id or 0)
                 with torch.inference_mode():
                     lm.model(input_ids=ids, attention_mask=mask)
                 n += int(lengths.sum())

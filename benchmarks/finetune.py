@@ -15,6 +15,7 @@ from torch import nn
 
 from featstore.data import load_dataset
 from featstore.models import resolve_model_name
+from featstore.plan import pad_batch
 
 
 class Classifier(nn.Module):
@@ -32,14 +33,7 @@ class Classifier(nn.Module):
 def _batches(enc, idx, batch_size):
     for a in range(0, len(idx), batch_size):
         rows = idx[a:a + batch_size]
-        ids = [enc["input_ids"][r] for r in rows]
-        T = max(len(x) for x in ids)
-        x = torch.zeros((len(rows), T), dtype=torch.long)
-        m = torch.zeros((len(rows), T), dtype=torch.long)
-        for b, seq in enumerate(ids):
-            x[b, :len(seq)] = torch.as_tensor(seq)
-            m[b, :len(seq)] = 1
-        yield rows, x, m
+        yield (rows, *pad_batch([enc["input_ids"][r] for r in rows]))
 
 
 def accuracy(model, enc, y, batch_size, device) -> float:

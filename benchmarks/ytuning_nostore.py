@@ -12,6 +12,7 @@ import torch
 
 from featstore.data import load_dataset
 from featstore.models import load_model, resolve_layers
+from featstore.plan import pad_batch
 from heads.config import HeadSpec
 from heads.metrics import compute
 from heads.models import build_head, count_trainable, loss_fn
@@ -20,13 +21,7 @@ from heads.train import lr_factor, param_groups
 
 def _features(lm, enc, rows, layers):
     """Backbone forward for one batch -> (B, T, L, D) features of the kept layers + mask."""
-    ids = [enc["input_ids"][r] for r in rows]
-    T = max(len(x) for x in ids)
-    x = torch.zeros((len(rows), T), dtype=torch.long)
-    m = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, seq in enumerate(ids):
-        x[b, :len(seq)] = torch.as_tensor(seq)
-        m[b, :len(seq)] = 1
+    x, m = pad_batch([enc["input_ids"][r] for r in rows])
     with torch.inference_mode():
         hs = lm.model(input_ids=x, attention_mask=m, output_hidden_states=True).hidden_states
         feats = torch.stack([hs[k] for k in layers], dim=2)  # (B, T, L, D)

@@ -15,7 +15,7 @@ from .errors import ExtractionError, InputError, StoreError
 from .layout import H5Layout, Layout, layout_for
 from .manifest import DTYPES, FORMAT_VERSION, diff_settings, fingerprint
 from .models import LoadedModel, config_dict, load_model, resolve_layers, tokenizer_hash, truncate_after, weights_hash
-from .plan import Tokenized, plan_batches, plan_segments, storage_order, tokenize
+from .plan import Tokenized, pad_batch, plan_batches, plan_segments, storage_order, tokenize
 from .writer import BackgroundWriter, SegmentJob
 
 MiB = 1 << 20
@@ -268,17 +268,8 @@ def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, laye
     import torch
 
     lengths = tok.lengths[rows]
-    T, B = int(lengths.max()), len(rows)
-    pad = lm.tokenizer.pad_token_id or 0
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    types = torch.zeros((B, T), dtype=torch.long) if tok.token_type_ids is not None else None
-    for b, r in enumerate(rows):
-        n = int(lengths[b])
-        ids[b, :n] = torch.as_tensor(tok.input_ids[r])
-        mask[b, :n] = 1
-        if types is not None:
-            types[b, :n] = torch.as_tensor(tok.token_type_ids[r])
+    ids, mask = pad_batch([tok.input_ids[r] for r in rows], lm.tokenizer.pad_token_id or 0)
+    types = pad_batch([tok.token_type_ids[r] for r in rows])[0] if tok.token_type_ids is not None else None
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if types is not None:
         kwargs["token_type_ids"] = types.to(device)

@@ -85,3 +85,16 @@ def plan_batches(segment: Segment, lengths: np.ndarray, batch_tokens: int, pad_m
         batches.append(rows[start:start + size])
         start += size
     segment.batches = batches
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int = 0):
+    """Right-pad token id lists into (B, T) `input_ids` and `attention_mask` long tensors."""
+    import torch
+
+    T = max(len(x) for x in sequences)
+    ids = torch.full((len(sequences), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), T), dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        ids[b, :len(seq)] = torch.as_tensor(seq)
+        mask[b, :len(seq)] = 1
+    return ids, mask
