@@ -22,8 +22,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 BLOCK_BYTES = 32 << 20  # target bytes of token features read at once when streaming
+MIN_BLOCK_BATCHES = 8  # a block holds at least this many batches, so batches change members every epoch
 MAX_BLOCK_BATCHES = 16  # a block holds at most this many batches (bounds padding after in-block shuffle)
-WINDOW_BLOCKS = 4  # batches of this many blocks are interleaved
+WINDOW_BLOCKS = 4  # batches of up to this many blocks are interleaved ...
+WINDOW_BYTES = 1 << 30  # ... while they hold at most this many bytes of features (at least one block)
 JITTER_BATCHES = 2  # how far an example may move inside its block
 
 
@@ -134,10 +136,22 @@ Source = TokenSource | PooledSource
 
 
 def block_size(source: Source, batch_size: int) -> int:
-    """Examples per block: about BLOCK_BYTES of features, a whole number of batches, 1..16 batches."""
-    per_example = source.nbytes / max(len(source), 1)
-    n_batches = int(BLOCK_BYTES // max(per_example * batch_size, 1))
-    return batch_size * min(max(n_batches, 1), MAX_BLOCK_BATCHES)
+    """Examples per block: about BLOCK_BYTES of features, a whole number of batches, 8..16 batches.
+
+    With one batch per block (long inputs, wide models) a batch would keep the same members every epoch:
+    on 300 BBC articles that cost 2 points of Y-Tuning test accuracy.
+    """
+    n_batches = int(BLOCK_BYTES // max(_example_bytes(source) * batch_size, 1))
+    return batch_size * min(max(n_batches, MIN_BLOCK_BATCHES), MAX_BLOCK_BATCHES)
+
+
+def window_blocks(source: Source, block: int) -> int:
+    """Blocks whose batches are interleaved: up to WINDOW_BLOCKS, within WINDOW_BYTES of features."""
+    return max(1, min(WINDOW_BLOCKS, int(WINDOW_BYTES // max(_example_bytes(source) * block, 1))))
+
+
+def _example_bytes(source: Source) -> float:
+    return source.nbytes / max(len(source), 1)
 
 
 def plan_epoch(n: int, batch_size: int, block: int, rng: np.random.Generator | None) -> list[tuple[int, int, list[np.ndarray]]]:
@@ -164,6 +178,7 @@ class Loader:
         self.source, self.targets, self.batch_size = source, targets, batch_size
         self.shuffle, self.seed, self.dtype, self.prefetch = shuffle, seed, dtype, prefetch
         self.block = block_size(source, batch_size)
+        self.window = window_blocks(source, self.block) if shuffle else 1
 
     def __len__(self) -> int:
         n = len(self.source)
@@ -176,10 +191,9 @@ class Loader:
     def _batches(self, epoch: int) -> Iterator[Batch]:
         plan = self.plan(epoch)
         rng = np.random.default_rng([self.seed, epoch, 1]) if self.shuffle else None
-        window = WINDOW_BLOCKS if self.shuffle else 1
-        for w in range(0, len(plan), window):
+        for w in range(0, len(plan), self.window):
             group = []
-            for s, e, batches in plan[w:w + window]:
+            for s, e, batches in plan[w:w + self.window]:
                 data = self.source.read(s, e)
                 group += [(data, s, idx) for idx in batches]
             order = rng.permutation(len(group)) if rng is not None else range(len(group))

@@ -98,3 +98,18 @@ def test_layer_specs():
     with pytest.raises(InputError, match="bad --layers"):
         resolve_layers("last", stored)
     assert parse_bytes("2GiB") == 2 << 30 and parse_bytes("0") == 0 and parse_bytes("1.5 GB") == 1_500_000_000
+
+
+def test_batches_change_members_between_epochs_even_for_huge_examples(monkeypatch):
+    # Examples so large that a block of BLOCK_BYTES would hold one batch: a batch must still not keep the
+    # same members every epoch (that cost accuracy), and every example is still seen once per epoch.
+    import heads.data as hd
+    from heads.data import ArrayTokens
+
+    monkeypatch.setattr(hd, "BLOCK_BYTES", 1)
+    src = ArrayTokens(np.zeros((64, 1, 4), dtype=np.float32), np.ones(64, dtype=np.int64))
+    loader = Loader(src, None, 4, shuffle=True, seed=0)
+    assert loader.block >= hd.MIN_BLOCK_BATCHES * 4
+    members = [{frozenset(b.index.tolist()) for b in loader.epoch(e)} for e in (1, 2)]
+    assert all(sum(len(m) for m in ms) == 64 for ms in members)
+    assert members[0] != members[1]

@@ -41,9 +41,14 @@ def test_label_prior_init_and_layer_mix():
     torch.manual_seed(0)
     head = YTuningHead(spec())
     feats = np.random.default_rng(0).standard_normal((3, 2, 12)).astype(np.float32)  # (Y, L, D)
-    head.init_queries_from(feats)
-    expected = head.memory(torch.as_tensor(feats))
+    common = 50 * np.random.default_rng(1).standard_normal((1, 2, 12)).astype(np.float32)  # shared by all names
+    head.init_queries_from(feats + common)
+    expected = head.memory(torch.as_tensor(feats + common))
+    expected = expected - expected.mean(0)  # what tells the labels apart
     cos = torch.nn.functional.cosine_similarity(head.queries, expected, dim=-1)
     assert torch.allclose(cos, torch.ones(3), atol=1e-5)
+    q = torch.nn.functional.normalize(head.queries, dim=-1)
+    assert (q @ q.T - torch.eye(3)).abs().max() < 0.9  # distinct queries despite the common component
+    assert torch.allclose(head.queries.std(-1), torch.ones(3), atol=1e-5)
     w = head.mix.logits.softmax(0)
     assert torch.allclose(w, torch.full((2,), 0.5))  # uniform mix at init
