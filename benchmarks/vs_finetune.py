@@ -90,6 +90,10 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--json", default=None)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
+    ap.add_argument("--reference", default=None,
+                    help="JSON of an earlier run whose full fine-tuning and extraction rows to compare with "
+                         "(e.g. store heads trained for more epochs than fine-tuning)")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -113,8 +117,17 @@ def main() -> None:
                                                           if isinstance(v, (int, float))), file=sys.stderr)
         return res
 
-    extraction = child("extract", 0)
-    results = {m: [child(m, s) for s in seeds] for m in METHODS}
+    methods = [m for m in METHODS if m in a.methods.split(",")]
+    ref = None
+    if a.reference:  # reuse its store (same --work) and its fine-tuning and extraction rows
+        with open(a.reference) as f:
+            ref = json.load(f)
+    extraction = ref["extraction"] if ref else child("extract", 0)
+    results = {m: [child(m, s) for s in seeds] for m in methods if m != "head-first fine-tuning"}
+    if ref:
+        results.setdefault("full fine-tuning", ref["runs"]["full fine-tuning"])
+    if "head-first fine-tuning" in methods:
+        results["head-first fine-tuning"] = [child("head-first fine-tuning", s) for s in seeds]
     ft_acc = statistics.mean(r["test_accuracy"] for r in results["full fine-tuning"])
     ft_time = statistics.mean(r["seconds"] for r in results["full fine-tuning"])
     ft_epoch = statistics.mean(r["epoch_seconds"] for r in results["full fine-tuning"])
