@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from featstore.data import load_dataset
+from featstore.extract import _label_features
 from featstore.models import load_model, resolve_layers
 from featstore.plan import pad_batch
 from heads.config import HeadSpec
@@ -41,7 +42,8 @@ def _predict(model, lm, enc, layers, batch_size):
 
 
 def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed: int, epochs: int,
-                  max_length: int, layers_spec: str = "all", batch_size: int = 32, lr: float = 1e-3) -> dict:
+                  max_length: int, layers_spec: str = "all", batch_size: int = 32, lr: float = 1e-3,
+                  label_init: str = "prior") -> dict:
     ds = load_dataset(data, "text", None, [label_column], "id")
     col = ds.label_columns[0]
     lm = load_model(model_name)
@@ -53,6 +55,9 @@ def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed
     spec = HeadSpec(kind="ytuning", task="classification", n_outputs=len(col.names), hidden_size=lm.hidden_size,
                     n_layers_in=len(layers))
     model = build_head(spec)
+    if label_init == "prior":  # as `heads train --label-init prior`: the label names' features, centred
+        lf = _label_features(lm, {label_column: col.names}, layers, "cpu")
+        model.init_queries_from(np.stack([lf[f"label_features/{label_column}/L{k}"] for k in layers], axis=1))
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=lr)
     steps = epochs * -(-len(y["train"]) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, int(0.1 * steps), "linear"))

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from typing import Any, Iterator
 
 import numpy as np
@@ -139,6 +140,37 @@ def _remove_partials(base: str) -> None:
                 shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
 
 
+def _little_endian(data: np.ndarray) -> bool:
+    """Zarr's default `bytes` codec stores little-endian values: a native array on a little-endian host."""
+    return data.dtype.byteorder == "<" or (data.dtype.byteorder in ("=", "|") and sys.byteorder == "little")
+
+
+def _write_raw_chunks(jobs: list[tuple[str, np.ndarray, int]]) -> dict[str, tuple[int, str]]:
+    """Write uncompressed Zarr v3 chunks straight from memory and hash the same bytes on the way.
+
+    What zarr-python itself would write for the `bytes` codec (keys `c/<i>/0...`, edge chunks padded to the
+    full chunk shape with the fill value 0), without its per-chunk pipeline and without reading the files
+    back to checksum them: 2.5x the writer throughput (benchmarks/bench_write.py).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(args: tuple[str, np.ndarray, int, int]) -> tuple[str, tuple[int, str]]:
+        adir, data, rows, i = args
+        block = np.ascontiguousarray(data[i * rows:(i + 1) * rows])
+        if len(block) < rows:  # edge chunk: zarr stores the full chunk shape
+            block = np.concatenate([block, np.zeros((rows - len(block),) + data.shape[1:], dtype=data.dtype)])
+        path = os.path.join(adir, "c", str(i), *["0"] * (data.ndim - 1))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        buf = block.view(np.uint8).reshape(-1).data
+        with open(path, "wb") as f:
+            f.write(buf)
+        return path, (len(buf), hashlib.sha256(buf).hexdigest())
+
+    tasks = [(adir, data, rows, i) for adir, data, rows in jobs for i in range(-(-len(data) // rows))]
+    with ThreadPoolExecutor(4) as pool:  # file writes and hashlib release the GIL
+        return dict(pool.map(one, tasks))
+
+
 class ZarrLayout(Layout):
     format = "zarr"
 
@@ -155,11 +187,14 @@ class ZarrLayout(Layout):
             return [BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")]
         raise StoreError(f"unknown compression {compression!r} for zarr: use none, zstd, blosc-zstd or blosc-lz4")
 
-    def _write_group(self, path: str, arrays: dict[str, np.ndarray], compression: str, chunk_bytes: int) -> None:
+    def _write_group(self, path: str, arrays: dict[str, np.ndarray], compression: str,
+                     chunk_bytes: int) -> dict[str, tuple[int, str]]:
+        """Write `arrays` under the group at `path`; returns (size, sha256) of the chunk files written raw."""
         import zarr
 
         codecs = self._codecs(compression)
         group = zarr.open_group(path, mode="a", zarr_format=3)
+        raw = []
         for name, data in arrays.items():
             parent = group
             parts = name.split("/")
@@ -167,20 +202,29 @@ class ZarrLayout(Layout):
                 parent = parent.require_group(p)
             if parts[-1] in parent:
                 del parent[parts[-1]]
-            arr = parent.create_array(parts[-1], shape=data.shape, dtype=data.dtype,
-                                      chunks=chunk_rows(data.shape, data.dtype.itemsize, chunk_bytes),
-                                      compressors=codecs if data.ndim == 2 else None, fill_value=0)
-            if data.size:
+            compressed = codecs is not None and data.ndim == 2
+            chunks = chunk_rows(data.shape, data.dtype.itemsize, chunk_bytes)
+            arr = parent.create_array(parts[-1], shape=data.shape, dtype=data.dtype, chunks=chunks,
+                                      compressors=codecs if compressed else None, fill_value=0)
+            if not data.size:
+                continue
+            if not compressed and _little_endian(data):
+                raw.append((os.path.join(path, name), data, chunks[0]))
+            else:
                 arr[...] = data
+        return _write_raw_chunks(raw)
 
-    def _file_sums(self, base: str, prefix: str) -> dict[str, dict]:
+    def _file_sums(self, base: str, prefix: str, known: dict[str, tuple[int, str]] | None = None) -> dict[str, dict]:
         from concurrent.futures import ThreadPoolExecutor
 
+        known = known or {}
         paths = sorted(os.path.join(d, n) for d, _, names in os.walk(base) for n in names if n != SEGMENT_RECORD)
+        todo = [p for p in paths if p not in known]
         with ThreadPoolExecutor(4) as pool:  # hashlib releases the GIL: hash files side by side
-            sums = list(pool.map(sha256_file, paths))
-        return {prefix + "/" + os.path.relpath(p, base).replace(os.sep, "/"): {"size": os.path.getsize(p), "sha256": h}
-                for p, h in zip(paths, sums)}
+            sums = dict(zip(todo, pool.map(lambda p: (os.path.getsize(p), sha256_file(p)), todo)))
+        sums.update(known)
+        return {prefix + "/" + os.path.relpath(p, base).replace(os.sep, "/"): {"size": sums[p][0], "sha256": sums[p][1]}
+                for p in paths}
 
     def write_segment(self, rel, arrays, compression, chunk_bytes):
         final = os.path.join(self.root, rel)
@@ -188,8 +232,8 @@ class ZarrLayout(Layout):
         os.makedirs(parent, exist_ok=True)
         tmp = os.path.join(parent, f".{name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        self._write_group(tmp, arrays, compression, chunk_bytes)
-        files = self._file_sums(tmp, rel)
+        known = self._write_group(tmp, arrays, compression, chunk_bytes)
+        files = self._file_sums(tmp, rel, known)
         record = {"files": files}
         return record, tmp, final
 
@@ -203,11 +247,11 @@ class ZarrLayout(Layout):
         return _committed_records(self.root)
 
     def write_arrays(self, arrays, compression, chunk_bytes):
-        self._write_group(self.root, arrays, compression, chunk_bytes)
+        known = self._write_group(self.root, arrays, compression, chunk_bytes)
         files = {}
         for name in arrays:
             d = os.path.join(self.root, name)
-            files.update(self._file_sums(d, name))
+            files.update(self._file_sums(d, name, known))
         return files
 
     def write_manifest(self, manifest):
