@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from typing import Any, Callable
 
@@ -10,21 +11,40 @@ import click
 from featstore.errors import FeatstoreError
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into `error: ...` + exit 2; Ctrl-C into a resumable note + exit 130."""
+RESUMABLE = "interrupted: committed work is kept; re-run the same command to resume"
+NOT_RESUMABLE = "interrupted: nothing was written"
+
+
+def user_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = NOT_RESUMABLE) -> Any:
+    """Turn library errors into `error: ...` + exit 2; Ctrl-C into `interrupted` + exit 130.
+
+    Files the user named that cannot be read or written (missing directory, a file where a directory is
+    expected, no permission, undecodable text) are user errors too: one line with the path, exit 2.
+    """
+    if fn is None:
+        return functools.partial(user_errors, interrupted=interrupted)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except FeatstoreError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            fail(str(e))
+        except OSError as e:
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            fail(f"{where}{e.strerror or e}; check the path and its permissions")
+        except UnicodeDecodeError as e:
+            fail(f"input is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8")
         except KeyboardInterrupt:
-            click.echo("interrupted: committed work is kept; re-run the same command to resume", err=True)
+            click.echo(interrupted, err=True)
             sys.exit(130)
 
     return wrapper
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
 
 
 def parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
@@ -35,3 +55,23 @@ def parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
             raise click.BadParameter(f"{p!r}: use KEY=VALUE", param_hint=flag)
         out[k] = v
     return out
+
+
+def check_writable(path: str, flag: str) -> None:
+    """Before any expensive work: an output file's directory must exist and be writable."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise click.BadParameter(f"{path} is a directory; give a file name", param_hint=flag)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise click.BadParameter(f"cannot write {path}: {parent} is not a writable directory", param_hint=flag)
+
+
+class OneLineErrors(click.Group):
+    """Usage mistakes (a bad option value, a missing argument) as one line naming the fix, exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            fail(f"{e.format_message()} (see `{where} --help`)")

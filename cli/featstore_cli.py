@@ -8,12 +8,12 @@ import click
 
 from featstore import __version__
 
-from .common import user_errors
+from .common import OneLineErrors, RESUMABLE, user_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="featstore")
 def main() -> None:
     """Compute a frozen encoder's hidden states once; reuse them for every head, seed and teammate."""
@@ -49,7 +49,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@user_errors
+@user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
             dtype, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
             quiet, as_json) -> None:
@@ -146,7 +146,7 @@ def verify(store, no_values, quiet, storage_option, cache_dir) -> None:
 @click.option("--jobs", default=8, show_default=True, type=int, help="Parallel transfers.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@user_errors
+@user_errors(interrupted=RESUMABLE)
 def push(store, url, storage_option, jobs, quiet, as_json) -> None:
     """Publish the local STORE at URL (s3://bucket/prefix/name, a shared path, any fsspec URL).
 
@@ -173,7 +173,7 @@ def push(store, url, storage_option, jobs, quiet, as_json) -> None:
 @click.option("--jobs", default=8, show_default=True, type=int, help="Parallel transfers.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@user_errors
+@user_errors(interrupted=RESUMABLE)
 def pull(url, dest, storage_option, jobs, quiet, as_json) -> None:
     """Fetch the store published at URL into the local path DEST, every file checked against the manifest.
 

@@ -7,12 +7,12 @@ import click
 
 from featstore.remote import parse_storage_options
 
-from .common import user_errors
+from .common import OneLineErrors, check_writable, user_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(package_name="featstore", prog_name="heads")
 def main() -> None:
     """Train small heads on frozen features from a store: no backbone in memory while training."""
@@ -99,15 +99,22 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
 @click.option("--threads", default=None, type=int, help="CPU threads for torch (default: all cores but one).")
 @click.option("--predictions", "predictions_out", default=None, help="Write per-example predictions (JSON lines).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for a store URL (repeatable), e.g. client_kwargs.endpoint_url=http://host:9000.")
+@click.option("--cache-dir", default=None, help="Local cache for a remote store (default: user cache directory).")
 @user_errors
-def evaluate(run, store, split, seed, batch_size, max_memory, device, threads, predictions_out, as_json) -> None:
+def evaluate(run, store, split, seed, batch_size, max_memory, device, threads, predictions_out, as_json,
+             storage_options, cache_dir) -> None:
     """Evaluate the head in RUN on one split of a store."""
     from heads.config import parse_bytes
     from heads.evaluate import evaluate as run_eval
     from heads.report import format_eval
 
+    if predictions_out:
+        check_writable(predictions_out, "--predictions")
     r = run_eval(run, store, split, seed=seed, batch_size=batch_size, device=device,
-                 max_memory=parse_bytes(max_memory) if max_memory is not None else None, threads=threads)
+                 max_memory=parse_bytes(max_memory) if max_memory is not None else None, threads=threads,
+                 storage_options=parse_storage_options(list(storage_options)), cache_dir=cache_dir)
     if predictions_out:
         _write_jsonl(predictions_out, r.predictions)
     click.echo(json.dumps(r.to_json(), indent=1) if as_json else format_eval(r))
@@ -136,6 +143,8 @@ def predict(run, texts, pairs, input_path, output_path, seed, model, batch_size,
         raise click.UsageError("give --text or --input, not both")
     if not texts and not input_path:
         raise click.UsageError("nothing to predict: give --text (repeatable) or --input FILE")
+    if output_path:
+        check_writable(output_path, "--output")
     if input_path:
         bb = read_meta(run)["backbone"]
         texts, pair_list = read_inputs(input_path, bb.get("text_column"), bb.get("pair_column"))
@@ -154,10 +163,6 @@ def _write_jsonl(path: str, recs: list) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for r in recs:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-if __name__ == "__main__":
-    main()
 
 
 @main.command()
@@ -187,3 +192,7 @@ def export(run, out, seed) -> None:
 
     meta = export_head(run, out, seed)
     click.echo(f"wrote {out}: {meta['kind']} head, layers {meta['layers']}, pooling {meta['pooling']}")
+
+
+if __name__ == "__main__":
+    main()

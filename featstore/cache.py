@@ -74,6 +74,10 @@ class FileCache:
     def fetch(self, remote: "Remote", fingerprint: str, rel: str, meta: dict) -> str:
         """Local path of a verified copy of `rel`, downloading it if absent or damaged."""
         path = self.path(fingerprint, meta["sha256"])
+        if meta["size"] > self.max_bytes:
+            raise StoreError(f"{remote.url}: file {rel} ({meta['size'] / GiB:.2f} GiB) is larger than the cache bound "
+                             f"({self.max_bytes / GiB:.2f} GiB); raise FEATSTORE_CACHE_MAX_GB, or `featstore pull` "
+                             "the store and read the local copy")
         with self._lock(path):
             if path in self._verified and os.path.isfile(path):
                 return path
@@ -116,7 +120,7 @@ class FileCache:
             if got == (meta["size"], meta["sha256"]):
                 os.replace(tmp, path)
                 self._mark(path)
-                self._account(meta["size"])
+                self._account(meta["size"], keep=path)
             return got
         finally:
             if os.path.exists(tmp):
@@ -147,7 +151,7 @@ class FileCache:
     def usage(self) -> int:
         return sum(e[1] for e in self._entries())
 
-    def _account(self, size: int) -> None:
+    def _account(self, size: int, keep: str | None = None) -> None:
         with self._guard:
             if self._usage is None:
                 self._usage = self.usage()
@@ -155,11 +159,11 @@ class FileCache:
                 self._usage += size
             if self._usage <= self.max_bytes:
                 return
-        self.evict()
+        self.evict(keep=keep)
 
-    def evict(self, target: int | None = None) -> int:
+    def evict(self, target: int | None = None, keep: str | None = None) -> int:
         """Remove least recently used files until the cache holds at most `target` bytes (default 80% of
-        the bound). Returns the bytes freed."""
+        the bound), never `keep` (the file just fetched for use). Returns the bytes freed."""
         target = int(self.max_bytes * 0.8) if target is None else target
         entries = sorted(self._entries())
         total = sum(e[1] for e in entries)
@@ -167,6 +171,8 @@ class FileCache:
         for _, size, p in entries:
             if total - freed <= target:
                 break
+            if p == keep:
+                continue
             try:
                 os.remove(p)
             except OSError:

@@ -92,8 +92,14 @@ def _dataset_dict_splits(path: str) -> dict[str, str]:
     meta = os.path.join(path, "dataset_dict.json")
     if not os.path.isfile(meta):
         raise InputError(f"bad --data {path!r}: use SPLIT=PATH (or a directory saved by DatasetDict.save_to_disk)")
-    with open(meta) as f:
-        return {s: os.path.join(path, s) for s in json.load(f)["splits"]}
+    try:
+        with open(meta, encoding="utf-8") as f:
+            splits = json.load(f)["splits"]
+        if not isinstance(splits, list) or not all(isinstance(x, str) and x for x in splits):
+            raise TypeError("splits is not a list of names")
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{meta} is damaged ({type(e).__name__}); re-save the DatasetDict, or pass SPLIT=PATH")
+    return {s: os.path.join(path, s) for s in splits}
 
 
 def read_table(path: str) -> dict[str, list[Any]]:
@@ -103,14 +109,23 @@ def read_table(path: str) -> dict[str, list[Any]]:
     if os.path.isdir(path):
         return _read_hf_dir(path)
     ext = path.lower().rsplit(".", 1)[-1]
-    if ext in ("csv", "tsv"):
-        return _read_csv(path, "\t" if ext == "tsv" else ",")
-    if ext in ("jsonl", "json", "ndjson"):
-        return _read_jsonl(path)
-    if ext in ("parquet", "pq"):
-        import pyarrow.parquet as pq
+    try:
+        if ext in ("csv", "tsv"):
+            return _read_csv(path, "\t" if ext == "tsv" else ",")
+        if ext in ("jsonl", "json", "ndjson"):
+            return _read_jsonl(path)
+        if ext in ("parquet", "pq"):
+            import pyarrow
+            import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pydict()
+            try:
+                return pq.read_table(path).to_pydict()
+            except pyarrow.ArrowException as e:
+                raise InputError(f"{path} is not a readable Parquet file ({str(e)[:100]})")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8")
+    except csv.Error as e:
+        raise InputError(f"{path} is not a readable CSV file ({e})")
     raise InputError(f"unsupported input format {path!r}: use .csv, .tsv, .jsonl, .parquet or a datasets directory")
 
 
@@ -130,9 +145,13 @@ def _read_jsonl(path: str) -> dict[str, list[Any]]:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one object per line")
+                if not isinstance(row, dict):
+                    raise InputError(f"{path}:{lineno}: a JSON {type(row).__name__}, not an object; expected one "
+                                     'object per line, e.g. {"text": "...", "label": "..."}')
+                rows.append(row)
     keys: list[str] = []
     for r in rows:
         for k in r:
@@ -210,19 +229,29 @@ def _as_number(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
     if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
+        n = float(v)
+    elif isinstance(v, str):
         try:
-            return float(v)
+            n = float(v)
         except ValueError:
             return None
-    return None
+    else:
+        return None
+    return n if math.isfinite(n) else None  # "inf" is not a usable target, "nan" is a missing one
+
+
+def _missing(v: Any) -> bool:
+    if v is None or v == "":
+        return True
+    if isinstance(v, float):
+        return math.isnan(v)
+    return isinstance(v, str) and v.strip().lower() == "nan"  # how a missing float prints
 
 
 def _encode_labels(col: str, kind: str, splits: dict[str, SplitData]) -> LabelColumn:
     for s in splits.values():
         for i, v in enumerate(s.raw_labels[col]):
-            if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+            if _missing(v):
                 raise InputError(f"split {s.name!r} ({s.source}) row {i}: label {col!r} is missing; "
                                  "label every row or drop the unlabelled ones")
     values = [v for s in splits.values() for v in s.raw_labels[col]]
@@ -235,8 +264,8 @@ def _encode_labels(col: str, kind: str, splits: dict[str, SplitData]) -> LabelCo
         for s in splits.values():
             bad = [v for v in s.raw_labels[col] if _as_number(v) is None]
             if bad:
-                raise InputError(f"label column {col!r} is regression but split {s.name!r} has non-numeric "
-                                 f"value {bad[0]!r}; use {col}:class for text labels")
+                raise InputError(f"label column {col!r} is regression but split {s.name!r} has the non-numeric or "
+                                 f"infinite value {bad[0]!r}; fix it, or use {col}:class for text labels")
             s.targets[col] = np.asarray([_as_number(v) for v in s.raw_labels[col]], dtype=np.float32)
         return LabelColumn(col, "regression")
     # class: vocabulary from the training split (or every split when there is none called "train").

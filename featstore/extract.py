@@ -12,8 +12,8 @@ import numpy as np
 from . import __version__
 from .data import Dataset, load_dataset
 from .errors import ExtractionError, InputError, StoreError
-from .layout import H5Layout, Layout, layout_for
-from .manifest import DTYPES, FORMAT_VERSION, diff_settings, fingerprint
+from .layout import CODECS, H5Layout, Layout, ZarrLayout, check_can_create, layout_for
+from .manifest import DTYPES, FORMAT_VERSION, diff_settings, fingerprint, validate
 from .models import LoadedModel, config_dict, load_model, resolve_layers, tokenizer_hash, truncate_after, weights_hash
 from .plan import Tokenized, pad_batch, plan_batches, plan_segments, storage_order, tokenize
 from .writer import BackgroundWriter, SegmentJob
@@ -62,6 +62,11 @@ class ExtractConfig:
             problems.append(f"--truncation {self.truncation!r}: use longest_first, only_first or only_second")
         if self.compute_dtype not in ("auto",) + DTYPES:
             problems.append(f"--compute-dtype {self.compute_dtype!r}: use auto or one of {', '.join(DTYPES)}")
+        codecs = CODECS.get(self.format, ())
+        if self.format in CODECS and self.compression not in codecs:
+            problems.append(f"--compression {self.compression!r} for {self.format}: use one of {', '.join(codecs)}")
+        if "://" in self.out:
+            problems.append(f"--out {self.out}: extract writes a local store; `featstore push` it to a URL afterwards")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -92,25 +97,45 @@ def pick_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise InputError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    if kind not in ("cpu", "cuda"):
+        raise InputError(f"--device {device!r}: use auto, cpu, cuda or cuda:N")
     return device
 
 
 def _check_out(cfg: ExtractConfig) -> None:
     """An existing `--out` must be a featstore store (resume/overwrite) or an empty directory."""
     p = cfg.out
+    not_store = InputError(f"--out {p} exists and is not a featstore store; choose another path (nothing there "
+                           "is touched, not even with --overwrite)")
     if cfg.format == "zarr":
         if os.path.isfile(p):
             raise InputError(f"--out {p} exists and is a file, not a featstore store; choose another path")
-        if os.path.isdir(p) and os.listdir(p) and not os.path.isfile(os.path.join(p, "manifest.json")):
-            raise InputError(f"--out {p} exists and is not a featstore store; choose another path or empty it")
+        if os.path.isdir(p) and os.listdir(p) and not _holds_store(ZarrLayout(p)):
+            raise not_store
     else:
         if os.path.isdir(p):
             raise InputError(f"--out {p} is a directory; --format hdf5 writes one file, e.g. --out {p}.h5")
-        if os.path.isfile(p):
-            try:
-                H5Layout(p).read_manifest()
-            except StoreError:
-                raise InputError(f"--out {p} exists and is not a featstore store; choose another path")
+        if os.path.isfile(p) and not _holds_store(H5Layout(p)):
+            raise not_store
+    if not os.path.exists(p):
+        check_can_create(p, "--out")
+
+
+def _holds_store(layout: Layout) -> bool:
+    """Whether a path holds a featstore store (complete or not): a manifest of ours, valid."""
+    try:
+        m = layout.read_manifest()
+        return m is not None and validate(m, layout.root) is m
+    except (StoreError, OSError, ValueError):
+        return False
+    finally:
+        layout.close()
 
 
 def _remove_store(layout: Layout) -> None:
@@ -165,6 +190,9 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
     lm = load_model(cfg.model, device="cpu", dtype="float32")
     layers = resolve_layers(cfg.layers, lm.num_layers)
     limit = lm.tokenizer.model_max_length if 0 < lm.tokenizer.model_max_length < 1_000_000 else None
+    positions = getattr(lm.model.config, "max_position_embeddings", None)
+    if getattr(lm.model.config, "position_biased_input", True) and isinstance(positions, int) and positions > 0:
+        limit = min(limit or positions, positions)  # absolute positions: longer inputs would fail in the model
     if cfg.max_length is None:
         cfg.max_length = min(512, limit or 512)
     elif limit and cfg.max_length > limit:

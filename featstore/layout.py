@@ -22,6 +22,7 @@ import numpy as np
 from .errors import StoreError
 
 MANIFEST = "manifest.json"
+CODECS = {"zarr": ("none", "zstd", "blosc-zstd", "blosc-lz4"), "hdf5": ("none", "lzf", "gzip")}
 SEGMENT_RECORD = "segment.json"
 BF16 = "bfloat16"
 
@@ -58,6 +59,27 @@ def write_json_atomic(path: str, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def load_json(path: str, what: str = "manifest") -> Any:
+    """A JSON file of a store; a damaged one is a StoreError naming it, never a traceback."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: the {what} is not valid JSON ({str(e)[:80]}); the store is damaged, "
+                         "re-extract or re-pull it")
+
+
+def check_can_create(path: str, flag: str) -> None:
+    """Fail before any expensive work if `path` cannot be created: a file on the way, or no permission."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise StoreError(f"{flag} {path}: {parent} is a file, not a directory; choose another {flag}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"{flag} {path}: no permission to write in {parent}; choose another {flag}")
 
 
 def chunk_rows(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
@@ -123,8 +145,7 @@ def _committed_records(base: str) -> dict[str, dict]:
                 rec = os.path.join(sdir, name[:-3] + ".json")
             if name.startswith(".") or not os.path.isfile(rec):
                 continue
-            with open(rec) as f:
-                out[f"{split}/{name.removesuffix('.h5')}"] = json.load(f)
+            out[f"{split}/{name.removesuffix('.h5')}"] = load_json(rec, "segment record")
     return out
 
 
@@ -267,8 +288,7 @@ class ZarrLayout(Layout):
         p = os.path.join(self.root, MANIFEST)
         if not os.path.isfile(p):
             return None
-        with open(p) as f:
-            return json.load(f)
+        return load_json(p)
 
     def array(self, name):
         import zarr
@@ -386,11 +406,13 @@ class H5Layout(Layout):
                 raw = self._h5().attrs.get("manifest")
             except OSError as e:
                 raise StoreError(f"{self.root} is not a readable HDF5 file ({e}); run `featstore verify`")
-            return json.loads(raw) if raw is not None else None
+            try:
+                return json.loads(raw) if raw is not None else None
+            except ValueError as e:
+                raise StoreError(f"{self.root}: the manifest is not valid JSON ({str(e)[:80]}); the store is damaged")
         p = os.path.join(self.parts, MANIFEST)
         if os.path.isfile(p):
-            with open(p) as f:
-                return json.load(f)
+            return load_json(p)
         return None
 
     def array(self, name):

@@ -81,6 +81,20 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
         _count(meta.get("n_tokens"), f"split {split} n_tokens")
     for col in m["dataset"].get("label_columns", []):
         safe_name(col.get("name"), "label column")
+        names = col.get("names")
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            raise StoreError(f"{source}: label names of column {col.get('name')!r} are not a list of strings")
+    per_split: dict[str, list[int]] = {}
+    for seg in m.get("segments", []):
+        n = per_split.setdefault(seg.get("split"), [0, 0])
+        n[0] += _count(seg.get("n_examples"), "segment n_examples")
+        n[1] += _count(seg.get("n_tokens"), "segment n_tokens")
+    if m["complete"]:
+        for split, meta in m["dataset"].get("splits", {}).items():
+            if per_split.get(split, [0, 0]) != [meta.get("n_examples"), meta.get("n_tokens")]:
+                raise StoreError(f"{source}: split {split!r} declares {meta.get('n_examples')} examples and "
+                                 f"{meta.get('n_tokens')} tokens, its segments hold {per_split.get(split, [0, 0])}; "
+                                 "the store is damaged")
     for seg in m.get("segments", []):
         safe_name(seg.get("split"), "split")
         safe_name(seg.get("name"), "segment")

@@ -69,6 +69,9 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"unknown model {name!r}: could not load it ({first[:160]}); give a hub id, an alias "
                          f"({', '.join(sorted(ALIASES))}) or a local model directory")
+    except Exception as e:  # noqa: BLE001 - e.g. a truncated safetensors file raises its own error type
+        raise InputError(f"model {name!r} is damaged: its files could not be read ({type(e).__name__}: "
+                         f"{str(e)[:120]}); re-download or re-save it")
     model.eval()
     model.requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,6 +29,9 @@ def open_store(path: str, *, allow_incomplete: bool = False, storage_options: di
 
     if is_url(path):
         return _open_remote(path, storage_options, cache_dir, cache_max_bytes)
+    if os.path.isfile(os.path.join(path, "store.h5")) and os.path.isfile(os.path.join(path, "manifest.json")):
+        # an HDF5 store as `featstore push` publishes it (on a shared file system): read it as the URL it is
+        return _open_remote(Path(os.path.abspath(path)).as_uri(), storage_options, cache_dir, cache_max_bytes)
     if not os.path.exists(path) and not os.path.exists(path + ".parts"):
         raise StoreError(f"no store at {path}: check the path (a directory for zarr, a .h5 file for hdf5)")
     layout = layout_for(path)
@@ -95,7 +99,12 @@ class Store:
         """Features of the label names (mean over their tokens), or None if not recorded."""
         if column not in self.manifest.get("label_features", []):
             return None
-        return np.asarray(self.layout.array(f"label_features/{column}/L{layer}")[:], dtype=np.float32)
+        arr = self.layout.array(f"label_features/{column}/L{layer}")
+        names = self.label_names(column) or []
+        if tuple(arr.shape) != (len(names), self.hidden_size):
+            raise StoreError(f"store {self.path}: label_features/{column}/L{layer} has shape {tuple(arr.shape)}, "
+                             f"expected {(len(names), self.hidden_size)}; the store is damaged")
+        return np.asarray(arr[:], dtype=np.float32)
 
     def split(self, name: str) -> "Split":
         if name not in self.manifest["dataset"]["splits"]:
@@ -162,8 +171,26 @@ class Split:
     def _seg_array(self, seg: int, name: str) -> Any:
         key = f"segments/{self.name}/{self.segments[seg]['name']}/{name}"
         if key not in self._arrays:
-            self._arrays[key] = self.store.layout.array(key)
+            arr = self.store.layout.array(key)
+            want = self._expected_shape(self.segments[seg], name)
+            if want is not None and tuple(arr.shape) != want:  # before any read: shapes are untrusted input
+                raise StoreError(f"store {self.store.path}: {key} has shape {tuple(arr.shape)} but the manifest "
+                                 f"says {want}; the store is damaged, run `featstore verify` on it")
+            self._arrays[key] = arr
         return self._arrays[key]
+
+    def _expected_shape(self, seg: dict[str, Any], name: str) -> tuple[int, ...] | None:
+        n, t, d = int(seg["n_examples"]), int(seg["n_tokens"]), self.store.hidden_size
+        if name in ("length", "row"):
+            return (n,)
+        if name in ("offsets", "id_offsets"):
+            return (n + 1,)
+        if name == "input_ids":
+            return (t,)
+        kind = name.rsplit("/", 1)[-1]
+        if name.startswith("L"):
+            return (t, d) if kind == "tokens" else (n, d)
+        return None  # id_bytes: bounded by id_offsets, which is checked
 
     def _concat(self, name: str) -> np.ndarray:
         return np.concatenate([np.asarray(self._seg_array(i, name)[:]) for i in range(len(self.segments))])
@@ -181,7 +208,11 @@ class Split:
 
     @cached_property
     def lengths(self) -> np.ndarray:
-        return self._concat("length").astype(np.int64)
+        lengths = self._concat("length").astype(np.int64)
+        if (lengths < 0).any() or int(lengths.sum()) != self.n_tokens:
+            raise StoreError(f"store {self.store.path}: split {self.name!r} lengths add up to {int(lengths.sum())} "
+                             f"tokens, the manifest says {self.n_tokens}; the store is damaged, run `featstore verify`")
+        return lengths
 
     @cached_property
     def offsets(self) -> np.ndarray:
@@ -209,7 +240,11 @@ class Split:
 
     def targets(self, column: str) -> np.ndarray:
         self.store._column(column)
-        return np.asarray(self.store.layout.array(f"labels/{self.name}/{column}")[:])
+        arr = self.store.layout.array(f"labels/{self.name}/{column}")
+        if tuple(arr.shape) != (self.n_examples,):
+            raise StoreError(f"store {self.store.path}: labels/{self.name}/{column} has shape {tuple(arr.shape)}, "
+                             f"the split has {self.n_examples} examples; the store is damaged")
+        return np.asarray(arr[:])
 
     def pooled(self, kind: str, layer: int) -> np.ndarray:
         """(n_examples, D) pooled vectors (`cls` or `mean`) of one layer."""

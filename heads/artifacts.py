@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from featstore.layout import check_can_create
+
 from .config import HeadSpec
 from .errors import HeadError, InputError
 from .models import build_head
@@ -35,6 +37,7 @@ REQUIRED = ("head", "task", "architecture", "label_column", "label_names", "laye
 def check_out(out: str, overwrite: bool) -> None:
     """An existing --out is refused unless --overwrite, and never replaced if it is not a head directory."""
     if not os.path.exists(out):
+        check_can_create(out, "--out")
         return
     if not os.path.isdir(out):
         raise InputError(f"--out {out} exists and is a file; give a directory path for the head")
@@ -115,7 +118,41 @@ def read_meta(run: str) -> dict[str, Any]:
     if not isinstance(store, dict) or not isinstance(store.get("fingerprint"), str) \
             or not isinstance(store.get("hidden_size"), int):
         raise HeadError(f"{path}: `store` lacks its fingerprint or hidden size; the head is damaged")
+    bad = [name for name, ok in _META_CHECKS if not _holds(ok, meta)]
+    if bad:
+        raise HeadError(f"{path}: invalid {', '.join(bad)}; the head is damaged, re-train or re-copy it")
     return meta
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _holds(check: Any, meta: dict[str, Any]) -> bool:
+    try:
+        return bool(check(meta))
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+# Every field of head.json that eval/predict rely on, with its type: a damaged or hand-edited file is refused
+# with the names of its bad fields instead of failing somewhere later.
+_META_CHECKS = [
+    ("seeds", lambda m: m["seeds"] and all(_is_int(s) and 0 <= s < 2**63 for s in m["seeds"])),
+    ("best_seed", lambda m: _is_int(m["best_seed"]) and m["best_seed"] in m["seeds"]),
+    ("layers", lambda m: m["layers"] and all(x >= 0 for x in m["layers"])),
+    ("label_names", lambda m: m["label_names"] is None or (isinstance(m["label_names"], list)
+                                                           and all(isinstance(n, str) for n in m["label_names"]))),
+    ("store.model", lambda m: isinstance(m["store"]["model"], dict)
+        and isinstance(m["store"]["model"].get("weights_sha256"), str)),
+    ("store.tokenizer", lambda m: isinstance(m["store"]["tokenizer"]["sha256"], str)),
+    ("store.dtype", lambda m: m["store"]["dtype"] in ("float16", "bfloat16", "float32")),
+    ("backbone", lambda m: isinstance(m["backbone"], dict) and isinstance(m["backbone"].get("name") or
+                                                                         m["backbone"].get("path"), str)),
+    ("backbone.settings", lambda m: _is_int(m["backbone"]["settings"]["max_length"])
+        and m["backbone"]["settings"]["max_length"] > 0 and isinstance(m["backbone"]["settings"]["truncation"], str)
+        and m["backbone"]["settings"]["dtype"] in ("float16", "bfloat16", "float32")),
+]
 
 
 @dataclass
@@ -143,6 +180,9 @@ def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedH
     spec = HeadSpec.from_json(meta["architecture"], os.path.join(run, HEAD_JSON))
     if spec.n_layers_in != len(meta["layers"]) or spec.hidden_size != meta["store"]["hidden_size"]:
         raise HeadError(f"{run}: architecture disagrees with its layers/hidden size; the head is damaged")
+    if spec.task == "classification" and (meta["label_names"] is None or len(meta["label_names"]) != spec.n_outputs):
+        raise HeadError(f"{run}: {HEAD_JSON} names {len(meta['label_names'] or [])} labels for a head of "
+                        f"{spec.n_outputs} outputs; the head is damaged")
     if seed is None:
         seed, path = int(meta["best_seed"]), os.path.join(run, WEIGHTS)
     else:

@@ -131,20 +131,20 @@ class TrainConfig:
             p.append(f"--epochs {self.epochs!r}: must be a positive integer")
         if not _pos_int(self.batch_size):
             p.append(f"--batch-size {self.batch_size!r}: must be a positive integer")
-        if self.lr is None or not self.lr > 0:
+        if self.lr is None or not 0 < self.lr < float("inf"):
             p.append(f"--lr {self.lr!r}: must be positive")
-        if not self.weight_decay >= 0:
+        if not 0 <= self.weight_decay < float("inf"):
             p.append(f"--weight-decay {self.weight_decay!r}: must be >= 0")
         if not 0 <= self.warmup < 1:
             p.append(f"--warmup {self.warmup!r}: a fraction of the training steps, in [0, 1)")
         if self.schedule not in SCHEDULES:
             p.append(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
-        if not self.grad_clip >= 0:
+        if not 0 <= self.grad_clip < float("inf"):
             p.append(f"--grad-clip {self.grad_clip!r}: must be >= 0 (0 turns clipping off)")
         if self.patience is not None and not _pos_int(self.patience):
             p.append(f"--patience {self.patience!r}: must be a positive integer")
         if not self.seeds or not all(_nonneg_int(s) for s in self.seeds):
-            p.append(f"--seeds {self.seeds!r}: give non-negative integers, e.g. 0,1,2")
+            p.append(f"--seeds {self.seeds!r}: give non-negative integers below 2**63, e.g. 0,1,2")
         elif len(set(self.seeds)) != len(self.seeds):
             p.append(f"--seeds {self.seeds!r}: a seed is repeated")
         for name in ("d_head", "n_layers", "n_heads"):
@@ -185,7 +185,7 @@ def _pos_int(v: Any) -> bool:
 
 
 def _nonneg_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**63  # torch seeds are 64-bit
 
 
 def none_if_none(v: str | None) -> str | None:

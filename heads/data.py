@@ -8,7 +8,8 @@ window of blocks are interleaved. A block is the unit of reading, so a split str
 by contiguous token ranges. The plan depends only on the split, batch size and seed - never on whether the
 split is held in RAM - so in-RAM and streamed training see the very same batches.
 
-A background thread assembles batches into a bounded queue so the device never waits on the store. Stored
+A background thread assembles batches into a bounded queue while a second one reads the next window of
+blocks, so reading, batching and training overlap and the device never waits on the store. Stored
 float16 is converted per batch, never for a whole split. No torch here: batches are numpy arrays.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ BLOCK_BYTES = 32 << 20  # target bytes of token features read at once when strea
 MIN_BLOCK_BATCHES = 8  # a block holds at least this many batches, so batches change members every epoch
 MAX_BLOCK_BATCHES = 16  # a block holds at most this many batches (bounds padding after in-block shuffle)
 WINDOW_BLOCKS = 4  # batches of up to this many blocks are interleaved ...
-WINDOW_BYTES = 1 << 30  # ... while they hold at most this many bytes of features (at least one block)
+WINDOW_BYTES = 512 << 20  # ... while they hold at most this many bytes of features (at least one block);
+# two windows are in memory at once when streaming: the one being batched and the one being read
 JITTER_BATCHES = 2  # how far an example may move inside its block
 
 
@@ -84,12 +86,14 @@ class StoreTokens(TokenSource):
             self._ram = self._read_store(0, len(self))  # (N_tokens, L, D)
 
     def _read_store(self, start: int, stop: int) -> np.ndarray:
+        from concurrent.futures import ThreadPoolExecutor
+
         a, b = int(self.offsets[start]), int(self.offsets[stop])
-        out = None
-        for j, k in enumerate(self.layers):
-            part = self.split.tokens(k, a, b)  # (n, D): one contiguous token range per layer
-            if out is None:
-                out = np.empty((b - a, len(self.layers), self.hidden), dtype=part.dtype)  # (n, L, D)
+        # (n, D) per layer: one contiguous token range each, the layers read side by side
+        with ThreadPoolExecutor(min(len(self.layers), 4)) as pool:
+            parts = list(pool.map(lambda k: self.split.tokens(k, a, b), self.layers))
+        out = np.empty((b - a, len(self.layers), self.hidden), dtype=parts[0].dtype)  # (n, L, D)
+        for j, part in enumerate(parts):
             out[:, j] = part
         return out
 
@@ -189,19 +193,29 @@ class Loader:
         return plan_epoch(len(self.source), self.batch_size, self.block, rng)
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
+        from concurrent.futures import ThreadPoolExecutor
+
         plan = self.plan(epoch)
         rng = np.random.default_rng([self.seed, epoch, 1]) if self.shuffle else None
-        for w in range(0, len(plan), self.window):
-            group = []
-            for s, e, batches in plan[w:w + self.window]:
-                data = self.source.read(s, e)
-                group += [(data, s, idx) for idx in batches]
-            order = rng.permutation(len(group)) if rng is not None else range(len(group))
-            for j in order:
-                data, s, idx = group[j]
-                x, mask = self.source.batch(data, s, idx, self.dtype)
-                y = self.targets[idx] if self.targets is not None else None
-                yield Batch(x, mask, y, idx)
+        windows = [plan[w:w + self.window] for w in range(0, len(plan), self.window)]
+
+        def read(window: list) -> list:
+            return [(self.source.read(s, e), s, batches) for s, e, batches in window]
+
+        # The next window is read while this one's batches are assembled: a streamed split's reads overlap
+        # with batching and training instead of alternating with them.
+        with ThreadPoolExecutor(1, thread_name_prefix="heads-read") as reader:
+            ahead = reader.submit(read, windows[0]) if windows else None
+            for w in range(len(windows)):
+                blocks = ahead.result()
+                ahead = reader.submit(read, windows[w + 1]) if w + 1 < len(windows) else None
+                group = [(data, s, idx) for data, s, batches in blocks for idx in batches]
+                order = rng.permutation(len(group)) if rng is not None else range(len(group))
+                for j in order:
+                    data, s, idx = group[j]
+                    x, mask = self.source.batch(data, s, idx, self.dtype)
+                    y = self.targets[idx] if self.targets is not None else None
+                    yield Batch(x, mask, y, idx)
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """Batches of one pass; a worker thread keeps up to `prefetch` of them ready."""

@@ -59,21 +59,22 @@ def check_compatible(head: LoadedHead, store: Any) -> None:
 
 
 def evaluate(run: str, store: str, split: str = "test", *, seed: int | None = None, batch_size: int = 64,
-             device: str = "auto", max_memory: int | None = None, threads: int | None = None) -> EvalResult:
-    """Metrics (and per-example predictions) of the head in `run` on one split of `store`."""
+             device: str = "auto", max_memory: int | None = None, threads: int | None = None,
+             storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> EvalResult:
+    """Metrics (and per-example predictions) of the head in `run` on one split of `store` (a path or URL)."""
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be positive")
     if threads is not None and threads < 1:
         raise InputError(f"--threads {threads}: must be positive")
     with torch_threads(threads):
-        return _evaluate(run, store, split, seed, batch_size, device, max_memory)
+        return _evaluate(run, store, split, seed, batch_size, device, max_memory, storage_options, cache_dir)
 
 
 def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: int, device: str,
-              max_memory: int | None) -> EvalResult:
+              max_memory: int | None, storage_options: dict[str, Any] | None, cache_dir: str | None) -> EvalResult:
     dev = pick_device(device)
     head = load_head(run, seed, device=str(dev))
-    st = open_store(store)
+    st = open_store(store, storage_options=storage_options or None, cache_dir=cache_dir)
     try:
         check_compatible(head, st)
         sp = st.split(split)

@@ -58,6 +58,9 @@ def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Seq
                       [f"text-{i}" for i in range(len(texts))])
     tok = tokenize(lm.tokenizer, split, settings["max_length"], settings["truncation"])
     layers = head.layers
+    if max(layers) > lm.num_layers:
+        raise HeadError(f"head {head.run} reads layer {max(layers)}, but its backbone has {lm.num_layers} layers; "
+                        "the head does not belong to this backbone")
     truncate_after(lm.model, max(layers))
     runtime = bb.get("runtime") or {}
     compute = runtime.get("compute_dtype", "float32") if device.startswith("cuda") else "float32"

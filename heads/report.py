@@ -56,6 +56,7 @@ def format_prediction(rec: dict[str, Any], top: int = 3) -> str:
 def compare_runs(runs: list[str]) -> list[dict[str, Any]]:
     """One row per head directory, from its head.json and metrics.json alone (nothing is re-run)."""
     from .artifacts import read_meta
+    from .errors import HeadError
 
     import json
     import os
@@ -63,17 +64,21 @@ def compare_runs(runs: list[str]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         meta = read_meta(run)
-        with open(os.path.join(run, "metrics.json")) as f:
-            metrics = json.load(f)
-        splits, primary = metrics["splits"], metrics["primary_metric"]
-        seconds = [s["seconds_per_epoch"] for s in metrics["seeds"].values()]
+        try:
+            with open(os.path.join(run, "metrics.json"), encoding="utf-8") as f:
+                metrics = json.load(f)
+            splits, primary = metrics["splits"], metrics["primary_metric"]
+            seconds = [s["seconds_per_epoch"] for s in metrics["seeds"].values()]
+            summary = {role: metrics["summary"][splits[role]][primary] if splits.get(role) else None
+                       for role in ("dev", "test")}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise HeadError(f"{run}: metrics.json is missing or damaged ({type(e).__name__}); re-copy or re-train "
+                            "the head")
         row = {"run": run, "head": meta["head"], "layers": meta["layers"], "pooling": meta.get("pooling"),
                "primary_metric": primary, "seeds": meta["seeds"],
                "trainable_parameters": meta["trainable_parameters"], "trainable_percent": meta["trainable_percent"],
                "seconds_per_epoch": sum(seconds) / len(seconds)}
-        for role in ("dev", "test"):
-            split = splits.get(role)
-            row[role] = metrics["summary"][split][primary] if split else None
+        row.update(summary)
         rows.append(row)
     return rows
 

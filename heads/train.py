@@ -93,9 +93,16 @@ def _prior(store: Any, lt: LabelTask, layers: list[int]) -> np.ndarray:
     return np.stack(feats, axis=1)  # (Y, L, D)
 
 
-def _input_stats(source: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = source.x.reshape(len(source.x), -1).astype(np.float64)  # (N, L*D)
-    return x.mean(0), x.std(0)
+def _input_stats(source: Any, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the pooled inputs (N, L*D), accumulated in float64 a slice at a time (no full copy)."""
+    x = source.x.reshape(len(source.x), -1)
+    s, ss = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for a in range(0, len(x), rows):
+        part = x[a:a + rows].astype(np.float64)
+        s += part.sum(0)
+        ss += np.square(part).sum(0)
+    mean = s / len(x)
+    return mean, np.sqrt(np.maximum(ss / len(x) - mean ** 2, 0.0))
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -196,6 +203,9 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
             with autocast(device):
                 out = model(x, mask)
             loss = loss_fn(spec, out, y)
+            if not torch.isfinite(loss):  # a diverged head is never saved as if it had trained
+                raise InputError(f"training diverged (seed {seed}, epoch {epoch}): the loss is {loss.item()}; "
+                                 f"lower --lr (now {cfg.lr:g}) or keep --grad-clip on")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -211,7 +221,7 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
             out = infer(model, spec, loaders[cfg.dev_split], device)
             rec["dev"] = compute(lt.task, loaders[cfg.dev_split].targets, out, lt.n_outputs)
             score = rec["dev"][primary]
-            if best_score is None or (not np.isnan(score) and better(score, best_score)):
+            if best_score is None or (not np.isnan(score) and (np.isnan(best_score) or better(score, best_score))):
                 best_score, best_epoch, bad = score, epoch, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:

@@ -201,3 +201,47 @@ def test_predict_usage(env):
     assert r.exit_code == 2 and "nothing to predict" in r.output
     r = invoke(["predict", env["run"], "--text", "a", "--input", "f.txt"])
     assert r.exit_code == 2 and "not both" in r.output
+
+
+@pytest.mark.parametrize("field, value", [("best_seed", "x"), ("best_seed", None), ("backbone", None),
+                                          ("store.model", None), ("label_names", ["only-one"]),
+                                          ("label_names", None), ("backbone.settings", {}),
+                                          ("store.tokenizer", {}), ("seeds", [2 ** 64])])
+def test_damaged_head_json_fields(env, tmp_path, field, value):
+    run = _copy_run(env, tmp_path)
+    meta = json.load(open(os.path.join(run, "head.json")))
+    *parents, key = field.split(".")
+    node = meta
+    for p in parents:
+        node = node[p]
+    node[key] = value
+    json.dump(meta, open(os.path.join(run, "head.json"), "w"))
+    r = invoke(["eval", run, "--store", env["store"]])
+    assert_user_error(r, "head.json" if field != "label_names" else "", "damaged")
+    assert_user_error(invoke(["predict", run, "--text", "hello"]), "damaged")
+
+
+def test_bad_paths_fail_before_training(env, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    r = invoke(["train", "linear", "--store", env["store"], "--label-column", "label", "--out",
+                str(tmp_path / "afile" / "run"), *TINY])
+    assert_user_error(r, "is a file, not a directory")
+    assert_user_error(invoke(["eval", env["run"], "--store", env["store"], "--predictions",
+                              str(tmp_path / "no" / "dir" / "p.jsonl")]), "--predictions", "not a writable directory")
+    assert_user_error(invoke(["predict", env["run"], "--text", "hi", "--output", str(tmp_path / "no" / "o.jsonl")]),
+                      "--output", "not a writable directory")
+    assert_user_error(invoke(train_args(env, tmp_path, "--seeds", str(2 ** 64))), "below 2**63")
+    assert_user_error(invoke(train_args(env, tmp_path, "--lr", "inf")), "--lr inf")
+    assert_user_error(invoke(["compare", str(tmp_path / "afile")]), "no head at")
+
+
+def test_diverging_training_is_refused_and_nothing_written(env, tmp_path):
+    r = invoke(train_args(env, tmp_path, "--lr", "1e30", "--grad-clip", "0", "--warmup", "0", head="mlp"))
+    assert_user_error(r, "training diverged", "lower --lr")
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_with_damaged_metrics(env, tmp_path):
+    run = _copy_run(env, tmp_path)
+    os.remove(os.path.join(run, "metrics.json"))
+    assert_user_error(invoke(["compare", run]), "metrics.json is missing or damaged")

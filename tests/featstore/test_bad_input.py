@@ -146,3 +146,68 @@ def test_open_and_verify_missing_store(tmp_path):
     assert_user_error(run(["info", str(tmp_path / "nothing")]), "no store at")
     r = run(["verify", str(tmp_path / "nothing")])
     assert r.exit_code == 1 and "no store at" in r.stderr
+
+
+def test_foreign_hdf5_file_and_foreign_manifest_are_never_replaced(bert, train, tmp_path):
+    import h5py
+
+    precious = tmp_path / "precious.h5"
+    with h5py.File(precious, "w") as f:
+        f["thesis"] = [1, 2, 3]
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name": "my web app"}')
+    (webapp / "index.html").write_text("<html/>")
+    for extra in ([], ["--overwrite"]):
+        assert_user_error(run(base(bert, {"train": train}, precious, "--format", "hdf5", *extra)),
+                          "exists and is not a featstore store")
+        assert_user_error(run(base(bert, {"train": train}, webapp, *extra)), "exists and is not a featstore store")
+    with h5py.File(precious, "r") as f:
+        assert list(f) == ["thesis"]
+    assert (webapp / "index.html").exists()
+
+
+@pytest.mark.parametrize("value, fragment", [("inf", "infinite"), ("nan", "is missing")])
+def test_non_finite_label_values(bert, tmp_path, value, fragment):
+    rows = [{"text": f"t {i}", "score": str(0.5 + i)} for i in range(4)]
+    rows[1]["score"] = value
+    path = write_csv(tmp_path / "t.csv", rows)
+    r = run(base(bert, {"train": path}, tmp_path / "s", "--label-column", "score:regression"))
+    assert_user_error(r, fragment)
+
+
+def test_unreadable_inputs(bert, tmp_path):
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
+    assert_user_error(run(base(bert, {"train": latin1}, tmp_path / "s")), "not UTF-8")
+    arr = tmp_path / "arr.jsonl"
+    arr.write_text('{"text": "a"}\n[1, 2]\n')
+    assert_user_error(run(base(bert, {"train": arr}, tmp_path / "s")), "arr.jsonl:2", "not an object")
+    pq = tmp_path / "broken.parquet"
+    pq.write_bytes(b"PAR1 this is not parquet")
+    assert_user_error(run(base(bert, {"train": pq}, tmp_path / "s")), "not a readable Parquet file")
+    dd = tmp_path / "dd"
+    dd.mkdir()
+    (dd / "dataset_dict.json").write_text("{not json")
+    r = run(["extract", "--model", bert, "--out", str(tmp_path / "s"), "--data", str(dd), "--quiet"])
+    assert_user_error(r, "dataset_dict.json is damaged")
+
+
+def test_bad_out_device_and_compression(bert, train, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_user_error(run(base(bert, {"train": train}, tmp_path / "afile" / "s")), "is a file, not a directory")
+    assert_user_error(run(base(bert, {"train": train}, "s3://bucket/s")), "featstore push")
+    assert_user_error(run(base(bert, {"train": train}, tmp_path / "s", "--device", "bogus")), "--device 'bogus'")
+    assert_user_error(run(base(bert, {"train": train}, tmp_path / "s", "--compression", "zstdd")),
+                      "--compression 'zstdd'")
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_damaged_model_files(bert, train, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(bert, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert_user_error(run(base(str(broken), {"train": train}, tmp_path / "s")), "is damaged", "re-download")

@@ -351,6 +351,36 @@ def test_malicious_manifest_is_rejected(remote, shared_store, tmp_path, how):
         assert "has more than 3 bytes" in str(e.value)
 
 
+@pytest.mark.parametrize("how", ["array-shape", "count"])
+def test_shapes_and_counts_are_checked_on_read(remote, shared_store, tmp_path, how):
+    """A tampered array header (absurd shape, checksums fixed up) or an inflated count is refused on read,
+    before any allocation: the manifest's counts bound what is read."""
+    import hashlib
+
+    url = remote.url("tampered", how)
+    push(shared_store, url, progress=False)
+    m = json.load(open(os.path.join(shared_store, "manifest.json")))
+    seg = next(s for s in m["segments"] if s["split"] == "train")
+    if how == "array-shape":
+        rel = f"segments/train/{seg['name']}/length/zarr.json"
+        meta = json.load(open(os.path.join(shared_store, rel)))
+        meta["shape"] = [10 ** 13]
+        raw = json.dumps(meta).encode()
+        remote.write(f"{url}/{rel}", raw)
+        seg["files"][rel] = {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        match = "has shape"
+    else:
+        seg["n_examples"] += 5
+        m["dataset"]["splits"]["train"]["n_examples"] += 5
+        match = "has shape"
+    remote.write(url + "/manifest.json", json.dumps(m).encode())
+    with featstore.open_store(url, cache_dir=str(tmp_path / "c")) as s:
+        with pytest.raises(StoreError, match=match):
+            s.split("train").lengths
+    problems = verify(url, cache_dir=str(tmp_path / "c2"))
+    assert problems and all("\n" not in p for p in problems)
+
+
 def test_oversized_manifest_is_refused(remote, shared_store, tmp_path, monkeypatch):
     import featstore.remote
 

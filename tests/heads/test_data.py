@@ -113,3 +113,31 @@ def test_batches_change_members_between_epochs_even_for_huge_examples(monkeypatc
     members = [{frozenset(b.index.tolist()) for b in loader.epoch(e)} for e in (1, 2)]
     assert all(sum(len(m) for m in ms) == 64 for ms in members)
     assert members[0] != members[1]
+
+
+def test_next_window_is_read_while_this_one_is_batched():
+    """Streaming overlaps reading with training: the next window's read starts before the consumer has even
+    taken the first batch of the current one (without that, this test waits out its timeout and fails)."""
+    import threading
+
+    from heads.data import ArrayTokens
+
+    class SlowSource(ArrayTokens):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.reads, self.second_read = [], threading.Event()
+
+        def read(self, start, stop):
+            self.reads.append(start)
+            if len(self.reads) > 1 and start not in first_window:
+                self.second_read.set()
+            return super().read(start, stop)
+
+    src = SlowSource(np.zeros((300, 1, 4), dtype=np.float32), np.ones(300, dtype=np.int64))
+    loader = Loader(src, None, 2, shuffle=True, seed=0)
+    first_window = {s for s, _, _ in loader.plan(1)[:loader.window]}
+    assert len(loader.plan(1)) > loader.window  # at least two windows
+    it = loader.epoch(1)
+    first = next(it)
+    assert src.second_read.wait(timeout=10), "the next window was not read ahead"
+    assert len(first.index) + sum(len(b.index) for b in it) == 300
