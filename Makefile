@@ -19,7 +19,7 @@ $(STAMP): setup.cfg setup.py
 	$(BIN)/pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1 && ! $(BIN)/python -c "import torch" 2>/dev/null; then \
 		$(BIN)/pip install -q torch==2.13.0 || echo "no local CPU torch build; pip will choose one"; fi
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,demo]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -10,6 +10,7 @@ mkdir -p "$OUT"
     --data train="$OUT/data/train.csv" --data validation="$OUT/data/validation.csv" --data test="$OUT/data/test.csv" \
     --id-column id --text-column text --label-column topic --layers all --max-length 256 --out "$OUT/bbc"
 "$BIN/featstore" info "$OUT/bbc"
+"$BIN/featstore" verify "$OUT/bbc"
 "$BIN/heads" train ytuning --store "$OUT/bbc" --label-column topic --layers all --label-init prior \
     --train-split train --dev-split validation --test-split test --epochs 10 --seeds 0,1,2 \
     --out "$OUT/ytuning" --overwrite

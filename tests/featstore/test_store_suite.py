@@ -169,3 +169,24 @@ def test_other_format_version_is_refused(tmp_path):
     (tmp_path / "s" / "manifest.json").write_text(json.dumps({"format_version": 99}))
     with pytest.raises(StoreError, match="format version 99"):
         featstore.open_store(str(tmp_path / "s"))
+
+
+def test_forward_stops_after_deepest_layer_and_truncation_is_counted(tmp_path, bert, splits):
+    import json
+
+    from featstore.models import load_model, truncate_after
+
+    lm = load_model(bert)
+    truncate_after(lm.model, 1)
+    assert len(lm.model.encoder.layer) == 1  # layer 2 is never computed
+    summary = extract(ExtractConfig(model=bert, data={"train": splits["train"]}, out=str(tmp_path / "s"),
+                                    text_column="text", layers="1", max_length=12, progress=False))
+    rows = [json.loads(x) for x in open(splits["train"])]
+    tok = AutoTokenizer.from_pretrained(bert)
+    assert summary.truncated == sum(len(tok(r["text"])["input_ids"]) > 12 for r in rows) > 0
+    with featstore.open_store(str(tmp_path / "s")) as s:
+        train = s.split("train")
+        assert s.layers == [1] and s.manifest["dataset"]["splits"]["train"]["truncated"] == summary.truncated
+        i = len(train) // 2
+        ids, hs = direct_forward(bert, rows[int(train.rows[i])]["text"], 12)
+        np.testing.assert_allclose(train.example(i)[:, 0].astype(np.float32), hs[1], atol=8e-3, rtol=2e-3)

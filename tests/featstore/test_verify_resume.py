@@ -70,6 +70,34 @@ def test_verify_catches_deleted_chunk(small_store, fmt):
     assert any(p.endswith(": missing") and "L1/cls" in p for p in problems), problems
 
 
+def _rewrite_zarr_chunk(store: str, pattern: str, dtype, mutate) -> None:
+    """Change a chunk's values and record its new checksum: damage only the consistency checks can see."""
+    import hashlib
+    import json
+
+    chunk = sorted(p for p in glob.glob(os.path.join(store, pattern), recursive=True) if os.path.isfile(p))[0]
+    data = np.fromfile(chunk, dtype=dtype)
+    mutate(data)
+    data.tofile(chunk)
+    raw = open(chunk, "rb").read()
+    rel = os.path.relpath(chunk, store).replace(os.sep, "/")
+    m = json.load(open(os.path.join(store, "manifest.json")))
+    for seg in m["segments"]:
+        if rel in seg["files"]:
+            seg["files"][rel] = {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    json.dump(m, open(os.path.join(store, "manifest.json"), "w"))
+
+
+def test_verify_catches_inconsistent_offsets_and_non_finite_values(tmp_path, bert, splits):
+    out = str(tmp_path / "s")
+    extract(ExtractConfig(model=bert, data=splits, out=out, layers="1,2", max_length=24, progress=False))
+    _rewrite_zarr_chunk(out, "segments/train/*/L2/tokens/c/**/*", np.float16, lambda a: a.__setitem__(7, np.nan))
+    assert any("layer 2 tokens: non-finite values" in p for p in verify(out))
+    assert verify(out, check_values=False) == []  # checksums alone cannot see it
+    _rewrite_zarr_chunk(out, "segments/validation/*/length/c/**/*", np.int32, lambda a: a.__setitem__(0, a[0] + 1))
+    assert any("offsets and lengths disagree" in p for p in verify(out, check_values=False))
+
+
 def test_verify_cli_exit_code(small_store):
     from click.testing import CliRunner
 
@@ -77,11 +105,15 @@ def test_verify_cli_exit_code(small_store):
 
     r = CliRunner().invoke(main, ["verify", small_store, "--quiet"])
     assert r.exit_code == 0 and "OK" in r.output
-    manifest_path = os.path.join(small_store, "manifest.json")
-    if os.path.isfile(manifest_path):
-        os.remove(manifest_path)
-        r = CliRunner().invoke(main, ["verify", small_store, "--quiet"])
-        assert r.exit_code == 1 and "not a featstore store" in r.stderr
+    if os.path.isdir(small_store):
+        os.remove(os.path.join(small_store, "manifest.json"))
+    else:
+        import h5py
+
+        with h5py.File(small_store, "a") as f:
+            del f.attrs["manifest"]
+    r = CliRunner().invoke(main, ["verify", small_store, "--quiet"])
+    assert r.exit_code == 1 and "not a featstore store" in r.stderr
 
 
 def _committed(out: str, fmt: str) -> int:

@@ -149,3 +149,28 @@ def test_config_reports_every_problem_at_once(stores):
     msg = str(e.value)
     for frag in ("--epochs", "--batch-size", "--dropout", "--d-head 30 is not divisible", "--seeds"):
         assert frag in msg
+
+
+def test_schedule_warms_up_then_decays():
+    from heads.train import lr_factor
+
+    total, warm = 100, 10
+    assert [lr_factor(s, total, warm, "linear") for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(10, total, warm, "linear") == pytest.approx(1.0)
+    assert lr_factor(55, total, warm, "linear") == pytest.approx(0.5)
+    assert lr_factor(100, total, warm, "linear") == pytest.approx(0.0)
+    assert lr_factor(55, total, warm, "cosine") == pytest.approx(0.5)
+    assert lr_factor(99, total, warm, "cosine") < 0.01 and lr_factor(80, total, warm, "constant") == 1.0
+
+
+def test_early_stopping_keeps_the_best_epoch(stores, tmp_path):
+    """With --patience 1 training stops one epoch after the dev metric last improved, and the head that is
+    saved and tested is the best epoch's, not the last one's."""
+    r = train(TrainConfig("linear", store=stores["cls"], label_column="label", out=str(tmp_path / "es"),
+                          layers="all", epochs=30, patience=1, lr=0.05, progress=False))
+    s = r.seeds[0]
+    assert s.epochs_run < 30 and s.epochs_run == s.best_epoch + 1
+    log = [json.loads(x) for x in open(tmp_path / "es" / "train_log.jsonl")]
+    dev = [rec["dev"]["accuracy"] for rec in log]
+    assert len(log) == s.epochs_run and max(dev) == dev[s.best_epoch - 1] > dev[-1] - 1e-12
+    assert s.metrics["validation"]["accuracy"] == pytest.approx(dev[s.best_epoch - 1])
