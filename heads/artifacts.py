@@ -11,6 +11,7 @@ The directory is written under a temporary name and renamed into place: it exist
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -50,9 +51,20 @@ def check_out(out: str, overwrite: bool) -> None:
         raise InputError(f"--out {out} already exists; use --overwrite to replace it, or choose another --out")
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf (e.g. Pearson of constant predictions) as null: the files stay valid JSON for every reader."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _write_json(path: str, obj: Any) -> None:
     with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
         f.write("\n")
 
 
@@ -78,7 +90,7 @@ def save_run(out: str, meta: dict[str, Any], states: dict[int, dict[str, torch.T
         _write_json(os.path.join(tmp, METRICS_JSON), metrics)
         with open(os.path.join(tmp, TRAIN_LOG), "w") as f:
             for rec in log:
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps(_json_safe(rec), allow_nan=False) + "\n")
         if os.path.isdir(out) and os.listdir(out):
             shutil.rmtree(out)  # check_out made sure it is a head directory and --overwrite was given
         elif os.path.isdir(out):

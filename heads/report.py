@@ -85,7 +85,9 @@ def compare_runs(runs: list[str]) -> list[dict[str, Any]]:
 
 def format_compare(rows: list[dict[str, Any]]) -> str:
     def cell(v: dict[str, float] | None) -> str:
-        return "-" if v is None else f"{v['mean']:.4f} ± {v['std']:.4f}"
+        if v is None or v.get("mean") is None:  # no such split, or an undefined metric (saved as null)
+            return "-"
+        return f"{v['mean']:.4f} ± {v['std'] or 0.0:.4f}"
 
     head = f"{'run':<28}{'head':<9}{'metric':<10}{'test (mean ± std)':>20}{'dev (mean ± std)':>20}" \
            f"{'seeds':>7}{'trainable':>12}{'% bb':>8}{'s/epoch':>9}"

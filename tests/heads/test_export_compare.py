@@ -60,3 +60,19 @@ def test_compare(linear_run, ytuning_run):
     assert row["head"] == "ytuning" and row["test"]["n"] == 2 and 0 <= row["test"]["mean"] <= 1
     r = CliRunner().invoke(main, ["compare", "/nonexistent/run"])
     assert r.exit_code == 2
+
+
+def test_undefined_metrics_are_saved_as_null_and_compared(tmp_path):
+    """A metric that is undefined (NaN) is written as JSON null, so every JSON reader can read the files."""
+    import json
+    import math
+
+    from heads.artifacts import _write_json
+    from heads.report import format_compare
+
+    path = tmp_path / "m.json"
+    _write_json(str(path), {"summary": {"test": {"pearson": {"mean": math.nan, "std": math.inf, "n": 3}}}})
+    assert json.loads(path.read_text())["summary"]["test"]["pearson"] == {"mean": None, "std": None, "n": 3}
+    row = {"run": "r", "head": "ytuning", "primary_metric": "pearson", "test": {"mean": None, "std": None},
+           "dev": None, "seeds": [0], "trainable_parameters": 1, "trainable_percent": None, "seconds_per_epoch": 0.1}
+    assert "-" in format_compare([row]).splitlines()[2]
