@@ -30,6 +30,9 @@ from featstore.models import load_model, resolve_layers  # noqa: E402
 from featstore.plan import pad_batch, plan_batches, plan_segments, tokenize  # noqa: E402
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def bare_forward(lm, toks, batch_tokens: int) -> tuple[float, int]:
     """The same length-bucketed batches as extract, through the whole model, nothing kept."""
     t0 = time.perf_counter()
@@ -41,8 +44,10 @@ def bare_forward(lm, toks, batch_tokens: int) -> tuple[float, int]:
                 lengths = tok.lengths[rows]
                 ids, mask = pad_batch([tok.input_ids[r] for r in rows], lm.tokenizer.pad_token_id or 0)
                 with torch.inference_mode():
-                    lm.model(input_ids=ids, attention_mask=mask)
+                    lm.model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE))
                 n += int(lengths.sum())
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0, n
 
 
@@ -58,8 +63,8 @@ def naive_loop(lm, ds, layers: list[int], max_length: int, out: str, batch_size:
                 enc = lm.tokenizer(split.texts[a:a + batch_size], padding="max_length", truncation=True,
                                    max_length=max_length, return_tensors="pt")
                 with torch.inference_mode():
-                    hs = lm.model(**enc, output_hidden_states=True).hidden_states
-                host = [h.cpu().numpy() for h in hs]  # every layer copied
+                    hs = lm.model(**{k: v.to(DEVICE) for k, v in enc.items()}, output_hidden_states=True).hidden_states
+                host = [h.float().cpu().numpy() for h in hs]  # every layer copied
                 lengths = enc["attention_mask"].sum(1).tolist()
                 for b, length in enumerate(lengths):
                     for k in layers:
@@ -84,7 +89,8 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench-extract-")
     data = make_splits(os.path.join(work, "data"), limit=args.limit, text=args.text)
     ds = load_dataset(data, "text", None, ["topic"], "id")
-    lm = load_model(args.model)
+    # the same device and compute dtype as `featstore extract` picks (CUDA + bf16 when there is a GPU)
+    lm = load_model(args.model, device=DEVICE, dtype="bfloat16" if DEVICE == "cuda" else "float32")
     layers = resolve_layers(args.layers, lm.num_layers)
     toks = {k: tokenize(lm.tokenizer, s, args.max_length, "longest_first") for k, s in ds.splits.items()}
     runs = {"bare forward": [], "featstore extract": [], "extract (loop only)": [], "naive loop": []}
@@ -106,7 +112,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in runs.items()}
     bare = med["bare forward"]
     print(f"\nBBC {args.text} texts, model {args.model}, layers {layers}, max_length {args.max_length}, {tokens:,} tokens, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"{torch.get_num_threads()} threads, {torch.cuda.get_device_name() if DEVICE == 'cuda' else platform.processor() or platform.machine()}")
     print(f"{'method':<22}{'tokens/s (median)':>18}{'x bare forward':>16}{'extract x this':>16}")
     for k, v in med.items():
         print(f"{k:<22}{v:>18,.0f}{v / bare:>16.2f}{med['featstore extract'] / v:>16.2f}")

@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--chunk-mb", type=float, default=4.0)
     ap.add_argument("--dir", default=None, help="where to write (default: a temp dir on the same disk as --store)")
+    ap.add_argument("--codecs", default=None, help="comma-separated subset, e.g. zarr/none,hdf5/none (default: all)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -102,7 +103,7 @@ def main() -> None:
     sizes = {}
     for rep in range(args.reps):
         results["raw"].append(raw_bytes / timed_raw(blob, work))
-        for fmt, codec in CODECS:
+        for fmt, codec in [c for c in CODECS if args.codecs is None or "/".join(c) in args.codecs.split(",")]:
             t, size = timed_write(fmt, codec, job, os.path.join(work, "w"), int(args.chunk_mb * (1 << 20)))
             results.setdefault(f"{fmt}/{codec}", []).append(raw_bytes / t)
             sizes[f"{fmt}/{codec}"] = size

@@ -8,7 +8,8 @@ split is reported. Each (method, seed) runs in its own process so its peak memor
 
 Methods: full fine-tuning; linear probe (store); Y-Tuning (store), extraction counted once; Y-Tuning with
 features recomputed by the frozen backbone every epoch (no store); head-first fine-tuning (LP-FT), whose
-classifier starts from the linear probe exported by `heads export`. LoRA is skipped unless `peft` is installed.
+classifier starts from the linear probe exported by `heads export`. Every method runs on the same device (the
+GPU when there is one). The optional LoRA row is not implemented.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
     start to the test evaluation (imports, model loading, tokenizing, every epoch with its dev evaluation)."""
     import torch
 
+    # every method on the same device: the GPU when there is one (extraction and `heads train` pick it too)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     data = {k: os.path.join(a.work, "data", f"{k}.csv") for k in ("train", "validation", "test")}
     store = os.path.join(a.work, "store")
     t0 = T_START
@@ -68,19 +71,45 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
     elif method == "Y-Tuning (no store)":
         from benchmarks.ytuning_nostore import train_nostore
 
-        out = train_nostore(data, a.model, "topic", seed, a.epochs, a.max_length, a.layers)
+        out = train_nostore(data, a.model, "topic", seed, a.epochs, a.max_length, a.layers, device=device)
         out["seconds"] = time.perf_counter() - t0
     else:
         from benchmarks.finetune import finetune
 
         init = os.path.join(a.work, f"linear-{seed}.safetensors") if method.startswith("head-first") else None
-        out = finetune(data, a.model, "topic", seed, a.epochs, a.max_length, init_head=init)
+        out = finetune(data, a.model, "topic", seed, a.epochs, a.max_length, init_head=init, device=device)
         out["seconds"] = time.perf_counter() - t0
         out["epoch_seconds"] = statistics.mean(out["epoch_seconds"])
     out["peak_rss_mib"] = peak_rss_mib()
     if torch.cuda.is_available():
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
+
+
+def make_rows(results: dict[str, list[dict]], extraction: dict) -> list[dict]:
+    """One table row per method from its per-seed runs. Store rows count the one extraction in their time and
+    in their peak memory (extraction is a process of its own)."""
+    ft = results["full fine-tuning"]
+    ft_acc = statistics.mean(r["test_accuracy"] for r in ft)
+    ft_time = statistics.mean(r["seconds"] for r in ft)
+    ft_epoch = statistics.mean(r["epoch_seconds"] for r in ft)
+    rows = []
+    for m, rs in results.items():
+        store = "(store)" in m
+        acc = [r["test_accuracy"] for r in rs]
+        t = statistics.mean(r["seconds"] for r in rs) + (extraction["seconds"] if store else 0.0)
+        epoch = statistics.mean(r["epoch_seconds"] for r in rs)
+        trainable = rs[0]["trainable_parameters"]
+        backbone = rs[0].get("backbone_parameters") or ft[0]["backbone_parameters"]
+        peaks = [r["peak_rss_mib"] for r in rs] + ([extraction.get("peak_rss_mib", 0.0)] if store else [])
+        gpu = [r.get("peak_gpu_mib", 0.0) for r in rs] + ([extraction.get("peak_gpu_mib", 0.0)] if store else [])
+        rows.append({"method": m, "test_accuracy_mean": statistics.mean(acc),
+                     "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                     "pct_of_full_ft": 100 * statistics.mean(acc) / ft_acc, "trainable_parameters": trainable,
+                     "pct_of_backbone": 100 * trainable / backbone, "train_seconds": t, "epoch_seconds": epoch,
+                     "speedup": ft_time / t, "epoch_speedup": ft_epoch / epoch,
+                     "peak_rss_mib": max(peaks), "peak_gpu_mib": max(gpu)})
+    return rows
 
 
 def check_targets(rows: list[dict]) -> dict[str, bool]:
@@ -101,16 +130,17 @@ def report(rows: list[dict], targets: dict[str, bool], extraction: dict, s: dict
     print(f"\nBBC News ({s['limit']}/topic; splits 60/20/20), {s['model']}, max_length {s['max_length']}, "
           f"{s['epochs']} epochs, seeds [{s['seeds']}]; extraction {extraction['seconds']:.1f} s once "
           f"({extraction['tokens']:,} tokens); {machine}")
+    gpu = any(r.get("peak_gpu_mib") for r in rows)
     print(f"{'method':<26}{'test acc':>16}{'% of FT':>9}{'trainable':>12}{'% bb':>8}{'train s':>9}{'s/epoch':>9}"
-          f"{'speed-up':>9}{'epoch x':>9}{'peak MiB':>10}")
+          f"{'speed-up':>9}{'epoch x':>9}{'peak MiB':>10}" + (f"{'GPU MiB':>9}" if gpu else ""))
     for r in rows:
         print(f"{r['method']:<26}{r['test_accuracy_mean']:>9.4f} ± {r['test_accuracy_std']:.3f}"
               f"{r['pct_of_full_ft']:>9.1f}{r['trainable_parameters']:>12,}{r['pct_of_backbone']:>8.2f}"
               f"{r['train_seconds']:>9.1f}{r['epoch_seconds']:>9.2f}{r['speedup']:>9.1f}{r['epoch_speedup']:>9.1f}"
-              f"{r['peak_rss_mib']:>10,.0f}")
+              f"{r['peak_rss_mib']:>10,.0f}" + (f"{r.get('peak_gpu_mib', 0.0):>9,.0f}" if gpu else ""))
     print("train s: wall-clock time of the whole training process (imports, loading, every epoch with its dev "
           "evaluation, the test evaluation; store rows add the one extraction); speed-up and epoch x are relative "
-          "to full fine-tuning.")
+          "to full fine-tuning; peak MiB: host memory (store rows: the larger of extraction and training).")
     for name, ok in targets.items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
 
@@ -127,8 +157,8 @@ def main() -> None:
     ap.add_argument("--work", default=None)
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of the methods")
     ap.add_argument("--reference", default=None,
-                    help="JSON of an earlier run whose full fine-tuning and extraction rows to compare with "
-                         "(e.g. store heads trained for more epochs than fine-tuning)")
+                    help="JSON of an earlier run (same --work, same settings) whose full fine-tuning and extraction "
+                         "to reuse, to re-measure only the other methods")
     ap.add_argument("--report", default=None, metavar="JSON",
                     help="print the table and targets of an earlier run's JSON (and refresh its targets); run nothing")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
@@ -139,6 +169,7 @@ def main() -> None:
     if a.report:
         with open(a.report) as f:
             saved = json.load(f)
+        saved["rows"] = make_rows(saved["runs"], saved["extraction"])
         saved["targets"] = check_targets(saved["rows"])
         report(saved["rows"], saved["targets"], saved["extraction"], saved["settings"], saved["machine"]["platform"]
                + f", {saved['machine']['cpu_count']} cores")
@@ -174,29 +205,10 @@ def main() -> None:
         results.setdefault("full fine-tuning", ref["runs"]["full fine-tuning"])
     if "head-first fine-tuning" in methods:
         results["head-first fine-tuning"] = [child("head-first fine-tuning", s) for s in seeds]
-    ft_acc = statistics.mean(r["test_accuracy"] for r in results["full fine-tuning"])
-    ft_time = statistics.mean(r["seconds"] for r in results["full fine-tuning"])
-    ft_epoch = statistics.mean(r["epoch_seconds"] for r in results["full fine-tuning"])
-    rows = []
-    for m, rs in results.items():
-        acc = [r["test_accuracy"] for r in rs]
-        t = statistics.mean(r["seconds"] for r in rs) + (extraction["seconds"] if "(store)" in m else 0.0)
-        epoch = statistics.mean(r["epoch_seconds"] for r in rs)
-        trainable = rs[0]["trainable_parameters"]
-        backbone = rs[0].get("backbone_parameters") or results["full fine-tuning"][0]["backbone_parameters"]
-        rows.append({"method": m, "test_accuracy_mean": statistics.mean(acc),
-                     "test_accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-                     "pct_of_full_ft": 100 * statistics.mean(acc) / ft_acc, "trainable_parameters": trainable,
-                     "pct_of_backbone": 100 * trainable / backbone, "train_seconds": t, "epoch_seconds": epoch,
-                     "speedup": ft_time / t, "epoch_speedup": ft_epoch / epoch,
-                     "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
-                     "peak_gpu_mib": max((r.get("peak_gpu_mib", 0.0) for r in rs), default=0.0)})
+    rows = make_rows(results, extraction)
     targets = check_targets(rows)
     report(rows, targets, extraction, vars(a), f"{platform.platform()}, {os.cpu_count()} cores")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
-        print("LoRA: skipped (peft not installed)")
+    print("LoRA: not measured (the optional row is not implemented)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"settings": vars(a), "extraction": extraction, "rows": rows, "runs": results, "targets": targets,

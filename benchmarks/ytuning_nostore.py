@@ -21,11 +21,13 @@ from heads.train import lr_factor, param_groups
 
 
 def _features(lm, enc, rows, layers):
-    """Backbone forward for one batch -> (B, T, L, D) features of the kept layers + mask."""
+    """Backbone forward for one batch -> (B, T, L, D) float32 features of the kept layers + mask."""
+    device = next(lm.model.parameters()).device
     x, m = pad_batch([enc["input_ids"][r] for r in rows])
+    x, m = x.to(device), m.to(device)
     with torch.inference_mode():
         hs = lm.model(input_ids=x, attention_mask=m, output_hidden_states=True).hidden_states
-        feats = torch.stack([hs[k] for k in layers], dim=2)  # (B, T, L, D)
+        feats = torch.stack([hs[k] for k in layers], dim=2).float()  # (B, T, L, D)
     return feats.clone(), m.bool()  # clone: inference tensors cannot enter autograd
 
 
@@ -37,16 +39,18 @@ def _predict(model, lm, enc, layers, batch_size):
         for a in range(0, len(order), batch_size):
             rows = order[a:a + batch_size]
             x, m = _features(lm, enc, rows, layers)
-            out[rows] = model(x, m).softmax(-1).numpy()
+            out[rows] = model(x, m).softmax(-1).float().cpu().numpy()
     return out
 
 
 def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed: int, epochs: int,
                   max_length: int, layers_spec: str = "all", batch_size: int = 32, lr: float = 1e-3,
-                  label_init: str = "prior") -> dict:
+                  label_init: str = "prior", device: str = "cpu") -> dict:
+    """The same head as `heads train ytuning --label-init prior`, its backbone on `device` (bf16 on CUDA, as
+    extraction computes), recomputing the features of every batch of every epoch."""
     ds = load_dataset(data, "text", None, [label_column], "id")
     col = ds.label_columns[0]
-    lm = load_model(model_name)
+    lm = load_model(model_name, device=device, dtype="bfloat16" if device.startswith("cuda") else "float32")
     layers = resolve_layers(layers_spec, lm.num_layers)
     enc = {k: lm.tokenizer(s.texts, truncation=True, max_length=max_length) for k, s in ds.splits.items()}
     y = {k: s.targets[label_column] for k, s in ds.splits.items()}
@@ -56,8 +60,9 @@ def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed
                     n_layers_in=len(layers))
     model = build_head(spec)
     if label_init == "prior":  # as `heads train --label-init prior`: the label names' features, centred
-        lf = _label_features(lm, {label_column: col.names}, layers, "cpu")
+        lf = _label_features(lm, {label_column: col.names}, layers, device)
         model.init_queries_from(np.stack([lf[f"label_features/{label_column}/L{k}"] for k in layers], axis=1))
+    model.to(device)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=lr)
     steps = epochs * -(-len(y["train"]) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, int(0.1 * steps), "linear"))
@@ -69,7 +74,7 @@ def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed
         for a in range(0, len(order), batch_size):
             rows = order[a:a + batch_size]
             x, m = _features(lm, enc["train"], rows, layers)
-            loss = loss_fn(spec, model(x, m), torch.as_tensor(y["train"][rows]))
+            loss = loss_fn(spec, model(x, m), torch.as_tensor(y["train"][rows], device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
