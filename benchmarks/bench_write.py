@@ -9,6 +9,7 @@ chunk, checksum, commit) on real hidden states, next to a plain sequential write
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -99,10 +100,13 @@ def main() -> None:
     raw_bytes = sum(v.nbytes for k, v in assemble(job).items())
     work = tempfile.mkdtemp(prefix="bench-write-", dir=args.dir or os.path.dirname(os.path.abspath(args.store)))
     blob = np.concatenate([v.reshape(-1).view(np.uint8) for v in assemble(job).values()])
-    results = {"raw": []}
+    results = {"raw": [], "sha256 (one core)": []}
     sizes = {}
     for rep in range(args.reps):
         results["raw"].append(raw_bytes / timed_raw(blob, work))
+        t0 = time.perf_counter()
+        hashlib.sha256(blob.data).hexdigest()  # what the writer must also do to every byte: the manifest's checksums
+        results["sha256 (one core)"].append(raw_bytes / (time.perf_counter() - t0))
         for fmt, codec in [c for c in CODECS if args.codecs is None or "/".join(c) in args.codecs.split(",")]:
             t, size = timed_write(fmt, codec, job, os.path.join(work, "w"), int(args.chunk_mb * (1 << 20)))
             results.setdefault(f"{fmt}/{codec}", []).append(raw_bytes / t)
