@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from featstore.data import load_dataset
-from featstore.extract import _label_features
+from featstore.extract import label_name_features
 from featstore.models import load_model, resolve_layers
 from featstore.plan import pad_batch
 from heads.config import HeadSpec
@@ -60,7 +60,7 @@ def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed
                     n_layers_in=len(layers))
     model = build_head(spec)
     if label_init == "prior":  # as `heads train --label-init prior`: the label names' features, centred
-        lf = _label_features(lm, {label_column: col.names}, layers, device)
+        lf = label_name_features(lm, {label_column: col.names}, layers, device)
         model.init_queries_from(np.stack([lf[f"label_features/{label_column}/L{k}"] for k in layers], axis=1))
     model.to(device)
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=lr)

@@ -363,7 +363,7 @@ def _finalize(layout: Layout, manifest: dict, ds: Dataset, lm: LoadedModel, laye
         for col, target in split.targets.items():
             arrays[f"labels/{name}/{col}"] = target[rows]
     label_names = {c.name: c.names for c in ds.label_columns if c.kind == "class"}
-    arrays.update(_label_features(lm, label_names, layers, manifest["runtime"]["device"]))
+    arrays.update(label_name_features(lm, label_names, layers, manifest["runtime"]["device"]))
     lay = manifest["layout"]
     manifest["files"] = layout.write_arrays(arrays, "none", lay["chunk_bytes"]) if arrays else {}
     stats = {}
@@ -381,7 +381,7 @@ def _finalize(layout: Layout, manifest: dict, ds: Dataset, lm: LoadedModel, laye
     layout.close()
 
 
-def _label_features(lm: LoadedModel, label_names: dict[str, list[str]], layers: list[int],
+def label_name_features(lm: LoadedModel, label_names: dict[str, list[str]], layers: list[int],
                     device: str) -> dict[str, np.ndarray]:
     """Mean-pooled features of each label name (e.g. "sport"), for label-prior initialisation of heads."""
     import torch

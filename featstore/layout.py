@@ -234,7 +234,7 @@ class ZarrLayout(Layout):
             return [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")]
         if compression == "blosc-lz4":
             return [BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")]
-        raise StoreError(f"unknown compression {compression!r} for zarr: use none, zstd, blosc-zstd or blosc-lz4")
+        raise StoreError(f"unknown compression {compression!r} for zarr: use one of {', '.join(CODECS['zarr'])}")
 
     def _write_group(self, path: str, arrays: dict[str, np.ndarray], compression: str,
                      chunk_bytes: int) -> dict[str, tuple[int, str]]:
@@ -244,7 +244,7 @@ class ZarrLayout(Layout):
         plain JSON and their chunks are the raw bytes (`_write_raw_chunks`). Compressed ones go through zarr.
         """
         codecs = self._codecs(compression)
-        raw = []
+        raw, group = [], None
         for name, data in arrays.items():
             chunks = chunk_rows(data.shape, data.dtype.itemsize, chunk_bytes)
             adir = os.path.join(path, name)
@@ -257,9 +257,11 @@ class ZarrLayout(Layout):
                 if data.size:
                     raw.append((adir, data, chunks[0]))
                 continue
-            import zarr
+            if group is None:
+                import zarr
 
-            parent = zarr.open_group(path, mode="a", zarr_format=3)
+                group = zarr.open_group(path, mode="a", zarr_format=3)
+            parent = group
             for p in name.split("/")[:-1]:
                 parent = parent.require_group(p)
             arr = parent.create_array(os.path.basename(name), shape=data.shape, dtype=data.dtype, chunks=chunks,
@@ -365,7 +367,7 @@ class H5Layout(Layout):
             return {}
         if compression in ("lzf", "gzip"):
             return {"compression": compression, **({"compression_opts": 1} if compression == "gzip" else {})}
-        raise StoreError(f"unknown compression {compression!r} for hdf5: use none, lzf or gzip")
+        raise StoreError(f"unknown compression {compression!r} for hdf5: use one of {', '.join(CODECS['hdf5'])}")
 
     def _write_datasets(self, f, arrays, compression, chunk_bytes, prefix=""):
         kw = self._compression(compression)
