@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bbc import make_splits  # noqa: E402
-from featstore.data import load_dataset  # noqa: E402
+from featstore.extract.inputs import load_dataset  # noqa: E402
 from featstore.extract import ExtractConfig, extract  # noqa: E402
-from featstore.models import load_model, resolve_layers  # noqa: E402
-from featstore.plan import pad_batch, plan_batches, plan_segments, tokenize  # noqa: E402
+from featstore.extract.models import load_model, resolve_model_layers  # noqa: E402
+from featstore.extract.plan import pad_batch, plan_batches, plan_segments, tokenize  # noqa: E402
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -91,7 +91,7 @@ def main() -> None:
     ds = load_dataset(data, "text", None, ["topic"], "id")
     # the same device and compute dtype as `featstore extract` picks (CUDA + bf16 when there is a GPU)
     lm = load_model(args.model, device=DEVICE, dtype="bfloat16" if DEVICE == "cuda" else "float32")
-    layers = resolve_layers(args.layers, lm.num_layers)
+    layers = resolve_model_layers(args.layers, lm.num_layers)
     toks = {k: tokenize(lm.tokenizer, s, args.max_length, "longest_first") for k, s in ds.splits.items()}
     runs = {"bare forward": [], "featstore extract": [], "extract (loop only)": [], "naive loop": []}
     tokens = 0

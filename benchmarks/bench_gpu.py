@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from featstore.data import SplitData  # noqa: E402
-from featstore.extract import forward_batch  # noqa: E402
-from featstore.layout import ZarrLayout  # noqa: E402
-from featstore.models import LoadedModel, truncate_after  # noqa: E402
-from featstore.plan import Tokenized, pad_batch, plan_batches, plan_segments  # noqa: E402
-from featstore.writer import BackgroundWriter, SegmentJob  # noqa: E402
+from featstore.extract.inputs import SplitData  # noqa: E402
+from featstore.extract.forward import forward_batch  # noqa: E402
+from featstore.extract.models import LoadedModel, truncate_after  # noqa: E402
+from featstore.extract.plan import Tokenized, pad_batch, plan_batches, plan_segments  # noqa: E402
+from featstore.extract.writer import SegmentJob, SegmentWriter  # noqa: E402
+from featstore.store import local_backend  # noqa: E402
 
 # microsoft/deberta-v2-xxlarge config.json (published), minus what only affects the tokenizer
 XXLARGE = dict(hidden_size=1536, num_hidden_layers=48, num_attention_heads=24, intermediate_size=6144,
@@ -100,15 +100,14 @@ def extraction(lm: LoadedModel, tok: Tokenized, split: SplitData, layers: list[i
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
     segment_tokens = (256 << 20) // (2 * lm.hidden_size * len(layers))
-    writer = BackgroundWriter(ZarrLayout(out), "none", 4 << 20)
     t0 = time.perf_counter()
-    for seg in plan_segments(split.name, tok.lengths, segment_tokens):
-        plan_batches(seg, tok.lengths, batch_tokens)
-        job = SegmentJob(split.name, seg.name, seg.index, layers, dtype)
-        for rows in seg.batches:
-            job.batches.append(forward_batch(lm, tok, split, rows, layers, dtype, device, job.stats))
-        writer.put(job)
-    writer.close()
+    with SegmentWriter(local_backend(out, "zarr"), "none", 4 << 20) as writer:
+        for seg in plan_segments(split.name, tok.lengths, segment_tokens):
+            plan_batches(seg, tok.lengths, batch_tokens)
+            job = SegmentJob(split.name, seg.name, seg.index, layers, dtype)
+            for rows in seg.batches:
+                job.batches.append(forward_batch(lm, tok, split, rows, layers, dtype, device, job.stats))
+            writer.put(job)
     return time.perf_counter() - t0
 
 

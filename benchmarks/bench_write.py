@@ -24,8 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import featstore  # noqa: E402
-from featstore.layout import H5Layout, ZarrLayout  # noqa: E402
-from featstore.writer import SegmentJob, assemble  # noqa: E402
+from featstore.store import local_backend  # noqa: E402
+from featstore.extract.writer import SegmentJob, assemble  # noqa: E402
 
 CODECS = [("zarr", "none"), ("zarr", "zstd"), ("zarr", "blosc-zstd"), ("zarr", "blosc-lz4"),
           ("hdf5", "none"), ("hdf5", "lzf")]
@@ -59,12 +59,12 @@ def make_job(feats: np.ndarray, layers: list[int], tokens: int, per_example: int
 def timed_write(fmt: str, codec: str, job: SegmentJob, root: str, chunk_bytes: int) -> tuple[float, int]:
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
-    layout = ZarrLayout(root) if fmt == "zarr" else H5Layout(os.path.join(root, "s.h5"))
+    backend = local_backend(root if fmt == "zarr" else os.path.join(root, "s.h5"), fmt)
     os.sync()
     t0 = time.perf_counter()
     arrays = assemble(job)
-    record, tmp, final = layout.write_segment("segments/train/s00000", arrays, codec, chunk_bytes)
-    layout.commit_segment(tmp, final, record)
+    pending = backend.write_segment("train", "s00000", arrays, codec, chunk_bytes)
+    record = backend.commit_segment(pending, {})
     os.sync()
     return time.perf_counter() - t0, sum(f["size"] for f in record["files"].values())
 

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from featstore.data import load_dataset
-from featstore.models import resolve_model_name
-from featstore.plan import pad_batch
+from featstore.extract.inputs import load_dataset
+from featstore.extract.models import resolve_model_name
+from featstore.extract.plan import pad_batch
 
 
 class Classifier(nn.Module):

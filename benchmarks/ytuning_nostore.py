@@ -10,10 +10,10 @@ import time
 import numpy as np
 import torch
 
-from featstore.data import load_dataset
-from featstore.extract import label_name_features
-from featstore.models import load_model, resolve_layers
-from featstore.plan import pad_batch
+from featstore.extract.inputs import load_dataset
+from featstore.extract.forward import label_name_features
+from featstore.extract.models import load_model, resolve_model_layers
+from featstore.extract.plan import pad_batch
 from heads.config import HeadSpec
 from heads.metrics import compute
 from heads.models import build_head, count_trainable, loss_fn
@@ -51,7 +51,7 @@ def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed
     ds = load_dataset(data, "text", None, [label_column], "id")
     col = ds.label_columns[0]
     lm = load_model(model_name, device=device, dtype="bfloat16" if device.startswith("cuda") else "float32")
-    layers = resolve_layers(layers_spec, lm.num_layers)
+    layers = resolve_model_layers(layers_spec, lm.num_layers)
     enc = {k: lm.tokenizer(s.texts, truncation=True, max_length=max_length) for k, s in ds.splits.items()}
     y = {k: s.targets[label_column] for k, s in ds.splits.items()}
     torch.manual_seed(seed)

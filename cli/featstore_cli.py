@@ -47,17 +47,19 @@ def main() -> None:
               help="Model dtype for the forward pass (auto: bfloat16 on CUDA, float32 on CPU).")
 @click.option("--out", required=True, help="Store path: a directory (zarr) or a .h5 file (hdf5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@click.option("--allow-empty-text", is_flag=True,
+              help="Keep empty or whitespace-only texts (refused by default: they are almost always a data bug).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
             dtype, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
-            quiet, as_json) -> None:
+            allow_empty_text, quiet, as_json) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.
     """
-    from featstore.data import parse_split_specs
+    from featstore.extract.inputs import parse_split_specs
     from featstore.extract import ExtractConfig, extract as run, summary_dict
 
     cfg = ExtractConfig(model=model, data=parse_split_specs(list(data)), out=out, text_column=text_column,
@@ -65,7 +67,7 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         layers=layers, max_length=max_length, truncation=truncation, dtype=dtype, format=fmt,
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
-                        progress=not quiet)
+                        allow_empty_text=allow_empty_text, progress=not quiet)
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports
@@ -97,7 +99,7 @@ def cache_dir(fn):
 
 
 def _options(pairs) -> dict:
-    from featstore.remote import parse_storage_options
+    from featstore.io.transport import parse_storage_options
 
     return parse_storage_options(pairs)
 
@@ -229,7 +231,7 @@ def add_labels(store, data, id_column, label_column, as_json) -> None:
     """
     from dataclasses import asdict
 
-    from featstore.data import parse_split_specs
+    from featstore.extract.inputs import parse_split_specs
     from featstore.labels import add_labels as run
 
     r = run(store, parse_split_specs(list(data)), label_column, id_column=id_column)

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from featstore.remote import parse_storage_options
+from featstore.io.transport import parse_storage_options
 
 from .common import OneLineErrors, check_writable, user_errors
 

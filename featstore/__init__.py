@@ -1,15 +1,16 @@
-"""featstore: extract a frozen encoder's hidden states once into a shareable, verified store."""
+"""featstore: extract a frozen encoder's hidden states once into a shareable, verified store.
+
+Packages by stage, imports one way (errors <- io <- store <- extract, share; heads reads through store):
+    io/       local checksummed files, fsspec transport, verified file cache, background threads
+    store/    the storage interface and its Zarr, HDF5 and remote backends; manifest; reader
+    extract/  inputs, model loading, planning, forward pass, background writer, the run
+    share/    push, pull, ls
+    verify.py info and verify;  labels.py add-labels
+"""
 __version__ = "0.1.0"
 
 from .errors import ExtractionError, FeatstoreError, InputError, StoreError  # noqa: E402
-from .reader import Split, Store, open_store  # noqa: E402
+from .store import Split, Store, open_store  # noqa: E402
 
-
-def extract(config):  # noqa: D103 - lazy: importing torch/transformers only when extracting
-    from .extract import extract as _extract
-
-    return _extract(config)
-
-
-__all__ = ["open_store", "Store", "Split", "extract", "FeatstoreError", "InputError", "StoreError",
-           "ExtractionError", "__version__"]
+__all__ = ["open_store", "Store", "Split", "FeatstoreError", "InputError", "StoreError", "ExtractionError",
+           "__version__"]

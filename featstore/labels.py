@@ -10,22 +10,18 @@ A published store is immutable: to label one, pull it, add labels, and push the 
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from .data import SplitData, _encode_labels, parse_label_spec, read_table
 from .errors import InputError, StoreError
-from .layout import ZarrLayout, sha256_array, write_json_atomic
-from .manifest import safe_name
-from .reader import Store, open_store
-from .remote import is_url
+from .extract.inputs import SplitData, encode_labels, parse_label_spec, read_table
+from .io.transport import is_url
+from .store import Store, open_store
+from .store.manifest import safe_name
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AddLabelsResult:
     store: str
     column: str
@@ -61,25 +57,19 @@ def add_labels(store_path: str, data: dict[str, str], label_column: str, id_colu
             raise InputError(f"--data missing for split(s) {', '.join(missing)}: every split of the store needs "
                              "its labels (give --data SPLIT=PATH for each)")
         splits = {name: _join(store, name, data[name], id_column, column) for name in store.splits}
-        col = _encode_labels(column, kind, splits)  # same vocabulary rules as extraction
+        col = encode_labels(column, kind, splits)  # same vocabulary rules as extraction
         arrays = {f"labels/{name}/{column}": s.targets[column] for name, s in splits.items()}
         entry = {**col.to_json(), "added": {"id_column": id_column, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime()),
                                             "sources": {k: os.path.abspath(v) for k, v in data.items()}}}
         manifest = store.manifest
-        fmt = manifest.get("format", "zarr")
         fingerprint = store.fingerprint
+        manifest["dataset"]["label_columns"].append(entry)
+        store.backend.add_arrays(arrays, manifest)  # the manifest last: a crash leaves the store as it was
     finally:
         store.close()
-    manifest["dataset"]["label_columns"].append(entry)
-    if fmt == "hdf5":
-        _write_hdf5(store_path, arrays, manifest)
-    else:
-        layout = ZarrLayout(store_path)
-        manifest.setdefault("files", {}).update(layout.write_arrays(arrays, "none", manifest["layout"]["chunk_bytes"]))
-        write_json_atomic(os.path.join(store_path, "manifest.json"), manifest)  # last: the column now exists
-    return AddLabelsResult(store_path, column, col.kind, col.names, {k: len(s.ids) for k, s in splits.items()},
-                           fingerprint)
+    return AddLabelsResult(store=store_path, column=column, kind=col.kind, names=col.names,
+                           examples={k: len(s.ids) for k, s in splits.items()}, fingerprint=fingerprint)
 
 
 def _safe(name: str) -> bool:
@@ -127,25 +117,3 @@ def _join(store: Store, split: str, path: str, id_column: str, column: str) -> S
 def _some(values: list[str], n: int = 3) -> str:
     shown = ", ".join(repr(v) for v in values[:n])
     return f"({shown}{', ...' if len(values) > n else ''})"
-
-
-def _write_hdf5(path: str, arrays: dict[str, np.ndarray], manifest: dict) -> None:
-    """HDF5 cannot replace part of a file atomically: edit a copy, then rename it over the original."""
-    import json
-
-    import h5py
-
-    tmp = f"{path}.labels-{os.getpid()}"
-    shutil.copyfile(path, tmp)
-    try:
-        with h5py.File(tmp, "a") as f:
-            for name, data in arrays.items():
-                if name in f:
-                    del f[name]
-                f.create_dataset(name, data=data)
-                manifest.setdefault("files", {})[name] = {"size": int(data.nbytes), "sha256": sha256_array(data)}
-            f.attrs["manifest"] = json.dumps(manifest)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 
 from .errors import StoreError
-from .layout import from_stored
-from .manifest import all_files
-from .reader import Store, open_store
-from .remote import printable
+from .io.transport import printable
+from .store import Split, Store, open_store
+from .store.encoding import from_stored
+from .store.manifest import all_files
 
 
 def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def format_info(d: dict[str, Any]) -> str:
         f"{_count(d['backbone_parameters'])} params)",
         f"features     layers {d['layers']}  dtype {d['dtype']}  max_length {d['max_length']}  "
         f"compression {d['compression']}",
-        f"size         {_bytes(d['bytes'])} in {d['files']} files",
+        f"size         {format_bytes(d['bytes'])} in {d['files']} files",
         "splits",
     ]
     for name, s in d["splits"].items():
@@ -66,7 +66,7 @@ def format_info(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
@@ -101,7 +101,7 @@ def verify(path: str, check_values: bool = True, progress: bool = False,
 
         def checksum(name: str) -> Any:
             try:
-                return store.layout.checksum(name)
+                return store.backend.checksum(name)
             except Exception as e:  # noqa: BLE001 - an unreadable item is a problem to list, not a crash
                 return e
 
@@ -145,17 +145,17 @@ def _check_split(store: Store, name: str, check_values: bool) -> list[str]:
             problems.append(f"split {name}: segments hold {n} examples / {sp.n_tokens} tokens, "
                             f"manifest says {meta['n_examples']} / {meta['n_tokens']}")
         for i, seg in enumerate(sp.segments):
-            off = np.asarray(sp._seg_array(i, "offsets")[:])
-            length = np.asarray(sp._seg_array(i, "length")[:])
+            off = np.asarray(sp.segment_array(i, "offsets")[:])
+            length = np.asarray(sp.segment_array(i, "length")[:])
             if len(off) != seg["n_examples"] + 1 or off[0] != 0 or off[-1] != seg["n_tokens"] \
                     or not np.array_equal(np.diff(off), length):
                 problems.append(f"split {name} segment {seg['name']}: offsets and lengths disagree")
             for k in store.layers:
-                shape = sp._seg_array(i, f"L{k}/tokens").shape
+                shape = sp.segment_array(i, f"L{k}/tokens").shape
                 if tuple(shape) != (seg["n_tokens"], D):
                     problems.append(f"split {name} segment {seg['name']} layer {k}: tokens shape {shape}")
                 for kind in ("cls", "mean"):
-                    if tuple(sp._seg_array(i, f"L{k}/{kind}").shape) != (seg["n_examples"], D):
+                    if tuple(sp.segment_array(i, f"L{k}/{kind}").shape) != (seg["n_examples"], D):
                         problems.append(f"split {name} segment {seg['name']} layer {k}: {kind} shape wrong")
         if not np.array_equal(np.sort(sp.rows), np.arange(n)):
             problems.append(f"split {name}: row map is not a permutation of 0..{n - 1}")
@@ -171,12 +171,12 @@ def _check_split(store: Store, name: str, check_values: bool) -> list[str]:
     return problems
 
 
-def _check_finite(store: Store, sp) -> list[str]:
+def _check_finite(store: Store, sp: Split) -> list[str]:
     problems = []
     for i, seg in enumerate(sp.segments):
         for k in store.layers:
             for kind in ("tokens", "cls", "mean"):
-                arr = sp._seg_array(i, f"L{k}/{kind}")
+                arr = sp.segment_array(i, f"L{k}/{kind}")
                 step = max(1, (8 << 20) // max(1, arr.shape[1] * 4))
                 for a in range(0, arr.shape[0], step):
                     block = from_stored(np.asarray(arr[a:a + step]), store.dtype)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from featstore.layout import check_can_create
+from featstore.io.files import check_can_create
 
 from .config import HeadSpec
 from .errors import HeadError, InputError

@@ -212,7 +212,7 @@ def parse_bytes(spec: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def resolve_layers(spec: str | Sequence[int], stored: list[int]) -> list[int]:
+def select_stored_layers(spec: str | Sequence[int], stored: list[int]) -> list[int]:
     """Head layer spec -> absolute layer indices, all of which the store holds.
 
     `all` = every stored layer; a non-negative index is an absolute layer (as in `featstore extract`);

@@ -15,12 +15,14 @@ float16 is converted per batch, never for a whole split. No torch here: batches 
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from featstore.io.background import read_ahead
+from featstore.store import Split
+from featstore.store.encoding import read_itemsize
 
 BLOCK_BYTES = 32 << 20  # target bytes of token features read at once when streaming
 MIN_BLOCK_BATCHES = 8  # a block holds at least this many batches, so batches change members every epoch
@@ -76,9 +78,9 @@ class TokenSource:
 class StoreTokens(TokenSource):
     """A store split's token features; held in RAM when `in_ram`, else read per block from the store."""
 
-    def __init__(self, split: Any, layers: Sequence[int], in_ram: bool):
+    def __init__(self, split: Split, layers: Sequence[int], in_ram: bool):
         store = split.store
-        itemsize = 4 if store.dtype in ("float32", "bfloat16") else 2  # bf16 is widened when read
+        itemsize = read_itemsize(store.dtype)  # bf16 is widened when read
         super().__init__(split.lengths, len(layers), store.hidden_size, itemsize)
         self.split, self.layers, self.in_ram = split, list(layers), in_ram
         self._ram: np.ndarray | None = None
@@ -123,7 +125,7 @@ class PooledSource:
         self.nbytes = int(x.nbytes)
 
     @classmethod
-    def from_split(cls, split: Any, layers: Sequence[int], pooling: str) -> "PooledSource":
+    def from_split(cls, split: Split, layers: Sequence[int], pooling: str) -> "PooledSource":
         return cls(np.stack([split.pooled(pooling, k) for k in layers], axis=1))
 
     def __len__(self) -> int:
@@ -219,44 +221,7 @@ class Loader:
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """Batches of one pass; a worker thread keeps up to `prefetch` of them ready."""
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        done = object()
-
-        def work() -> None:
-            try:
-                for b in self._batches(epoch):
-                    while not stop.is_set():
-                        try:
-                            q.put(b, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                item: Any = done
-            except BaseException as e:  # noqa: BLE001 - re-raised in the consumer's thread
-                item = e
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return
-                except queue.Full:
-                    continue
-
-        t = threading.Thread(target=work, name="heads-prefetch", daemon=True)
-        t.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            t.join()
+        return read_ahead(self._batches(epoch), self.prefetch, name="heads-prefetch")
 
 
 def available_memory() -> int:
@@ -277,6 +242,6 @@ def default_max_memory() -> int:
     return available_memory() // 2
 
 
-def token_bytes(split: Any, n_layers: int) -> int:
-    itemsize = 4 if split.store.dtype in ("float32", "bfloat16") else 2
+def token_bytes(split: Split, n_layers: int) -> int:
+    itemsize = read_itemsize(split.store.dtype)
     return split.n_tokens * n_layers * split.store.hidden_size * itemsize

@@ -5,15 +5,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from featstore.manifest import diff_settings
-from featstore.reader import open_store
+from featstore.device import pick_device
+from featstore.store import open_store
+from featstore.store.manifest import diff_settings
 
 from .artifacts import LoadedHead, load_head
 from .data import Loader, default_max_memory
 from .errors import HeadError, InputError
 from .metrics import compute
-from .task import batch_dtype, infer, make_sources, pick_device, resolve_task, torch_threads
+from .task import batch_dtype, infer, make_sources, resolve_task, torch_threads
 
 
 @dataclass
@@ -72,7 +74,7 @@ def evaluate(run: str, store: str, split: str = "test", *, seed: int | None = No
 
 def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: int, device: str,
               max_memory: int | None, storage_options: dict[str, Any] | None, cache_dir: str | None) -> EvalResult:
-    dev = pick_device(device)
+    dev = torch.device(pick_device(device))
     head = load_head(run, seed, device=str(dev))
     st = open_store(store, storage_options=storage_options or None, cache_dir=cache_dir)
     try:

@@ -9,19 +9,21 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from featstore.data import SplitData
-from featstore.layout import from_stored
+from featstore.device import pick_device
+from featstore.extract.inputs import SplitData
+from featstore.store.encoding import from_stored
 
 from .artifacts import LoadedHead, load_head
 from .data import ArrayTokens, Loader, PooledSource
 from .errors import HeadError, InputError
-from .task import batch_dtype, infer, pick_device
+from .task import batch_dtype, infer
 
 
 def load_backbone(head: LoadedHead, model: str | None = None, verify: bool = True) -> Any:
     """The backbone named in head.json (or `model`), checked to be the one whose features trained the head."""
-    from featstore.models import load_model, tokenizer_hash, weights_hash
+    from featstore.extract.models import load_model, tokenizer_hash, weights_hash
 
     bb = head.meta["backbone"]
     path = model or bb.get("path") or bb.get("name")
@@ -48,9 +50,9 @@ def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Seq
     """
     import torch
 
-    from featstore.extract import forward_batch
-    from featstore.models import truncate_after
-    from featstore.plan import storage_order, tokenize
+    from featstore.extract.forward import forward_batch
+    from featstore.extract.models import truncate_after
+    from featstore.extract.plan import storage_order, tokenize
 
     bb = head.meta["backbone"]
     settings = bb["settings"]
@@ -91,7 +93,7 @@ def predict(run: str, texts: Sequence[str], pairs: Sequence[str] | None = None, 
         raise InputError(f"input {bad[0]} is not text")
     if batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: must be positive")
-    dev = pick_device(device)
+    dev = torch.device(pick_device(device))
     head = load_head(run, seed, device=str(dev))
     pair_column = head.meta["backbone"].get("pair_column")
     if pair_column and pairs is None:

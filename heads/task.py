@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from featstore.errors import InputError, StoreError
+from featstore.store import Split, Store
+from featstore.store.encoding import read_itemsize
 
 from .config import HeadSpec
 from .data import Loader, PooledSource, Source, StoreTokens, token_bytes
@@ -29,7 +31,7 @@ class LabelTask:
     def n_outputs(self) -> int:
         return len(self.label_names) if self.task == "classification" else 1
 
-    def targets(self, split: Any) -> np.ndarray:
+    def targets(self, split: Split) -> np.ndarray:
         t = split.targets(self.column)
         if self.values is not None:
             return self.values[t.astype(np.int64)]
@@ -43,7 +45,7 @@ def _number(s: str) -> float | None:
         return None
 
 
-def resolve_task(store: Any, column: str, task: str = "auto") -> LabelTask:
+def resolve_task(store: Store, column: str, task: str = "auto") -> LabelTask:
     """Task from the column's kind; `regression` on a class column works only when its labels are numbers."""
     cols = store.label_columns
     if column not in cols:
@@ -69,7 +71,7 @@ def resolve_task(store: Any, column: str, task: str = "auto") -> LabelTask:
     return LabelTask(column, "regression", None, np.asarray(values, dtype=np.float32))
 
 
-def check_splits(store: Any, train: str | None, dev: str | None, test: str | None) -> None:
+def check_splits(store: Store, train: str | None, dev: str | None, test: str | None) -> None:
     """Every named split exists; the messages say how to proceed without a dev or test split."""
     have = store.splits
     p = []
@@ -86,14 +88,14 @@ def check_splits(store: Any, train: str | None, dev: str | None, test: str | Non
         raise StoreError("; ".join(p))
 
 
-def feature_bytes(split: Any, spec_kind: str, n_layers: int) -> int:
+def feature_bytes(split: Split, spec_kind: str, n_layers: int) -> int:
     if spec_kind == "ytuning":
         return token_bytes(split, n_layers)
-    itemsize = 4 if split.store.dtype in ("float32", "bfloat16") else 2
+    itemsize = read_itemsize(split.store.dtype)
     return split.n_examples * n_layers * split.store.hidden_size * itemsize
 
 
-def make_sources(store: Any, names: Sequence[str], kind: str, layers: Sequence[int], pooling: str | None,
+def make_sources(store: Store, names: Sequence[str], kind: str, layers: Sequence[int], pooling: str | None,
                  max_memory: int) -> tuple[dict[str, Source], dict[str, bool]]:
     """One source per split; splits are held in RAM in the given order while they fit under `max_memory`."""
     sources, in_ram, budget = {}, {}, max_memory
@@ -122,18 +124,6 @@ def torch_threads(n: int | None) -> Any:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        d = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"bad --device {device!r}: use auto, cpu, cuda or cuda:N")
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    return d
 
 
 def batch_dtype(device: torch.device, store_dtype: str) -> Any:

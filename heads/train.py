@@ -15,16 +15,17 @@ import numpy as np
 import torch
 
 import featstore
-from featstore.reader import open_store
+from featstore.device import pick_device
+from featstore.store import Store, open_store
 
 from . import __version__
 from .artifacts import FORMAT, FORMAT_VERSION, check_out, save_run
-from .config import HeadSpec, TrainConfig, resolve_layers
+from .config import HeadSpec, TrainConfig, select_stored_layers
 from .data import Loader, default_max_memory
 from .errors import InputError, StoreError
 from .metrics import METRICS, PRIMARY, compute, higher_is_better, mean_std
 from .models import build_head, count_trainable, loss_fn
-from .task import (LabelTask, autocast, batch_dtype, check_splits, infer, make_sources, pick_device, resolve_task,
+from .task import (LabelTask, autocast, batch_dtype, check_splits, infer, make_sources, resolve_task,
                    to_device, torch_threads)
 
 
@@ -85,7 +86,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _prior(store: Any, lt: LabelTask, layers: list[int]) -> np.ndarray:
+def _prior(store: Store, lt: LabelTask, layers: list[int]) -> np.ndarray:
     feats = [store.label_features(lt.column, k) for k in layers]
     if any(f is None for f in feats):
         raise StoreError(f"store {store.path} has no label-name features for column {lt.column!r}; "
@@ -117,15 +118,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         store.close()
 
 
-def _train(cfg: TrainConfig, store: Any) -> TrainResult:
+def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     roles = {"train": cfg.train_split, "dev": cfg.dev_split, "test": cfg.test_split}
     check_splits(store, cfg.train_split, cfg.dev_split, cfg.test_split)
     lt = resolve_task(store, cfg.label_column, cfg.task)
-    layers = resolve_layers(cfg.layers, store.layers)
+    layers = select_stored_layers(cfg.layers, store.layers)
     if cfg.label_init == "prior" and lt.task != "classification":
         raise InputError("--label-init prior needs a classification task (label names); use --label-init random")
     prior = _prior(store, lt, layers) if cfg.label_init == "prior" else None
-    device = pick_device(cfg.device)
+    device = torch.device(pick_device(cfg.device))
     names = [n for n in (cfg.train_split, cfg.dev_split, cfg.test_split) if n is not None]
     max_memory = cfg.max_memory if cfg.max_memory is not None else default_max_memory()
     pooling = cfg.pooling if cfg.head != "ytuning" else None

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.featstore_cli import main
-from featstore.layout import layout_for
+from featstore.store import local_backend
 from tests.conftest import make_rows, write_csv, write_jsonl
 
 
@@ -129,7 +129,7 @@ def test_non_finite_features(overflowing_model, train, tmp_path, fmt):
     out = tmp_path / ("s.h5" if fmt == "hdf5" else "s")
     r = run(base(overflowing_model, {"train": train}, out, "--layers", "0,1", "--format", fmt))
     assert_user_error(r, "non-finite features in layer 0", "for example 'train-", "--dtype bfloat16 or float32")
-    manifest = layout_for(str(out), fmt).read_manifest()
+    manifest = local_backend(str(out), fmt).read_manifest()
     assert manifest is not None and manifest["complete"] is False
     r = run(["info", str(out)])
     assert r.exit_code == 0 and "INCOMPLETE" in r.output

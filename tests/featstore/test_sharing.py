@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import featstore
 from cli.featstore_cli import main
 from featstore.errors import InputError, StoreError
-from featstore.manifest import all_files
+from featstore.store.manifest import all_files
 from featstore.share import ls, pull, push
 from featstore.verify import verify
 
@@ -139,7 +139,7 @@ def test_read_in_place_equals_local_copy_and_is_cached(remote, shared_store, tmp
 
 
 def test_prefetch_and_bounded_cache(remote, shared_store, tmp_path, local_arrays):
-    from featstore.cache import FileCache
+    from featstore.io.cache import FileCache
 
     url = remote.url("sst2")
     push(shared_store, url, progress=False)
@@ -233,7 +233,7 @@ def test_corrupted_cache_file_is_fetched_again(remote, shared_store, tmp_path, l
     cached.write_bytes(flip_byte(cached.read_bytes()))
     with featstore.open_store(url, cache_dir=str(cache)) as s:
         assert_same(arrays(s), local_arrays)
-    from featstore.layout import sha256_file
+    from featstore.io.files import sha256_file
 
     assert sha256_file(str(cached)) == meta["sha256"]
 
@@ -382,11 +382,11 @@ def test_shapes_and_counts_are_checked_on_read(remote, shared_store, tmp_path, h
 
 
 def test_oversized_manifest_is_refused(remote, shared_store, tmp_path, monkeypatch):
-    import featstore.remote
+    import featstore.io.transport
 
     url = remote.url("big")
     push(shared_store, url, progress=False)
-    monkeypatch.setattr(featstore.remote, "MAX_MANIFEST_BYTES", 1024)
+    monkeypatch.setattr(featstore.io.transport, "MAX_MANIFEST_BYTES", 1024)
     with pytest.raises(StoreError, match="larger than 1024 bytes"):
         pull(url, str(tmp_path / "copy"), progress=False)
 

@@ -94,7 +94,7 @@ def featstore_rows(path):
 
     import pyarrow.parquet as pq
 
-    from featstore.data import read_table
+    from featstore.extract.inputs import read_table
 
     cols = read_table(path)
     return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
@@ -132,7 +132,7 @@ def test_text_pairs_and_hf_dataset_dir(tmp_path, bert):
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(make_rows(10, 5)),
                                "test": datasets.Dataset.from_list(make_rows(4, 6))})
     dd.save_to_disk(str(tmp_path / "hf"))
-    from featstore.data import parse_split_specs
+    from featstore.extract.inputs import parse_split_specs
 
     cfg = ExtractConfig(model=bert, data=parse_split_specs([str(tmp_path / "hf")]), out=str(tmp_path / "s"),
                         text_column="text", pair_column="text2", label_columns=["label"], progress=False)
@@ -151,7 +151,7 @@ def test_incomplete_store_is_refused(tmp_path):
     import os
 
     os.makedirs(tmp_path / "s")
-    from featstore.manifest import FORMAT_VERSION
+    from featstore.store.manifest import FORMAT_VERSION
 
     (tmp_path / "s" / "manifest.json").write_text(json.dumps({
         "format_version": FORMAT_VERSION, "fingerprint": "x", "model": {"hidden_size": 32}, "tokenizer": {},
@@ -174,7 +174,7 @@ def test_other_format_version_is_refused(tmp_path):
 def test_forward_stops_after_deepest_layer_and_truncation_is_counted(tmp_path, bert, splits):
     import json
 
-    from featstore.models import load_model, truncate_after
+    from featstore.extract.models import load_model, truncate_after
 
     lm = load_model(bert)
     truncate_after(lm.model, 1)

@@ -7,17 +7,16 @@ settings, layout, runtime, dataset, segments, files, stats, label features), so 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from featstore import __version__
-from featstore.layout import layout_for
-from featstore.manifest import FORMAT_VERSION, fingerprint
-from featstore.plan import plan_segments, storage_order
-from featstore.writer import SegmentJob, assemble
+from featstore.extract.plan import plan_segments, storage_order
+from featstore.extract.writer import SegmentJob, assemble
+from featstore.store import local_backend
+from featstore.store.manifest import FORMAT_VERSION, fingerprint
 
 NP_DTYPE = {"float16": np.float16, "float32": np.float32}
 
@@ -64,9 +63,8 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
         "dataset": {"text_column": "text", "pair_column": None, "id_column": None, "splits": split_meta,
                     "label_columns": label_columns},
     }
-    layout = layout_for(path, fmt)
-    if fmt == "zarr":
-        os.makedirs(path, exist_ok=True)
+    layout = local_backend(path, fmt)
+    layout.create()
     layout.write_manifest(manifest)
     records, arrays = [], {}
     store_dt = NP_DTYPE[dtype]
@@ -88,10 +86,10 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
                 job.stats[k] = [float(f32.sum()), float((f32 * f32).sum()), int(f32.size)]
             job.batches.append(batch)
             seg_arrays = assemble(job)
-            record, tmp, final = layout.write_segment(f"segments/{name}/{seg.name}", seg_arrays, "none", chunk_bytes)
-            record.update(split=name, name=seg.name, index=seg.index, n_examples=int(len(seg_arrays["length"])),
-                          n_tokens=int(seg_arrays["offsets"][-1]), stats={str(k): v for k, v in job.stats.items()})
-            layout.commit_segment(tmp, final, record)
+            pending = layout.write_segment(name, seg.name, seg_arrays, "none", chunk_bytes)
+            record = layout.commit_segment(pending, dict(
+                split=name, name=seg.name, index=seg.index, n_examples=int(len(seg_arrays["length"])),
+                n_tokens=int(seg_arrays["offsets"][-1]), stats={str(k): v for k, v in job.stats.items()}))
             records.append(record)
         order = storage_order(lengths)
         for col, t in s["targets"].items():
@@ -99,7 +97,7 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
     for col, feats in (label_features or {}).items():
         for j, k in enumerate(layers):
             arrays[f"label_features/{col}/L{k}"] = np.asarray(feats[:, j], dtype=np.float32)
-    manifest["files"] = layout.write_arrays(arrays, "none", chunk_bytes)
+    manifest["files"] = layout.write_arrays(arrays, chunk_bytes)
     stats = {}
     for k in layers:
         s_, ss, n = (sum(r["stats"][str(k)][i] for r in records) for i in range(3))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import featstore
-from heads.config import parse_bytes, resolve_layers
+from heads.config import parse_bytes, select_stored_layers
 from heads.data import Loader, PooledSource, StoreTokens, plan_epoch
 from heads.errors import InputError
 
@@ -88,15 +88,15 @@ def test_prefetch_errors_surface_and_early_exit_stops_the_thread(split):
 
 def test_layer_specs():
     stored = [0, 3, 6]
-    assert resolve_layers("all", stored) == [0, 3, 6]
-    assert resolve_layers("-1", stored) == [6] and resolve_layers("-1,-3", stored) == [0, 6]
-    assert resolve_layers("3", stored) == [3]
+    assert select_stored_layers("all", stored) == [0, 3, 6]
+    assert select_stored_layers("-1", stored) == [6] and select_stored_layers("-1,-3", stored) == [0, 6]
+    assert select_stored_layers("3", stored) == [3]
     with pytest.raises(InputError, match="lacks layers \\[4\\]"):
-        resolve_layers("4", stored)
+        select_stored_layers("4", stored)
     with pytest.raises(InputError, match="holds only 3 layers"):
-        resolve_layers("-4", stored)
+        select_stored_layers("-4", stored)
     with pytest.raises(InputError, match="bad --layers"):
-        resolve_layers("last", stored)
+        select_stored_layers("last", stored)
     assert parse_bytes("2GiB") == 2 << 30 and parse_bytes("0") == 0 and parse_bytes("1.5 GB") == 1_500_000_000
 
 

@@ -4,15 +4,15 @@ No torch, no transformers: training heads reads features through this module alo
 """
 from __future__ import annotations
 
-import os
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import StoreError
-from .layout import Layout, from_stored, layout_for
+from ..errors import StoreError
+from .backends import open_backend
+from .base import ArrayLike, StorageBackend
+from .encoding import from_stored
 from .manifest import split_segments, validate
 
 
@@ -25,45 +25,28 @@ def open_store(path: str, *, allow_incomplete: bool = False, storage_options: di
     and kept in a local cache (`cache_dir`, default `$FEATSTORE_CACHE_DIR` or the user cache directory; bound
     `cache_max_bytes`, default `$FEATSTORE_CACHE_MAX_GB` or 50 GiB). `storage_options` go to fsspec
     (endpoint, credentials, ...)."""
-    from .remote import is_url
-
-    if is_url(path):
-        return _open_remote(path, storage_options, cache_dir, cache_max_bytes)
-    if os.path.isfile(os.path.join(path, "store.h5")) and os.path.isfile(os.path.join(path, "manifest.json")):
-        # an HDF5 store as `featstore push` publishes it (on a shared file system): read it as the URL it is
-        return _open_remote(Path(os.path.abspath(path)).as_uri(), storage_options, cache_dir, cache_max_bytes)
-    if not os.path.exists(path) and not os.path.exists(path + ".parts"):
+    backend = open_backend(path, storage_options, cache_dir, cache_max_bytes)
+    if not backend.exists() and not backend.is_remote:
         raise StoreError(f"no store at {path}: check the path (a directory for zarr, a .h5 file for hdf5)")
-    layout = layout_for(path)
-    manifest = layout.read_manifest()
+    manifest = backend.read_manifest()
     if manifest is None:
+        if backend.is_remote:
+            raise StoreError(f"no store at {path} (no manifest.json there); check the URL, or list stores with "
+                             "`featstore ls`")
         raise StoreError(f"{path} is not a featstore store (no manifest); extract one with `featstore extract`")
     validate(manifest, path)
     if not manifest["complete"] and not allow_incomplete:
         raise StoreError(f"store {path} is incomplete (extraction interrupted or still running); "
                          "re-run the same `featstore extract` command to finish it")
-    return Store(path, layout, manifest)
-
-
-def _open_remote(url: str, storage_options: dict[str, Any] | None, cache_dir: str | None,
-                 cache_max_bytes: int | None) -> "Store":
-    from .remote import PUSH_MARKER, open_remote
-
-    layout = open_remote(url, storage_options, cache_dir, cache_max_bytes)
-    manifest = layout.read_manifest()  # validated as untrusted input
-    if manifest is None:
-        if layout.remote.read_small(PUSH_MARKER, 1 << 16) is not None:
-            raise StoreError(f"{url} is an unfinished upload (no manifest yet); re-run the same `featstore push` "
-                             "to finish it")
-        raise StoreError(f"no store at {url} (no manifest.json there); check the URL, or list stores with "
-                         "`featstore ls`")
-    return Store(url, layout, manifest)
+    return Store(path, backend, manifest)
 
 
 class Store:
-    def __init__(self, path: str, layout: Layout, manifest: dict[str, Any]):
+    """A complete store opened for reading: what it holds (from the manifest) and its splits."""
+
+    def __init__(self, path: str, backend: StorageBackend, manifest: dict[str, Any]):
         self.path = path
-        self.layout = layout
+        self.backend = backend
         self.manifest = manifest
         self._splits: dict[str, Split] = {}
 
@@ -99,7 +82,7 @@ class Store:
         """Features of the label names (mean over their tokens), or None if not recorded."""
         if column not in self.manifest.get("label_features", []):
             return None
-        arr = self.layout.array(f"label_features/{column}/L{layer}")
+        arr = self.backend.array(f"label_features/{column}/L{layer}")
         names = self.label_names(column) or []
         if tuple(arr.shape) != (len(names), self.hidden_size):
             raise StoreError(f"store {self.path}: label_features/{column}/L{layer} has shape {tuple(arr.shape)}, "
@@ -128,22 +111,20 @@ class Store:
 
     @property
     def is_remote(self) -> bool:
-        return hasattr(self.layout, "prefetch")
+        return self.backend.is_remote
 
     def prefetch(self, splits: Sequence[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
         """Fetch a remote store's files (of `splits`, default all) into the local cache in parallel, so the
         first epoch does not wait on one chunk at a time. Returns bytes; a no-op (0) for local stores."""
-        if not self.is_remote:
-            return 0
         prefixes = None
         if splits is not None:
             for s in splits:
                 self.split(s)  # a clear error for an unknown split
             prefixes = [f"{kind}/{s}" for s in splits for kind in ("segments", "labels")] + ["label_features"]
-        return self.layout.prefetch(prefixes, jobs=jobs, progress=progress)
+        return self.backend.prefetch(prefixes, jobs=jobs, progress=progress)
 
     def close(self) -> None:
-        self.layout.close()
+        self.backend.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -168,10 +149,12 @@ class Split:
         self._seg_token_start = np.concatenate([[0], np.cumsum(counts)])
         self._arrays: dict[str, Any] = {}
 
-    def _seg_array(self, seg: int, name: str) -> Any:
+    def segment_array(self, seg: int, name: str) -> ArrayLike:
+        """Array `name` (e.g. `L6/tokens`, `offsets`) of the split's `seg`-th segment, its shape checked
+        against the manifest before any read."""
         key = f"segments/{self.name}/{self.segments[seg]['name']}/{name}"
         if key not in self._arrays:
-            arr = self.store.layout.array(key)
+            arr = self.store.backend.array(key)
             want = self._expected_shape(self.segments[seg], name)
             if want is not None and tuple(arr.shape) != want:  # before any read: shapes are untrusted input
                 raise StoreError(f"store {self.store.path}: {key} has shape {tuple(arr.shape)} but the manifest "
@@ -193,7 +176,7 @@ class Split:
         return None  # id_bytes: bounded by id_offsets, which is checked
 
     def _concat(self, name: str) -> np.ndarray:
-        return np.concatenate([np.asarray(self._seg_array(i, name)[:]) for i in range(len(self.segments))])
+        return np.concatenate([np.asarray(self.segment_array(i, name)[:]) for i in range(len(self.segments))])
 
     @property
     def n_examples(self) -> int:
@@ -229,8 +212,8 @@ class Split:
     def example_ids(self) -> list[str]:
         ids = []
         for i in range(len(self.segments)):
-            raw = np.asarray(self._seg_array(i, "id_bytes")[:]).tobytes()
-            off = np.asarray(self._seg_array(i, "id_offsets")[:])
+            raw = np.asarray(self.segment_array(i, "id_bytes")[:]).tobytes()
+            off = np.asarray(self.segment_array(i, "id_offsets")[:])
             ids += [raw[off[j]:off[j + 1]].decode() for j in range(len(off) - 1)]
         return ids
 
@@ -240,7 +223,7 @@ class Split:
 
     def targets(self, column: str) -> np.ndarray:
         self.store._column(column)
-        arr = self.store.layout.array(f"labels/{self.name}/{column}")
+        arr = self.store.backend.array(f"labels/{self.name}/{column}")
         if tuple(arr.shape) != (self.n_examples,):
             raise StoreError(f"store {self.store.path}: labels/{self.name}/{column} has shape {tuple(arr.shape)}, "
                              f"the split has {self.n_examples} examples; the store is damaged")
@@ -262,7 +245,7 @@ class Split:
             base = int(self._seg_token_start[seg])
             hi = min(stop, int(self._seg_token_start[seg + 1]))
             if hi > start:
-                parts.append(np.asarray(self._seg_array(seg, f"L{layer}/tokens")[start - base:hi - base]))
+                parts.append(np.asarray(self.segment_array(seg, f"L{layer}/tokens")[start - base:hi - base]))
                 start = hi
             seg += 1
         if not parts:
@@ -280,7 +263,7 @@ class Split:
         a, b = int(self.offsets[index]), int(self.offsets[index + 1])
         seg = int(np.searchsorted(self._seg_token_start, a, side="right") - 1)
         base = int(self._seg_token_start[seg])
-        return np.asarray(self._seg_array(seg, "input_ids")[a - base:b - base])
+        return np.asarray(self.segment_array(seg, "input_ids")[a - base:b - base])
 
     def __repr__(self) -> str:
         return f"Split({self.name!r}, examples={self.n_examples}, tokens={self.n_tokens})"

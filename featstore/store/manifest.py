@@ -6,17 +6,18 @@ import json
 import re
 from typing import Any
 
-from .errors import StoreError
+from ..errors import StoreError
+from .encoding import DTYPES
 
 FORMAT_VERSION = 1
-DTYPES = ("float16", "bfloat16", "float32")
+MANIFEST = "manifest.json"  # the one name of a store's manifest, in every format and on every remote
+PUSH_MARKER = ".featstore-push.json"  # beside an upload in progress; removed once the manifest is published
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 MAX_COUNT = 1 << 40  # bound on any declared count or size
 MAX_FILES = 10_000_000  # bound on the files a published store may declare
 MAX_PATH = 512
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-MANIFEST_NAME = "manifest.json"
 
 
 def fingerprint(model: dict[str, Any], tokenizer: dict[str, Any], settings: dict[str, Any],
@@ -130,7 +131,7 @@ def validate_published(m: Any, source: str) -> dict[str, Any]:
     total = 0
     for path, meta in items:
         safe_path(path)
-        if len(path) > MAX_PATH or any(p.startswith(".") for p in path.split("/")) or path == MANIFEST_NAME:
+        if len(path) > MAX_PATH or any(p.startswith(".") for p in path.split("/")) or path == MANIFEST:
             raise StoreError(f"manifest: file path {path[:MAX_PATH]!r} is reserved or too long; refusing the store")
         if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"]):
             raise StoreError(f"{source}: file {path} has no valid sha256 in the manifest; refusing the store")

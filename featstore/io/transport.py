@@ -1,36 +1,26 @@
-"""Stores behind fsspec URLs: storage options, bounded transfers, and reading a published store in place.
+"""Files behind fsspec URLs: storage options and bounded, verified transfers.
 
 Anything fsspec opens works (`s3://`, `gs://`, `file://`, a shared file-system path...). S3 endpoints and
 credentials come from the standard places (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, profiles) plus
 `--storage-option key=value`. A remote manifest is untrusted: it is size-bounded, validated before use, and
 no file is ever read past the size it declares.
-
-Reading in place: `RemoteLayout` serves the reader's arrays from the local `FileCache`, fetching each file
-whole, verified against its sha256, the first time a chunk of it is needed (zarr asks for several chunks at
-once, so fetches run concurrently). HDF5 stores are fetched as their one file.
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import re
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator
 
-from .cache import FileCache
-from .errors import InputError, StoreError
-from .layout import MANIFEST, H5Layout, Layout
-from .manifest import transfer_files, validate_published
+from ..errors import InputError, StoreError
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://")
 MAX_MANIFEST_BYTES = 64 << 20
 SMALL = 32 << 20  # files up to this size are fetched with one ranged GET
 BLOCK = 8 << 20
-PUSH_MARKER = ".featstore-push.json"
 
 
 def is_url(path: str) -> bool:
@@ -118,13 +108,6 @@ class Remote:
         if len(data) > limit:
             raise StoreError(f"{self.url}: {rel} is larger than {limit} bytes; refusing it as untrusted input")
         return data
-
-    def read_manifest(self, source: str | None = None) -> dict[str, Any] | None:
-        """The published manifest, validated; None when there is none."""
-        raw = self.read_small(MANIFEST)
-        if raw is None:
-            return None
-        return parse_manifest(raw, source or self.url)
 
     def _cat(self, rel: str, end: int) -> bytes:
         p = self.path(rel)
@@ -226,188 +209,3 @@ def printable(s: Any) -> str | None:
     import unicodedata
 
     return "".join(c if unicodedata.category(c)[0] != "C" else "?" for c in str(s)[:1000])
-
-
-def parse_manifest(raw: bytes, source: str) -> dict[str, Any]:
-    try:
-        m = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StoreError(f"{source}: manifest is not valid JSON ({e}); refusing the store")
-    return validate_published(m, source)
-
-
-# -- reading a published store in place --------------------------------------------------------------------
-
-class RemoteLayout(Layout):
-    """Read-only layout over a published store; every file comes through the verified local cache."""
-
-    format = "remote"
-
-    def __init__(self, remote: Remote, cache: FileCache):
-        super().__init__(remote.url)
-        self.remote = remote
-        self.cache = cache
-        self.manifest: dict[str, Any] | None = None
-        self.files: dict[str, dict] = {}
-        self._h5: H5Layout | None = None
-        self._h5_checked = False
-
-    def read_manifest(self) -> dict[str, Any] | None:
-        m = self.remote.read_manifest()
-        if m is not None:
-            self.manifest = m
-            self.files = transfer_files(m)
-        return m
-
-    @property
-    def fingerprint(self) -> str:
-        assert self.manifest is not None
-        return self.manifest["fingerprint"]
-
-    def read_file(self, rel: str) -> bytes | None:
-        meta = self.files.get(rel)
-        if meta is None:
-            return None
-        return self.cache.read(self.remote, self.fingerprint, rel, meta)
-
-    def fetch(self, rel: str) -> str:
-        return self.cache.fetch(self.remote, self.fingerprint, rel, self.files[rel])
-
-    def _local_h5(self) -> H5Layout:
-        if self._h5 is None:
-            (rel,) = self.files
-            self._h5 = H5Layout(self.fetch(rel))
-        return self._h5
-
-    def array(self, name: str) -> Any:
-        if self.manifest and self.manifest["format"] == "hdf5":
-            return self._local_h5().array(name)
-        import zarr
-
-        if f"{name}/zarr.json" not in self.files:
-            raise StoreError(f"store {self.root}: array {name!r} is not in its manifest; the store is damaged")
-        return zarr.open_array(store=CachedZarrStore(self, name), mode="r", zarr_format=3)
-
-    def checksum(self, name: str) -> tuple[int, str] | None:
-        """Verifies the remote copy itself (not the cache): downloads it again, keeping it when it matches."""
-        if self.manifest and self.manifest["format"] == "hdf5":
-            if not self._h5_checked:
-                (rel,) = self.files
-                got = self.cache.refresh(self.remote, self.fingerprint, rel, self.files[rel])
-                if got != (self.files[rel]["size"], self.files[rel]["sha256"]):
-                    from .cache import mismatch
-
-                    raise mismatch(self.remote.url, rel, self.files[rel], got)
-                self._h5_checked = True
-            return self._local_h5().checksum(name)
-        meta = self.files.get(name)
-        if meta is None:
-            return None
-        return self.cache.refresh(self.remote, self.fingerprint, name, meta)
-
-    def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
-        """Fetch every file under `prefixes` (default: all) into the cache in parallel; returns bytes."""
-        prefixes = tuple(p.rstrip("/") + "/" for p in prefixes) if prefixes is not None else None
-        todo = [r for r in self.files if prefixes is None or r.startswith(prefixes) or self.manifest["format"] == "hdf5"]
-        from tqdm.auto import tqdm
-
-        total = sum(self.files[r]["size"] for r in todo)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="fetch", disable=not progress) as bar, \
-                ThreadPoolExecutor(max(1, jobs)) as pool:
-            for rel in pool.map(lambda r: (self.fetch(r), r)[1], todo):
-                bar.update(self.files[rel]["size"])
-        return total
-
-    def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
-
-    def _read_only(self, *a: Any, **k: Any) -> Any:
-        raise StoreError(f"{self.root} is a published store and read-only; pull it to change it")
-
-    write_segment = write_arrays = write_manifest = finalize = committed_segments = _read_only
-
-
-def open_remote(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None,
-                cache_max_bytes: int | None = None) -> RemoteLayout:
-    return RemoteLayout(Remote(url, storage_options), FileCache(cache_dir, cache_max_bytes))
-
-
-def _zarr_store_base():
-    from zarr.abc.store import Store
-
-    return Store
-
-
-class CachedZarrStore(_zarr_store_base()):
-    """A read-only zarr v3 store over one array of a RemoteLayout: keys map to manifest files."""
-
-    supports_writes = False
-    supports_deletes = False
-    supports_partial_writes = False
-    supports_listing = True
-
-    def __init__(self, layout: RemoteLayout, prefix: str):
-        super().__init__(read_only=True)
-        self.layout = layout
-        self.prefix = prefix
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CachedZarrStore) and other.layout is self.layout and other.prefix == self.prefix
-
-    def __hash__(self) -> int:
-        return hash((id(self.layout), self.prefix))
-
-    def _rel(self, key: str) -> str:
-        return f"{self.prefix}/{key}" if key else self.prefix
-
-    async def get(self, key: str, prototype: Any = None, byte_range: Any = None) -> Any:
-        from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
-        from zarr.core.buffer.core import default_buffer_prototype
-
-        data = await asyncio.to_thread(self.layout.read_file, self._rel(key))
-        if data is None:
-            return None
-        if isinstance(byte_range, RangeByteRequest):
-            data = data[byte_range.start:byte_range.end]
-        elif isinstance(byte_range, OffsetByteRequest):
-            data = data[byte_range.offset:]
-        elif isinstance(byte_range, SuffixByteRequest):
-            data = data[max(0, len(data) - byte_range.suffix):]
-        return (prototype or default_buffer_prototype()).buffer.from_bytes(data)
-
-    async def get_partial_values(self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]) -> list[Any]:
-        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
-
-    async def exists(self, key: str) -> bool:
-        return self._rel(key) in self.layout.files
-
-    async def set(self, key: str, value: Any) -> None:
-        self.layout._read_only()
-
-    async def delete(self, key: str) -> None:
-        self.layout._read_only()
-
-    def _keys(self) -> list[str]:
-        base = self.prefix + "/"
-        return [r[len(base):] for r in self.layout.files if r.startswith(base)]
-
-    async def list(self):
-        for k in self._keys():
-            yield k
-
-    async def list_prefix(self, prefix: str):
-        for k in self._keys():
-            if k.startswith(prefix):
-                yield k
-
-    async def list_dir(self, prefix: str):
-        base = prefix.rstrip("/") + "/" if prefix else ""
-        seen = set()
-        for k in self._keys():
-            if k.startswith(base):
-                head = k[len(base):].split("/", 1)[0]
-                if head not in seen:
-                    seen.add(head)
-                    yield head

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import SplitData
+from .inputs import SplitData
 
 
 @dataclass

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 ALIASES = {
     "deberta-v2-xxlarge": "microsoft/deberta-v2-xxlarge",
@@ -79,7 +79,7 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     return LoadedModel(model, tokenizer, name, path, int(config.num_hidden_layers), int(config.hidden_size), n_params)
 
 
-def resolve_layers(spec: str | list[int], num_layers: int) -> list[int]:
+def resolve_model_layers(spec: str | list[int], num_layers: int) -> list[int]:
     """Layer spec -> sorted absolute indices into hidden_states (0 = embeddings, N = last layer).
 
     `all` means every transformer layer 1..N; negative indices count from the top (-1 = N).

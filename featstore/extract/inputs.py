@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 LABEL_KINDS = ("auto", "class", "regression")
 
@@ -174,7 +174,7 @@ def _read_hf_dir(path: str) -> dict[str, list[Any]]:
     return ds.to_dict()
 
 
-def _text_column(cols: dict[str, list[Any]], column: str, split: str, path: str) -> list[str]:
+def _text_column(cols: dict[str, list[Any]], column: str, split: str, path: str, allow_empty: bool) -> list[str]:
     if column not in cols:
         raise InputError(f"split {split!r} ({path}): column {column!r} not found; columns are {sorted(cols)}")
     values = cols[column]
@@ -183,6 +183,10 @@ def _text_column(cols: dict[str, list[Any]], column: str, split: str, path: str)
             kind = "null" if v is None else type(v).__name__
             raise InputError(f"split {split!r} ({path}) row {i}: column {column!r} is {kind}, not text; "
                              "clean or drop that row")
+        if not allow_empty and not v.strip():
+            # an empty text gets features of the special tokens alone: almost always a data bug
+            raise InputError(f"split {split!r} ({path}) row {i}: column {column!r} is empty; clean or drop that "
+                             "row, or pass --allow-empty-text to keep empty texts")
     return values
 
 
@@ -192,16 +196,17 @@ def load_dataset(
     pair_column: str | None = None,
     label_columns: list[str] | None = None,
     id_column: str | None = None,
+    allow_empty_text: bool = False,
 ) -> Dataset:
     """Read and validate every split; encode targets. Raises InputError before any model work starts."""
     label_specs = [parse_label_spec(s) for s in (label_columns or [])]
     splits: dict[str, SplitData] = {}
     for name, path in data.items():
         cols = read_table(path)
-        texts = _text_column(cols, text_column, name, path)
+        texts = _text_column(cols, text_column, name, path, allow_empty_text)
         if not texts:
             raise InputError(f"split {name!r} ({path}) is empty: give a file with at least one row")
-        pairs = _text_column(cols, pair_column, name, path) if pair_column else None
+        pairs = _text_column(cols, pair_column, name, path, allow_empty_text) if pair_column else None
         if id_column:
             if id_column not in cols:
                 raise InputError(f"split {name!r} ({path}): id column {id_column!r} not found; columns are {sorted(cols)}")
@@ -221,7 +226,7 @@ def load_dataset(
                 raise InputError(f"split {name!r} ({path}): label column {col!r} not found; columns are {sorted(cols)}")
             raw[col] = cols[col]
         splits[name] = SplitData(name, path, texts, pairs, ids, raw)
-    label_cols = [_encode_labels(col, kind, splits) for col, kind in label_specs]
+    label_cols = [encode_labels(col, kind, splits) for col, kind in label_specs]
     return Dataset(splits, label_cols, text_column, pair_column, id_column)
 
 
@@ -248,7 +253,7 @@ def _missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() == "nan"  # how a missing float prints
 
 
-def _encode_labels(col: str, kind: str, splits: dict[str, SplitData]) -> LabelColumn:
+def encode_labels(col: str, kind: str, splits: dict[str, SplitData]) -> LabelColumn:
     for s in splits.values():
         for i, v in enumerate(s.raw_labels[col]):
             if _missing(v):

@@ -15,11 +15,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
-from .errors import StoreError
-from .layout import sha256_file
+from ..errors import StoreError
+from .files import sha256_file
 
 if TYPE_CHECKING:
-    from .remote import Remote
+    from .transport import Remote
 
 GiB = 1 << 30
 DEFAULT_MAX_GB = 50.0

@@ -1,0 +1,315 @@
+"""`featstore extract`: run a frozen encoder once and write the requested layers into a store.
+
+Three steps, each readable on its own: `_prepare` (read and check everything, load the model, plan, open or
+resume the store: all before any forward pass), `_write_segments` (forward passes feeding the background
+writer), `_finalize` (labels, label-name features, statistics, then the complete manifest, last).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..device import pick_device
+from ..errors import InputError, StoreError
+from ..store import FORMATS, StorageBackend, compressions, local_backend
+from ..store.encoding import DTYPES, itemsize
+from ..store.manifest import FORMAT_VERSION, diff_settings, fingerprint
+from .forward import forward_batch, label_name_features
+from .inputs import Dataset, load_dataset
+from .models import LoadedModel, config_dict, load_model, resolve_model_layers, tokenizer_hash, truncate_after, \
+    weights_hash
+from .plan import Segment, Tokenized, plan_batches, plan_segments, storage_order, tokenize
+from .writer import SegmentJob, SegmentWriter
+
+MiB = 1 << 20
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `featstore extract` takes; validated before any expensive work."""
+
+    model: str
+    data: dict[str, str]
+    out: str
+    text_column: str = "text"
+    pair_column: str | None = None
+    label_columns: list[str] = field(default_factory=list)
+    id_column: str | None = None
+    layers: str = "-1"
+    max_length: int | None = None  # default: the model's limit, at most 512
+    truncation: str = "longest_first"
+    dtype: str = "float16"
+    format: str = "zarr"
+    compression: str = "none"
+    batch_tokens: int = 16384
+    segment_mb: float = 256
+    chunk_mb: float = 4.0
+    device: str = "auto"
+    compute_dtype: str = "auto"
+    overwrite: bool = False
+    allow_empty_text: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Every problem at once, as one line."""
+        problems = []
+        if self.dtype not in DTYPES:
+            problems.append(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.format not in FORMATS:
+            problems.append(f"--format {self.format!r}: use {' or '.join(FORMATS)}")
+        if self.max_length is not None and self.max_length < 2:
+            problems.append("--max-length must be at least 2")
+        if self.batch_tokens < 1:
+            problems.append("--batch-tokens must be positive")
+        if self.segment_mb <= 0 or self.chunk_mb <= 0:
+            problems.append("--segment-mb and --chunk-mb must be positive")
+        if self.truncation not in ("longest_first", "only_first", "only_second"):
+            problems.append(f"--truncation {self.truncation!r}: use longest_first, only_first or only_second")
+        if self.compute_dtype not in ("auto",) + DTYPES:
+            problems.append(f"--compute-dtype {self.compute_dtype!r}: use auto or one of {', '.join(DTYPES)}")
+        codecs = compressions(self.format)
+        if codecs and self.compression not in codecs:
+            problems.append(f"--compression {self.compression!r} for {self.format}: use one of {', '.join(codecs)}")
+        if "://" in self.out:
+            problems.append(f"--out {self.out}: extract writes a local store; `featstore push` it to a URL afterwards")
+        if problems:
+            raise InputError("; ".join(problems))
+
+
+@dataclass(kw_only=True)
+class ExtractSummary:
+    out: str
+    fingerprint: str
+    examples: dict[str, int]
+    tokens: int
+    truncated: int
+    bytes_written: int
+    seconds: float
+    segments_total: int
+    segments_resumed: int
+    device: str
+    already_complete: bool = False
+    loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
+    rank: int = 0  # under torchrun: this process's rank (tokens and bytes are this rank's share)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Prepared:
+    """Everything the forward loop needs, checked and planned."""
+
+    cfg: ExtractConfig
+    ds: Dataset
+    lm: LoadedModel
+    layers: list[int]
+    toks: dict[str, Tokenized]
+    manifest: dict[str, Any]
+    backend: StorageBackend
+    device: str
+    rank: int
+    world: int
+    segments: list[Segment]
+    done: dict[str, dict]
+
+
+def extract(cfg: ExtractConfig) -> ExtractSummary:
+    """Extract features of every split into `cfg.out`; resumes a matching interrupted run."""
+    t_start = time.perf_counter()
+    prep = _prepare(cfg)
+    if isinstance(prep, ExtractSummary):
+        prep.seconds = time.perf_counter() - t_start
+        return prep
+    todo = [s for i, s in enumerate(prep.segments)
+            if i % prep.world == prep.rank and f"{s.split}/{s.name}" not in prep.done]
+    t_loop = time.perf_counter()
+    tokens, bytes_written = _write_segments(prep, todo)
+    loop_seconds = time.perf_counter() - t_loop
+    _barrier(prep.world)
+    if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
+        _finalize(prep)
+    _barrier(prep.world)
+    return ExtractSummary(out=cfg.out, fingerprint=prep.manifest["fingerprint"],
+                          examples={k: len(s) for k, s in prep.ds.splits.items()}, tokens=tokens,
+                          truncated=sum(t.truncated for t in prep.toks.values()), bytes_written=bytes_written,
+                          seconds=time.perf_counter() - t_start, segments_total=len(prep.segments),
+                          segments_resumed=len(prep.done), device=prep.device, loop_seconds=loop_seconds,
+                          rank=prep.rank)
+
+
+# -- step 1: check, load, plan, open ----------------------------------------------------------------------
+
+def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
+    cfg.validate()
+    ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
+                      allow_empty_text=cfg.allow_empty_text)
+    backend = local_backend(cfg.out, cfg.format)
+    backend.check_target("--out")
+    rank, world = _distributed()
+    device = pick_device(cfg.device)
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    lm = load_model(cfg.model, device="cpu", dtype="float32")
+    layers = resolve_model_layers(cfg.layers, lm.num_layers)
+    _resolve_max_length(cfg, lm)
+    toks = {name: tokenize(lm.tokenizer, s, cfg.max_length, cfg.truncation) for name, s in ds.splits.items()}
+    segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * lm.hidden_size * len(layers)))
+    manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device)
+
+    # Every rank runs the same read-only checks (so all fail alike); only rank 0 changes the store, after
+    # every rank has looked at it.
+    old = backend.read_manifest() if backend.exists() else None
+    backend.close()
+    if old is not None and not cfg.overwrite:
+        if old.get("fingerprint") != manifest["fingerprint"]:
+            raise StoreError(f"--out {cfg.out} holds a different store ({', '.join(diff_settings(old, manifest))} "
+                             "differ); use another --out, or --overwrite to replace it")
+        if old.get("complete"):
+            n = len(old.get("segments", []))
+            return ExtractSummary(out=cfg.out, fingerprint=old["fingerprint"],
+                                  examples={k: v["n_examples"] for k, v in old["dataset"]["splits"].items()},
+                                  tokens=0, truncated=0, bytes_written=0, seconds=0.0, segments_total=n,
+                                  segments_resumed=n, device=device, already_complete=True, rank=rank)
+        manifest["layout"] = old["layout"]  # resume with the recorded segmentation
+        segment_tokens = old["layout"]["segment_tokens"]
+    _barrier(world)
+    if rank == 0:
+        if old is not None and cfg.overwrite:
+            backend.remove()
+        backend.create()
+        backend.write_manifest(manifest)  # complete: false; readers refuse it, a re-run resumes it
+        backend.discard_partial_segments()  # left by a killed run
+    _barrier(world)
+    segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
+    return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments,
+                     backend.committed_segments())
+
+
+def _resolve_max_length(cfg: ExtractConfig, lm: LoadedModel) -> None:
+    """Default to the model's limit (at most 512); refuse more than a model with absolute positions takes."""
+    limit = lm.tokenizer.model_max_length if 0 < lm.tokenizer.model_max_length < 1_000_000 else None
+    positions = getattr(lm.model.config, "max_position_embeddings", None)
+    if getattr(lm.model.config, "position_biased_input", True) and isinstance(positions, int) and positions > 0:
+        limit = min(limit or positions, positions)  # absolute positions: longer inputs would fail in the model
+    if cfg.max_length is None:
+        cfg.max_length = min(512, limit or 512)
+    elif limit and cfg.max_length > limit:
+        raise InputError(f"--max-length {cfg.max_length} exceeds this model's limit of {limit}; use --max-length {limit}")
+
+
+def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: list[int],
+                    toks: dict[str, Tokenized], segment_tokens: int, device: str) -> dict:
+    compute_dtype = cfg.compute_dtype if cfg.compute_dtype != "auto" else (
+        "bfloat16" if device.startswith("cuda") else "float32")
+    model = {"name": cfg.model, "path": lm.path, "revision": getattr(lm.model.config, "_commit_hash", None),
+             "config": config_dict(lm.model), "weights_sha256": weights_hash(lm.model),
+             "num_layers": lm.num_layers, "hidden_size": lm.hidden_size, "num_parameters": lm.num_parameters,
+             "architecture": type(lm.model).__name__}
+    tokenizer = {"name": lm.path, "sha256": tokenizer_hash(lm.tokenizer), "class": type(lm.tokenizer).__name__}
+    settings = {"layers": layers, "max_length": cfg.max_length, "truncation": cfg.truncation,
+                "pooling": ["cls", "mean"], "dtype": cfg.dtype}
+    splits = {name: {"source": os.path.abspath(s.source), "sha256": s.content_hash(), "n_examples": len(s),
+                     "n_tokens": int(toks[name].lengths.sum()), "truncated": toks[name].truncated}
+              for name, s in ds.splits.items()}
+    fp = fingerprint(model, tokenizer, settings, {k: v["sha256"] for k, v in splits.items()})
+    return {
+        "format_version": FORMAT_VERSION, "tool": {"name": "featstore", "version": __version__},
+        "format": cfg.format, "fingerprint": fp, "complete": False, "model": model, "tokenizer": tokenizer,
+        "settings": settings,
+        "layout": {"segment_tokens": segment_tokens, "chunk_bytes": int(cfg.chunk_mb * MiB),
+                   "compression": cfg.compression},
+        "runtime": {"device": device, "compute_dtype": compute_dtype, "batch_tokens": cfg.batch_tokens},
+        "dataset": {"text_column": ds.text_column, "pair_column": ds.pair_column, "id_column": ds.id_column,
+                    "splits": splits, "label_columns": [c.to_json() for c in ds.label_columns]},
+    }
+
+
+# -- step 2: forward passes into the background writer -----------------------------------------------------
+
+def _write_segments(prep: _Prepared, todo: list[Segment]) -> tuple[int, int]:
+    """Forward every planned segment of this rank; returns (tokens, bytes written)."""
+    import torch
+
+    cfg, lm, toks = prep.cfg, prep.lm, prep.toks
+    truncate_after(lm.model, max(prep.layers))
+    lm.model.to(device=prep.device, dtype=getattr(torch, prep.manifest["runtime"]["compute_dtype"]))
+    lay = prep.manifest["layout"]
+    total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
+    with _progress(total_tokens, cfg.progress and prep.rank == 0) as bar, \
+            SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"]) as writer:
+        for seg in todo:
+            plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
+            job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype)
+            for rows in seg.batches:
+                job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
+                                                 cfg.dtype, prep.device, job.stats))
+                bar.update(int(toks[seg.split].lengths[rows].sum()))
+            writer.put(job)
+    return total_tokens, writer.bytes_written
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) under torchrun; (0, 1) otherwise. No home-made launcher: torch.distributed only."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not enabled, smoothing=0.1)
+
+
+# -- step 3: labels, label-name features, statistics, manifest last ---------------------------------------
+
+def _finalize(prep: _Prepared) -> None:
+    manifest, backend = prep.manifest, prep.backend
+    records = sorted(backend.committed_segments().values(), key=lambda r: (r["split"], r["index"]))
+    arrays: dict[str, np.ndarray] = {}
+    for name, split in prep.ds.splits.items():
+        rows = storage_order(prep.toks[name].lengths)  # segments are consecutive slices of it
+        for col, target in split.targets.items():
+            arrays[f"labels/{name}/{col}"] = target[rows]
+    label_names = {c.name: c.names for c in prep.ds.label_columns if c.kind == "class"}
+    arrays.update(label_name_features(prep.lm, label_names, prep.layers, prep.device))
+    manifest["files"] = backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]) if arrays else {}
+    stats = {}
+    for k in prep.layers:
+        s, ss, n = (sum(r["stats"][str(k)][i] for r in records) for i in range(3))
+        mean = s / max(n, 1)
+        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
+    manifest["stats"] = stats
+    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
+                            for r in records]
+    manifest["label_features"] = sorted(label_names)
+    manifest["complete"] = True
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    backend.finalize(manifest)
+    backend.close()
+
+
+def summary_dict(s: ExtractSummary) -> dict[str, Any]:
+    d = asdict(s)
+    d["tokens_per_second"] = s.tokens_per_second
+    return d

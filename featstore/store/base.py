@@ -1,0 +1,188 @@
+"""The storage interface: every physical format implements `StorageBackend`; nothing outside this package
+names a format, `zarr` or `h5py`.
+
+A store's logical content is the same in every format: named arrays under `segments/<split>/<seg>/...`,
+`labels/<split>/<col>`, `label_features/<col>/L<k>`, and a JSON manifest written last. Backends differ in
+how they lay that out, make a segment appear atomically, checksum it, publish it and install a pulled copy.
+What a backend can do is declared (`read_only`, `supports_append`, `is_remote`), never guessed.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Protocol
+
+import numpy as np
+
+from ..errors import StoreError
+
+SEGMENT_RECORD = "segment.json"
+
+# Dimension names of every array a store holds, by the last part of its name (Zarr `dimension_names`).
+DIMENSIONS = {
+    "tokens": ("token", "hidden"), "cls": ("example", "hidden"), "mean": ("example", "hidden"),
+    "offsets": ("example_edge",), "length": ("example",), "row": ("example",), "id_bytes": ("byte",),
+    "id_offsets": ("example_edge",), "input_ids": ("token",),
+}
+
+
+def dimension_names(name: str, ndim: int) -> tuple[str, ...] | None:
+    """Names for array `name` (e.g. `segments/train/s00000/L6/tokens`), or None when unknown."""
+    parts = name.split("/")
+    if parts[0] == "labels":
+        dims: tuple[str, ...] = ("example",)
+    elif parts[0] == "label_features":
+        dims = ("label", "hidden")
+    else:
+        dims = DIMENSIONS.get(parts[-1], ())
+    return dims if len(dims) == ndim else None
+
+
+class ArrayLike(Protocol):
+    """What readers get back from `StorageBackend.array`: a shaped array that slices into numpy."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingSegment:
+    """A segment written under a temporary name: invisible to readers until `commit_segment`."""
+
+    split: str
+    name: str
+    files: dict[str, dict[str, Any]]  # store path -> {size, sha256}
+    location: str  # where the backend wrote it (backend-private)
+    record: dict[str, Any] = field(default_factory=dict)  # backend-specific record fields
+
+
+@dataclass(frozen=True, kw_only=True)
+class Publication:
+    """What `featstore push` sends: the manifest as published, its bytes, and store path -> local file."""
+
+    manifest: dict[str, Any]
+    raw_manifest: bytes
+    local_files: dict[str, str]
+
+
+def chunk_rows(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
+    """Chunks span whole rows; a few MiB each, never more rows than exist."""
+    row_bytes = itemsize * int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else itemsize
+    rows = max(1, min(shape[0] or 1, chunk_bytes // max(row_bytes, 1)))
+    return (rows,) + tuple(shape[1:])
+
+
+def root_attributes(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A short summary of the manifest for the root group, so generic Zarr/HDF5 browsers show what a store
+    is. The manifest stays the source of truth."""
+    return {"featstore": {
+        "fingerprint": manifest.get("fingerprint"), "model": manifest.get("model", {}).get("name"),
+        "layers": manifest.get("settings", {}).get("layers"), "dtype": manifest.get("settings", {}).get("dtype"),
+        "splits": {k: v.get("n_examples") for k, v in manifest.get("dataset", {}).get("splits", {}).items()},
+        "complete": manifest.get("complete"), "manifest": "manifest.json",
+    }}
+
+
+class StorageBackend(ABC):
+    """One physical format of a store at `root` (a path or URL)."""
+
+    format: ClassVar[str]
+    read_only: ClassVar[bool] = False
+    supports_append: ClassVar[bool] = True  # segments commit one at a time: resume, distributed writers
+    is_remote: ClassVar[bool] = False  # files come through the local cache (prefetch helps)
+    compressions: ClassVar[tuple[str, ...]] = ("none",)
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def _refuse_write(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.root} is a published store and read-only; pull it to change it")
+
+    # -- the location -------------------------------------------------------------------------------------
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether anything of a store (complete or partial) lies at `root`."""
+
+    @abstractmethod
+    def check_target(self, flag: str = "--out") -> None:
+        """Refuse, before any work, a `root` that cannot become this store: a file or directory of something
+        else (never touched, even to overwrite it), or a place without write permission."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Prepare an empty store at `root`."""
+
+    @abstractmethod
+    def remove(self) -> None:
+        """Remove the store at `root` (complete or partial) entirely."""
+
+    # -- the manifest -------------------------------------------------------------------------------------
+    @abstractmethod
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest as stored (not yet validated), or None when there is none."""
+
+    @abstractmethod
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        """Replace the working manifest of a store being written (atomically)."""
+
+    # -- segments -----------------------------------------------------------------------------------------
+    @abstractmethod
+    def write_segment(self, split: str, name: str, arrays: dict[str, np.ndarray], compression: str,
+                      chunk_bytes: int) -> PendingSegment:
+        """Write a segment whole under a temporary name and checksum it."""
+
+    @abstractmethod
+    def commit_segment(self, pending: PendingSegment, meta: dict[str, Any]) -> dict[str, Any]:
+        """Make a written segment visible with its record (`files` + `meta`); returns the record."""
+
+    @abstractmethod
+    def committed_segments(self) -> dict[str, dict[str, Any]]:
+        """Records of the segments in place, by `split/name`."""
+
+    @abstractmethod
+    def discard_partial_segments(self) -> None:
+        """Remove segments a killed writer left half-written."""
+
+    # -- arrays outside segments, and completion ----------------------------------------------------------
+    @abstractmethod
+    def write_arrays(self, arrays: dict[str, np.ndarray], chunk_bytes: int) -> dict[str, dict[str, Any]]:
+        """Write arrays beside the segments (labels, label features); returns their checksums."""
+
+    @abstractmethod
+    def finalize(self, manifest: dict[str, Any]) -> None:
+        """Complete the store: whatever packing the format needs, then the manifest, last."""
+
+    @abstractmethod
+    def add_arrays(self, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
+        """Add arrays to a complete store and replace its manifest (its `files` updated) so that a crash
+        leaves the store as it was."""
+
+    # -- reading ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def array(self, name: str) -> ArrayLike:
+        """A stored array by name, opened lazily."""
+
+    @abstractmethod
+    def checksum(self, name: str) -> tuple[int, str] | None:
+        """(size, sha256) of a checksummed item as it is now, or None if it is missing."""
+
+    @abstractmethod
+    def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
+        """Fetch files under `prefixes` (default all) ahead of reading; bytes fetched (0 for local stores)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release open files."""
+
+    # -- sharing ------------------------------------------------------------------------------------------
+    @abstractmethod
+    def publication(self) -> Publication:
+        """The files of a complete local store as `featstore push` publishes them."""
+
+    @classmethod
+    @abstractmethod
+    def install_pulled(cls, staging: str, dest: str, manifest: dict[str, Any], raw_manifest: bytes) -> None:
+        """Turn a staging directory holding every verified file of a pulled store into a local store at
+        `dest` (renamed into place whole)."""
