@@ -7,6 +7,7 @@ import sys
 import click
 
 from featstore import __version__
+from featstore.store import FORMATS, compressions
 
 from .common import OneLineErrors, RESUMABLE, user_errors
 
@@ -36,9 +37,9 @@ def main() -> None:
               type=click.Choice(["longest_first", "only_first", "only_second"]))
 @click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "bfloat16", "float32"]),
               help="Stored dtype.")
-@click.option("--format", "fmt", default="zarr", show_default=True, type=click.Choice(["zarr", "hdf5"]))
+@click.option("--format", "fmt", default=FORMATS[0], show_default=True, type=click.Choice(list(FORMATS)))
 @click.option("--compression", default="none", show_default=True,
-              help="zarr: none|zstd|blosc-zstd|blosc-lz4; hdf5: none|lzf|gzip.")
+              help="; ".join(f"{f}: {'|'.join(compressions(f))}" for f in FORMATS) + ".")
 @click.option("--batch-tokens", default=16384, show_default=True, type=int, help="Padded tokens per forward batch.")
 @click.option("--segment-mb", default=256.0, show_default=True, type=float, help="Target segment size (unit of resume).")
 @click.option("--chunk-mb", default=4.0, show_default=True, type=float, help="Target chunk size.")

@@ -106,8 +106,8 @@ def verify(path: str, check_values: bool = True, progress: bool = False,
                 return e
 
         items = sorted(files.items())
-        # a remote zarr store: one download per file, so fetch several at once
-        jobs = 8 if store.is_remote and m.get("format") == "zarr" else 1
+        # a remote store: one download per file, so fetch several at once
+        jobs = 8 if store.is_remote else 1
         with ThreadPoolExecutor(jobs) as pool:
             results = pool.map(checksum, [name for name, _ in items])
             checked = tqdm(zip(items, results), total=len(items), desc="checksums", unit="file", disable=not progress)

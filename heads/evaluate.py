@@ -18,7 +18,7 @@ from .metrics import compute
 from .task import batch_dtype, infer, make_sources, resolve_task, torch_threads
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalResult:
     run: str
     store: str
@@ -92,7 +92,8 @@ def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: in
         metrics = compute(lt.task, y, out, lt.n_outputs)
         preds = _predictions(head, out, y, sp)
         primary = head.meta["primary_metric"]
-        return EvalResult(run, store, split, head.seed, lt.task, primary, metrics, sp.n_examples, preds)
+        return EvalResult(run=run, store=store, split=split, seed=head.seed, task=lt.task, primary_metric=primary,
+                          metrics=metrics, n_examples=sp.n_examples, predictions=preds)
     finally:
         st.close()
 

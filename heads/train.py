@@ -29,7 +29,7 @@ from .task import (LabelTask, autocast, batch_dtype, check_splits, infer, make_s
                    to_device, torch_threads)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SeedResult:
     seed: int
     metrics: dict[str, dict[str, float]]  # split name -> metric -> value (best checkpoint)
@@ -38,7 +38,7 @@ class SeedResult:
     seconds_per_epoch: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     out: str
     head: str
@@ -162,8 +162,10 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     best_seed = max(results, key=lambda r: r.metrics[select][primary]).seed
     summary = {n: {m: mean_std([r.metrics[n][m] for r in results]) for m in METRICS[lt.task]} for n in names}
     per_epoch = float(np.mean([r.seconds_per_epoch for r in results]))
-    result = TrainResult(cfg.out, cfg.head, lt.task, lt.column, primary, roles, layers, results, summary, best_seed,
-                         n_params, store.manifest["model"].get("num_parameters"), per_epoch, str(device), in_ram)
+    result = TrainResult(out=cfg.out, head=cfg.head, task=lt.task, label_column=lt.column, primary_metric=primary,
+                         splits=roles, layers=layers, seeds=results, summary=summary, best_seed=best_seed,
+                         trainable_parameters=n_params, backbone_parameters=store.manifest["model"].get("num_parameters"),
+                         seconds_per_epoch=per_epoch, device=str(device), in_ram=in_ram)
     meta = _head_meta(cfg, store, spec, lt, layers, result)
     metrics = {"primary_metric": primary, "splits": roles,
                "seeds": {str(r.seed): {**r.metrics, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
@@ -243,7 +245,8 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
         out = infer(model, spec, loaders[name], device)
         metrics[name] = compute(lt.task, loaders[name].targets, out, lt.n_outputs)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return SeedResult(seed, metrics, best_epoch, epoch, float(np.mean(seconds))), state, n_params
+    return SeedResult(seed=seed, metrics=metrics, best_epoch=best_epoch, epochs_run=epoch,
+                      seconds_per_epoch=float(np.mean(seconds))), state, n_params
 
 
 def _head_meta(cfg: TrainConfig, store: Any, spec: HeadSpec, lt: LabelTask, layers: list[int],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
@@ -57,6 +58,7 @@ class RemoteBackend(StorageBackend):
         self.files: dict[str, dict] = {}
         self._h5: HDF5Backend | None = None
         self._h5_checked = False
+        self._h5_lock = threading.Lock()  # verify checks datasets from several threads
 
     @property
     def _published_format(self) -> str | None:
@@ -146,13 +148,14 @@ class RemoteBackend(StorageBackend):
     def checksum(self, name: str) -> tuple[int, str] | None:
         """Verifies the remote copy itself (not the cache): downloads it again, keeping it when it matches."""
         if self._published_format == "hdf5":
-            if not self._h5_checked:
-                (rel,) = self.files
-                got = self.cache.refresh(self.remote, self.fingerprint, rel, self.files[rel])
-                if got != (self.files[rel]["size"], self.files[rel]["sha256"]):
-                    raise mismatch(self.remote.url, rel, self.files[rel], got)
-                self._h5_checked = True
-            return self._local_h5().checksum(name)
+            with self._h5_lock:
+                if not self._h5_checked:
+                    (rel,) = self.files
+                    got = self.cache.refresh(self.remote, self.fingerprint, rel, self.files[rel])
+                    if got != (self.files[rel]["size"], self.files[rel]["sha256"]):
+                        raise mismatch(self.remote.url, rel, self.files[rel], got)
+                    self._h5_checked = True
+                return self._local_h5().checksum(name)
         meta = self.files.get(name)
         if meta is None:
             return None

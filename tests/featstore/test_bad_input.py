@@ -211,3 +211,20 @@ def test_damaged_model_files(bert, train, tmp_path):
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     assert_user_error(run(base(str(broken), {"train": train}, tmp_path / "s")), "is damaged", "re-download")
+
+
+def test_empty_text_refused_unless_allowed(bert, tmp_path):
+    rows = make_rows(6, 1)
+    rows[3]["text"] = "   "
+    data = {"train": write_jsonl(tmp_path / "train.jsonl", rows)}
+    out = tmp_path / "s"
+    assert_user_error(run(base(bert, data, out)), "split 'train'", "row 3", "column 'text' is empty",
+                      "--allow-empty-text")
+    assert not out.exists()  # refused before anything was written
+    r = run(base(bert, data, out, "--allow-empty-text", "--max-length", "16"))
+    assert r.exit_code == 0, r.output
+    import featstore
+
+    with featstore.open_store(str(out)) as s:
+        sp = s.split("train")
+        assert len(sp) == 6 and sp.lengths.min() == 2  # the empty text: [CLS] [SEP]
