@@ -35,8 +35,11 @@ def main() -> None:
               help="Tokens per input; longer ones are truncated (default: the model's limit, at most 512).")
 @click.option("--truncation", default="longest_first", show_default=True,
               type=click.Choice(["longest_first", "only_first", "only_second"]))
-@click.option("--dtype", default="float16", show_default=True, type=click.Choice(["float16", "bfloat16", "float32"]),
-              help="Stored dtype.")
+@click.option("--dtype", default=None, type=click.Choice(["float16", "bfloat16", "float32"]),
+              help="Stored float dtype (default float16); the same as --encoding with a float name.")
+@click.option("--encoding", default=None, type=click.Choice(["float16", "bfloat16", "float32", "int8", "fp8"]),
+              help="How values are stored: a float dtype, or 8-bit codes (int8, fp8 = e4m3) with per-token scales "
+                   "after a per-channel standardisation; readers decode them to float32. Default: --dtype.")
 @click.option("--format", "fmt", default=FORMATS[0], show_default=True, type=click.Choice(list(FORMATS)))
 @click.option("--compression", default="none", show_default=True,
               help="; ".join(f"{f}: {'|'.join(compressions(f))}" for f in FORMATS) + ".")
@@ -54,7 +57,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
-            dtype, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
+            dtype, encoding, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
             allow_empty_text, quiet, as_json) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
@@ -65,7 +68,8 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
 
     cfg = ExtractConfig(model=model, data=parse_split_specs(list(data)), out=out, text_column=text_column,
                         pair_column=text_pair_column, label_columns=list(label_columns), id_column=id_column,
-                        layers=layers, max_length=max_length, truncation=truncation, dtype=dtype, format=fmt,
+                        layers=layers, max_length=max_length, truncation=truncation, dtype=dtype, encoding=encoding,
+                        format=fmt,
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         allow_empty_text=allow_empty_text, progress=not quiet)

@@ -9,7 +9,7 @@ import numpy as np
 from .errors import StoreError
 from .io.transport import printable
 from .store import Split, Store, open_store
-from .store.encoding import from_stored
+from .store.encoding import SIDE, code_problems, encoding_of, from_stored, is_coded, itemsize, row_overhead
 from .store.manifest import all_files
 
 
@@ -30,6 +30,7 @@ def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: st
             "architecture": m["model"].get("architecture"), "num_layers": m["model"].get("num_layers"),
             "hidden_size": m["model"]["hidden_size"], "backbone_parameters": m["model"].get("num_parameters"),
             "layers": m["settings"]["layers"], "dtype": m["settings"]["dtype"],
+            "encoding": encoding_of(m["settings"]), "bytes_per_token": _bytes_per_token(m),
             "max_length": m["settings"]["max_length"], "splits": splits,
             "label_columns": {c["name"]: {"kind": c["kind"], "labels": c["names"]}
                               for c in m["dataset"]["label_columns"]},
@@ -49,8 +50,10 @@ def format_info(d: dict[str, Any]) -> str:
         f"fingerprint  {d['fingerprint']}",
         f"model        {d['model']}  ({d['architecture']}, {d['num_layers']} layers, hidden {d['hidden_size']}, "
         f"{_count(d['backbone_parameters'])} params)",
-        f"features     layers {d['layers']}  dtype {d['dtype']}  max_length {d['max_length']}  "
+        f"features     layers {d['layers']}  encoding {d['encoding']}"
+        f"{'' if d['encoding'] == d['dtype'] else ' (read as ' + d['dtype'] + ')'}  max_length {d['max_length']}  "
         f"compression {d['compression']}",
+        f"per token    {d['bytes_per_token']:,} bytes (all kept layers, token features and their scales)",
         f"size         {format_bytes(d['bytes'])} in {d['files']} files",
         "splits",
     ]
@@ -64,6 +67,12 @@ def format_info(d: dict[str, Any]) -> str:
     if d.get("created"):
         lines.append(f"created      {d['created']} by featstore {d['tool_version']}")
     return "\n".join(lines)
+
+
+def _bytes_per_token(m: dict[str, Any]) -> int:
+    """Stored bytes of one token's features over all kept layers (codes plus per-row scale)."""
+    enc = encoding_of(m["settings"])
+    return len(m["settings"]["layers"]) * (int(m["model"]["hidden_size"]) * itemsize(enc) + row_overhead(enc))
 
 
 def format_bytes(n: int) -> str:
@@ -172,6 +181,9 @@ def _check_split(store: Store, name: str, check_values: bool) -> list[str]:
 
 
 def _check_finite(store: Store, sp: Split) -> list[str]:
+    """Every value finite; for 8-bit codes: codes in range, scales finite and positive."""
+    if is_coded(store.encoding):
+        return _check_codes(store, sp)
     problems = []
     for i, seg in enumerate(sp.segments):
         for k in store.layers:
@@ -182,5 +194,24 @@ def _check_finite(store: Store, sp: Split) -> list[str]:
                     block = from_stored(np.asarray(arr[a:a + step]), store.dtype)
                     if not np.isfinite(block).all():
                         problems.append(f"split {sp.name} segment {seg['name']} layer {k} {kind}: non-finite values")
+                        break
+    return problems
+
+
+def _check_codes(store: Store, sp: Split) -> list[str]:
+    problems = []
+    for i, seg in enumerate(sp.segments):
+        for k in store.layers:
+            for kind in ("tokens", "cls", "mean"):
+                name = f"L{k}/{kind}"
+                arr = sp.segment_array(i, name)
+                side = {s: sp.segment_array(i, f"{name}_{s}") for s in SIDE}
+                shift, gain = np.asarray(side["shift"][:]), np.asarray(side["gain"][:])
+                step = max(1, (8 << 20) // max(1, arr.shape[1]))
+                for a in range(0, arr.shape[0], step):
+                    found = code_problems(np.asarray(arr[a:a + step]), store.encoding,
+                                          np.asarray(side["scale"][a:a + step]), shift, gain)
+                    if found:
+                        problems.append(f"split {sp.name} segment {seg['name']} layer {k} {kind}: {'; '.join(found)}")
                         break
     return problems

@@ -17,7 +17,7 @@ from .. import __version__
 from ..device import pick_device
 from ..errors import InputError, StoreError
 from ..store import FORMATS, StorageBackend, compressions, local_backend
-from ..store.encoding import DTYPES, itemsize
+from ..store.encoding import CODED, DTYPES, ENCODINGS, itemsize
 from ..store.manifest import FORMAT_VERSION, diff_settings, fingerprint
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
@@ -43,7 +43,8 @@ class ExtractConfig:
     layers: str = "-1"
     max_length: int | None = None  # default: the model's limit, at most 512
     truncation: str = "longest_first"
-    dtype: str = "float16"
+    dtype: str | None = None  # default float16; a float encoding and this are one setting
+    encoding: str | None = None  # default: the dtype; int8 / fp8 store 8-bit codes decoded to float32
     format: str = "zarr"
     compression: str = "none"
     batch_tokens: int = 16384
@@ -58,8 +59,18 @@ class ExtractConfig:
     def validate(self) -> None:
         """Every problem at once, as one line."""
         problems = []
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             problems.append(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        elif self.encoding is not None and self.encoding not in ENCODINGS:
+            problems.append(f"--encoding {self.encoding!r}: use one of {', '.join(ENCODINGS)}")
+        elif self.encoding in CODED and self.dtype not in (None, "float32"):
+            problems.append(f"--dtype {self.dtype} with --encoding {self.encoding}: 8-bit codes are computed from "
+                            "float32 and decode to float32; drop --dtype")
+        elif self.encoding in DTYPES and self.dtype not in (None, self.encoding):
+            problems.append(f"--dtype {self.dtype} contradicts --encoding {self.encoding}; give one of them")
+        else:  # resolved: `dtype` is what forward passes hand over and readers return
+            self.encoding = self.encoding or self.dtype or "float16"
+            self.dtype = "float32" if self.encoding in CODED else self.encoding
         if self.format not in FORMATS:
             problems.append(f"--format {self.format!r}: use {' or '.join(FORMATS)}")
         if self.max_length is not None and self.max_length < 2:
@@ -160,6 +171,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     layers = resolve_model_layers(cfg.layers, lm.num_layers)
     _resolve_max_length(cfg, lm)
     toks = {name: tokenize(lm.tokenizer, s, cfg.max_length, cfg.truncation) for name, s in ds.splits.items()}
+    # sized by the host arrays a segment is assembled from (float32 before 8-bit coding): bounded memory
     segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * lm.hidden_size * len(layers)))
     manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device)
 
@@ -215,6 +227,8 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
     tokenizer = {"name": lm.path, "sha256": tokenizer_hash(lm.tokenizer), "class": type(lm.tokenizer).__name__}
     settings = {"layers": layers, "max_length": cfg.max_length, "truncation": cfg.truncation,
                 "pooling": ["cls", "mean"], "dtype": cfg.dtype}
+    if cfg.encoding != cfg.dtype:  # float stores keep the manifest they always had
+        settings["encoding"] = cfg.encoding
     splits = {name: {"source": os.path.abspath(s.source), "sha256": s.content_hash(), "n_examples": len(s),
                      "n_tokens": int(toks[name].lengths.sum()), "truncated": toks[name].truncated}
               for name, s in ds.splits.items()}
@@ -246,7 +260,7 @@ def _write_segments(prep: _Prepared, todo: list[Segment]) -> tuple[int, int]:
             SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"]) as writer:
         for seg in todo:
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
-            job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype)
+            job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
                                                  cfg.dtype, prep.device, job.stats))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..io.background import BackgroundWorker
 from ..store import StorageBackend
-from ..store.encoding import to_storable
+from ..store.encoding import storable
 
 
 @dataclass
@@ -26,9 +26,10 @@ class SegmentJob:
     name: str
     index: int
     layers: list[int]
-    dtype: str
+    dtype: str  # of the batches' arrays (float32 when they are to be coded)
     batches: list[dict] = field(default_factory=list)
     stats: dict[int, list[float]] = field(default_factory=dict)  # layer -> [sum, sum of squares, count]
+    encoding: str | None = None  # default: the dtype; `int8`/`fp8` code the rows here, on the writer thread
 
 
 def assemble(job: SegmentJob) -> dict[str, np.ndarray]:
@@ -50,7 +51,9 @@ def assemble(job: SegmentJob) -> dict[str, np.ndarray]:
     }
     for k in job.layers:
         for kind in ("tokens", "cls", "mean"):
-            arrays[f"L{k}/{kind}"] = to_storable(np.concatenate([x[f"L{k}/{kind}"] for x in b]), job.dtype)
+            rows = np.concatenate([x[f"L{k}/{kind}"] for x in b])  # (R, D)
+            for suffix, a in storable(rows, job.encoding or job.dtype).items():
+                arrays[f"L{k}/{kind}{suffix}"] = a
     return arrays
 
 

@@ -23,6 +23,9 @@ DIMENSIONS = {
     "tokens": ("token", "hidden"), "cls": ("example", "hidden"), "mean": ("example", "hidden"),
     "offsets": ("example_edge",), "length": ("example",), "row": ("example",), "id_bytes": ("byte",),
     "id_offsets": ("example_edge",), "input_ids": ("token",),
+    # side arrays of 8-bit codes (featstore.store.encoding)
+    "tokens_scale": ("token",), "cls_scale": ("example",), "mean_scale": ("example",),
+    **{f"{kind}_{side}": ("hidden",) for kind in ("tokens", "cls", "mean") for side in ("shift", "gain")},
 }
 
 
@@ -79,6 +82,7 @@ def root_attributes(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"featstore": {
         "fingerprint": manifest.get("fingerprint"), "model": manifest.get("model", {}).get("name"),
         "layers": manifest.get("settings", {}).get("layers"), "dtype": manifest.get("settings", {}).get("dtype"),
+        "encoding": manifest.get("settings", {}).get("encoding", manifest.get("settings", {}).get("dtype")),
         "splits": {k: v.get("n_examples") for k, v in manifest.get("dataset", {}).get("splits", {}).items()},
         "complete": manifest.get("complete"), "manifest": "manifest.json",
     }}

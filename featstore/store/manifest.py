@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from ..errors import StoreError
-from .encoding import DTYPES
+from .encoding import CODED, DTYPES, ENCODINGS
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"  # the one name of a store's manifest, in every format and on every remote
@@ -22,13 +22,16 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 def fingerprint(model: dict[str, Any], tokenizer: dict[str, Any], settings: dict[str, Any],
                 split_hashes: dict[str, str]) -> str:
-    """Hash over exactly what determines the features, never over run-time settings or labels."""
-    payload = {
+    """Hash over exactly what determines the features, never over run-time settings or labels. The encoding
+    joins the hash only when it differs from the dtype, so stores from before encodings keep their fingerprint."""
+    payload: dict[str, Any] = {
         "model": {"weights_sha256": model["weights_sha256"], "config": model["config"]},
         "tokenizer": tokenizer["sha256"],
         "settings": {k: settings[k] for k in ("layers", "max_length", "truncation", "pooling", "dtype")},
         "splits": split_hashes,
     }
+    if settings.get("encoding", settings["dtype"]) != settings["dtype"]:
+        payload["settings"]["encoding"] = settings["encoding"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -72,6 +75,16 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
     s = m["settings"]
     if s.get("dtype") not in DTYPES:
         raise StoreError(f"{source}: manifest dtype {s.get('dtype')!r} unknown")
+    enc = s.get("encoding", s["dtype"])
+    if enc not in ENCODINGS:
+        raise StoreError(f"{source}: manifest encoding {enc!r} unknown (one of {', '.join(ENCODINGS)})")
+    if enc != s["dtype"] and not (enc in CODED and s["dtype"] == "float32"):
+        raise StoreError(f"{source}: manifest encoding {enc!r} contradicts dtype {s['dtype']!r} (a float encoding "
+                         "is its dtype; 8-bit codes decode to float32)")
+    derived = m.get("derived_from")
+    if derived is not None and not (isinstance(derived, dict) and isinstance(derived.get("fingerprint"), str)
+                                    and isinstance(derived.get("transform"), dict)):
+        raise StoreError(f"{source}: manifest derived_from is malformed; refusing the store")
     layers = s.get("layers")
     if not isinstance(layers, list) or not layers or not all(isinstance(x, int) and 0 <= x < 10_000 for x in layers):
         raise StoreError(f"{source}: manifest layers {layers!r} invalid")
@@ -188,8 +201,9 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         out.append(f"model ({old['model'].get('name')} vs {new['model'].get('name')})")
     if old["tokenizer"].get("sha256") != new["tokenizer"].get("sha256"):
         out.append("tokenizer")
-    for k in ("layers", "max_length", "truncation", "dtype", "pooling"):
-        if old["settings"].get(k) != new["settings"].get(k):
+    for k in ("layers", "max_length", "truncation", "dtype", "encoding", "pooling"):
+        if old["settings"].get(k, old["settings"].get("dtype") if k == "encoding" else None) != \
+                new["settings"].get(k, new["settings"].get("dtype") if k == "encoding" else None):
             out.append(f"{k} ({old['settings'].get(k)} vs {new['settings'].get(k)})")
     os_, ns = old["dataset"]["splits"], new["dataset"]["splits"]
     if set(os_) != set(ns):

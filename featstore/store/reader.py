@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import StoreError
 from .backends import open_backend
 from .base import ArrayLike, StorageBackend
-from .encoding import from_stored
+from .encoding import SIDE, decode, encoding_of, from_stored, is_coded
 from .manifest import split_segments, validate
 
 
@@ -65,7 +65,18 @@ class Store:
 
     @property
     def dtype(self) -> str:
+        """The dtype readers return: the stored float dtype (bf16 widened), float32 for 8-bit codes."""
         return self.manifest["settings"]["dtype"]
+
+    @property
+    def encoding(self) -> str:
+        """How values are stored: a float dtype, or 8-bit codes (`int8`, `fp8`) with scales beside them."""
+        return encoding_of(self.manifest["settings"])
+
+    @property
+    def width(self) -> int:
+        """Features per layer as stored."""
+        return self.hidden_size
 
     @property
     def splits(self) -> list[str]:
@@ -163,7 +174,7 @@ class Split:
         return self._arrays[key]
 
     def _expected_shape(self, seg: dict[str, Any], name: str) -> tuple[int, ...] | None:
-        n, t, d = int(seg["n_examples"]), int(seg["n_tokens"]), self.store.hidden_size
+        n, t, d = int(seg["n_examples"]), int(seg["n_tokens"]), self.store.width
         if name in ("length", "row"):
             return (n,)
         if name in ("offsets", "id_offsets"):
@@ -171,9 +182,25 @@ class Split:
         if name == "input_ids":
             return (t,)
         kind = name.rsplit("/", 1)[-1]
+        if name.startswith("L") and "_" in kind:  # side arrays of 8-bit codes
+            base, side = kind.split("_", 1)
+            if side == "scale":
+                return (t,) if base == "tokens" else (n,)
+            return (d,)
         if name.startswith("L"):
             return (t, d) if kind == "tokens" else (n, d)
         return None  # id_bytes: bounded by id_offsets, which is checked
+
+    def decoded(self, seg: int, name: str, start: int | None = None, stop: int | None = None) -> np.ndarray:
+        """Rows [start, stop) of feature array `name` (`L{k}/tokens|cls|mean`) of one segment, decoded to
+        float (float16/float32 as stored, bf16 widened, 8-bit codes decoded to float32)."""
+        raw = np.asarray(self.segment_array(seg, name)[start:stop])
+        enc = self.store.encoding
+        if not is_coded(enc):
+            return from_stored(raw, enc)
+        side = {s: np.asarray(self.segment_array(seg, f"{name}_{s}")[start:stop] if s == "scale"
+                              else self.segment_array(seg, f"{name}_{s}")[:]) for s in SIDE}
+        return decode(raw, enc, side["scale"], side["shift"], side["gain"])
 
     def _concat(self, name: str) -> np.ndarray:
         return np.concatenate([np.asarray(self.segment_array(i, name)[:]) for i in range(len(self.segments))])
@@ -234,7 +261,7 @@ class Split:
         if kind not in ("cls", "mean"):
             raise StoreError(f"unknown pooling {kind!r}: use cls or mean")
         self.store.check_layers([layer])
-        return from_stored(self._concat(f"L{layer}/{kind}"), self.store.dtype)
+        return np.concatenate([self.decoded(i, f"L{layer}/{kind}") for i in range(len(self.segments))])
 
     def tokens(self, layer: int, start: int, stop: int) -> np.ndarray:
         """Token features [start, stop) of one layer from the flat split array (may span segments)."""
@@ -245,12 +272,12 @@ class Split:
             base = int(self._seg_token_start[seg])
             hi = min(stop, int(self._seg_token_start[seg + 1]))
             if hi > start:
-                parts.append(np.asarray(self.segment_array(seg, f"L{layer}/tokens")[start - base:hi - base]))
+                parts.append(self.decoded(seg, f"L{layer}/tokens", start - base, hi - base))
                 start = hi
             seg += 1
         if not parts:
-            return np.zeros((0, self.store.hidden_size), dtype=np.float32)
-        return from_stored(np.concatenate(parts) if len(parts) > 1 else parts[0], self.store.dtype)
+            return np.zeros((0, self.store.width), dtype=np.float32)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def example(self, index: int, layers: Sequence[int] | None = None) -> np.ndarray:
         """Token features of one example: (T, L, D) for the chosen layers (default: all stored)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -24,14 +24,19 @@ NP_DTYPE = {"float16": np.float16, "float32": np.float32}
 def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequence[int], hidden: int,
                 label_columns: list[dict[str, Any]], dtype: str = "float16", fmt: str = "zarr",
                 label_features: dict[str, np.ndarray] | None = None, segment_tokens: int = 4096,
-                model_name: str = "synthetic-encoder", num_parameters: int = 1_000_000, salt: str = "") -> str:
+                model_name: str = "synthetic-encoder", num_parameters: int = 1_000_000, salt: str = "",
+                encoding: str | None = None, tamper: Callable[[dict[str, np.ndarray]], None] | None = None) -> str:
     """Write a complete store.
 
     splits[name] = {"features": list of (T_i, L, D) float arrays (input order), "targets": {column: array}}
     label_columns: [{"name", "kind": "class"|"regression", "names": [...] | None}]
     label_features: {column: (n_labels, L, D)} - the "backbone's" features of the label names
+    encoding: int8 / fp8 code the features (dtype becomes float32, as extraction records it)
+    tamper: called on each segment's arrays before they are written and checksummed (a buggy writer)
     """
     layers = list(layers)
+    if encoding in ("int8", "fp8"):
+        dtype = "float32"
     if dtype not in NP_DTYPE:
         raise ValueError("synthetic stores support float16 and float32")
     h = hashlib.sha256(salt.encode())
@@ -47,6 +52,8 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
                  "class": "SyntheticTokenizer"}
     settings = {"layers": layers, "max_length": 512, "truncation": "longest_first", "pooling": ["cls", "mean"],
                 "dtype": dtype}
+    if encoding not in (None, dtype):
+        settings["encoding"] = encoding
     split_meta = {}
     for name, s in splits.items():
         sh = hashlib.sha256(name.encode() + weights.encode()).hexdigest()
@@ -72,7 +79,7 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
         feats = s["features"]
         lengths = np.array([len(f) for f in feats], dtype=np.int64)
         for seg in plan_segments(name, lengths, segment_tokens):
-            job = SegmentJob(name, seg.name, seg.index, layers, dtype)
+            job = SegmentJob(name, seg.name, seg.index, layers, dtype, encoding=encoding)
             batch: dict[str, Any] = {"lengths": lengths[seg.examples], "rows": seg.examples,
                                      "ids": [f"{name}-{r}" for r in seg.examples],
                                      "input_ids": np.zeros(int(lengths[seg.examples].sum()), dtype=np.int32)}
@@ -86,6 +93,8 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
                 job.stats[k] = [float(f32.sum()), float((f32 * f32).sum()), int(f32.size)]
             job.batches.append(batch)
             seg_arrays = assemble(job)
+            if tamper is not None:
+                tamper(seg_arrays)
             pending = layout.write_segment(name, seg.name, seg_arrays, "none", chunk_bytes)
             record = layout.commit_segment(pending, dict(
                 split=name, name=seg.name, index=seg.index, n_examples=int(len(seg_arrays["length"])),
@@ -171,7 +180,8 @@ def planted_regression(n: int, seed: int, hidden: int = 16, n_layers: int = 2, m
 
 
 def classification_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test: int = 200, splits=None,
-                         fmt: str = "zarr", names=("alpha", "beta", "gamma", "delta"), **kw: Any) -> str:
+                         fmt: str = "zarr", names=("alpha", "beta", "gamma", "delta"), encoding: str | None = None,
+                         tamper: Callable[[dict[str, np.ndarray]], None] | None = None, **kw: Any) -> str:
     hidden, n_classes = kw.pop("hidden", 16), len(names)
     sizes = {"train": n_train, "validation": n_dev, "test": n_test}
     if splits is not None:
@@ -183,7 +193,8 @@ def classification_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_t
     prior = np.random.default_rng(7).standard_normal((n_classes, 2, hidden)).astype(np.float32)
     return write_store(path, data, layers=[1, 2], hidden=hidden, fmt=fmt,
                        label_columns=[{"name": "label", "kind": "class", "names": list(names)}],
-                       label_features={"label": prior}, segment_tokens=2048)
+                       label_features={"label": prior}, segment_tokens=2048, encoding=encoding,
+                       tamper=tamper)
 
 
 def regression_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test: int = 200, **kw: Any) -> str:

@@ -1,0 +1,116 @@
+"""8-bit extraction end to end on a tiny real model: what is stored, what readers return, info and verify."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featstore
+from cli.featstore_cli import main
+from featstore.extract import ExtractConfig, extract
+from featstore.verify import info, verify
+from tests.heads.synthetic import classification_store
+
+from .test_bad_input import assert_user_error
+
+BOUND = {"int8": 0.02, "fp8": 0.05}  # relative error vs the float16 store, whole split
+
+
+@pytest.fixture(scope="module")
+def tiny_stores(tmp_path_factory, bert, splits):
+    d = tmp_path_factory.mktemp("compact")
+    common = dict(model=bert, data=splits, label_columns=["label"], id_column="id", layers="1,2", max_length=24,
+                  segment_mb=0.03, progress=False)
+    out = {}
+    for enc, fmt in (("float16", "zarr"), ("int8", "zarr"), ("fp8", "hdf5")):
+        path = str(d / (enc + (".h5" if fmt == "hdf5" else "")))
+        extract(ExtractConfig(**common, out=path, encoding=None if enc == "float16" else enc, format=fmt))
+        out[enc] = path
+    return out
+
+
+def rel(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.linalg.norm(x - y) / np.linalg.norm(y))
+
+
+@pytest.mark.parametrize("enc", ["int8", "fp8"])
+def test_8bit_store_equals_float16_within_error(tiny_stores, enc):
+    with featstore.open_store(tiny_stores["float16"]) as ref, featstore.open_store(tiny_stores[enc]) as s:
+        assert s.encoding == enc and s.dtype == "float32" and ref.encoding == "float16"
+        assert s.manifest["settings"]["encoding"] == enc and "encoding" not in ref.manifest["settings"]
+        assert s.fingerprint != ref.fingerprint
+        for split in ref.splits:
+            a, b = s.split(split), ref.split(split)
+            assert a.n_tokens == b.n_tokens and np.array_equal(a.rows, b.rows)
+            for k in ref.layers:
+                x, y = a.tokens(k, 0, a.n_tokens), b.tokens(k, 0, b.n_tokens).astype(np.float32)
+                assert x.dtype == np.float32 and rel(x, y) < BOUND[enc]
+                for kind in ("cls", "mean"):
+                    assert rel(a.pooled(kind, k), b.pooled(kind, k).astype(np.float32)) < BOUND[enc]
+        raw = s.split("train").segment_array(0, "L1/tokens")
+        assert np.asarray(raw[:2]).dtype == (np.int8 if enc == "int8" else np.uint8)
+        assert np.allclose(s.label_features("label", 1), ref.label_features("label", 1), atol=1e-2)
+    assert verify(tiny_stores[enc]) == []
+    d = info(tiny_stores[enc])
+    assert d["encoding"] == enc and d["bytes_per_token"] == 2 * (32 + 4)  # tiny bert: hidden 32
+    assert info(tiny_stores["float16"])["bytes_per_token"] == 2 * 32 * 2
+
+
+def test_resume_and_fingerprint_keep_the_encoding(tiny_stores, bert, splits):
+    """Re-running the same 8-bit command is a no-op; another encoding at the same --out is refused."""
+    common = dict(model=bert, data=splits, label_columns=["label"], id_column="id", layers="1,2", max_length=24,
+                  segment_mb=0.03, progress=False, out=tiny_stores["int8"])
+    assert extract(ExtractConfig(**common, encoding="int8")).already_complete
+    with pytest.raises(featstore.StoreError, match="encoding"):
+        extract(ExtractConfig(**common, encoding="fp8"))
+
+
+def test_cli_encoding_flags(tmp_path, bert, splits):
+    base = ["extract", "--model", bert, "--data", f"train={splits['train']}", "--quiet", "--max-length", "16"]
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "a"), "--encoding", "int9"])
+    assert r.exit_code == 2 and "int9" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert_user_error(CliRunner().invoke(main, base + ["--out", str(tmp_path / "b"), "--encoding", "int8",
+                                                       "--dtype", "float16"]), "drop --dtype")
+    assert_user_error(CliRunner().invoke(main, base + ["--out", str(tmp_path / "c"), "--encoding", "float32",
+                                                       "--dtype", "float16"]), "contradicts")
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "d"), "--encoding", "fp8"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "d")])
+    assert "encoding fp8 (read as float32)" in r.output and "per token" in r.output
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "e"), "--dtype", "bfloat16"])
+    assert r.exit_code == 0 and featstore.open_store(str(tmp_path / "e")).encoding == "bfloat16"
+
+
+def test_manifest_encoding_validated(tmp_path):
+    path = classification_store(str(tmp_path / "s"), n_train=20, n_dev=5, n_test=5, encoding="int8")
+    mpath = tmp_path / "s" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    for bad, what in (({"encoding": "int4"}, "encoding 'int4' unknown"),
+                      ({"encoding": "int8", "dtype": "float16"}, "contradicts")):
+        mpath.write_text(json.dumps({**m, "settings": {**m["settings"], **bad}}))
+        with pytest.raises(featstore.StoreError, match=what):
+            featstore.open_store(str(tmp_path / "s"))
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
+def test_verify_names_a_bad_scale(tmp_path, fmt):
+    """A writer that stored an infinite scale (checksums match what it wrote) is caught by the value scan,
+    by name; bytes changed after writing are a checksum mismatch first (the scan never runs on them)."""
+    def tamper(arrays):
+        if "L2/tokens_scale" in arrays:
+            arrays["L2/tokens_scale"][1] = np.inf
+
+    path = str(tmp_path / ("s.h5" if fmt == "hdf5" else "s"))
+    classification_store(path, n_train=20, n_dev=5, n_test=5, encoding="int8", fmt=fmt, tamper=tamper)
+    problems = verify(path)
+    assert problems and all("layer 2 tokens: scales not finite and positive" in p for p in problems), problems
+    assert verify(path, check_values=False) == []
+
+    def nan_code(arrays):
+        arrays["L1/cls"][0, 0] = 0x7F
+
+    path = str(tmp_path / ("f.h5" if fmt == "hdf5" else "f"))
+    classification_store(path, n_train=20, n_dev=5, n_test=5, encoding="fp8", fmt=fmt, tamper=nan_code)
+    assert any("layer 1 cls: NaN codes" in p for p in verify(path))
