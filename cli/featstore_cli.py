@@ -221,6 +221,38 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
         click.echo(f"no stores under {prefix}", err=True)
 
 
+@main.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("--encoding", required=True, type=click.Choice(["float16", "bfloat16", "float32", "int8", "fp8"]),
+              help="Encoding of the new store (8-bit: int8, fp8 = e4m3, with per-token scales).")
+@click.option("--layers", default="all", show_default=True, help="Comma-separated layers of SRC to keep, or 'all'.")
+@click.option("--format", "fmt", default=None, type=click.Choice(list(FORMATS)), help="Default: SRC's format.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at DST.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@storage_options
+@cache_dir
+@user_errors(interrupted=RESUMABLE)
+def convert(src, dst, encoding, layers, fmt, overwrite, as_json, storage_option, cache_dir) -> None:
+    """Re-encode or subset SRC (a path or URL) into a new local store DST, without the backbone.
+
+    One segment at a time; re-running the same command after an interruption resumes. DST gets its own
+    fingerprint (from SRC's and the transform) and records what it was derived from."""
+    from dataclasses import asdict
+
+    from featstore.convert import convert as run
+
+    r = run(src, dst, encoding, layers, fmt, overwrite, storage_options=_options(storage_option),
+            cache_dir=cache_dir)
+    if as_json:
+        click.echo(json.dumps(asdict(r), indent=1))
+    elif r.already_complete:
+        click.echo(f"{dst}: already complete (fingerprint {r.fingerprint[:16]}); nothing to do")
+    else:
+        click.echo(f"wrote {dst}: {r.segments_total} segments ({r.segments_resumed} resumed), "
+                   f"{r.bytes_written / 2**20:.1f} MiB in {r.seconds:.1f} s; fingerprint {r.fingerprint[:16]}")
+
+
 @main.command(name="add-labels")
 @click.argument("store")
 @click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=PATH",

@@ -125,6 +125,14 @@ def decode(codes: np.ndarray, encoding: str, scale: np.ndarray, shift: np.ndarra
         + np.asarray(shift, np.float32)[None, :]
 
 
+def cast_float(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 rows -> a float encoding's host array (bf16 rounded to nearest even, as its raw 16 bits)."""
+    if dtype == BF16:
+        u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+        return ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+    return np.asarray(x, dtype=np.float16 if dtype == "float16" else np.float32)
+
+
 def storable(x: np.ndarray, encoding: str) -> dict[str, np.ndarray]:
     """Rows of one array -> what the store keeps under its name (suffix "") and its side arrays."""
     if encoding in CODED:

@@ -114,3 +114,82 @@ def test_verify_names_a_bad_scale(tmp_path, fmt):
     path = str(tmp_path / ("f.h5" if fmt == "hdf5" else "f"))
     classification_store(path, n_train=20, n_dev=5, n_test=5, encoding="fp8", fmt=fmt, tamper=nan_code)
     assert any("layer 1 cls: NaN codes" in p for p in verify(path))
+
+
+# -- convert ------------------------------------------------------------------------------------------------
+
+def test_convert_equals_extracting_with_that_encoding(tiny_stores, tmp_path):
+    from featstore.convert import convert
+
+    dst = str(tmp_path / "conv")
+    r = CliRunner().invoke(main, ["convert", tiny_stores["float16"], dst, "--encoding", "int8", "--layers", "2"])
+    assert r.exit_code == 0, r.output
+    with featstore.open_store(dst) as c, featstore.open_store(tiny_stores["int8"]) as e, \
+            featstore.open_store(tiny_stores["float16"]) as f:
+        assert c.layers == [2] and c.encoding == "int8"
+        d = c.manifest["derived_from"]
+        assert d["fingerprint"] == f.fingerprint and d["url"] == tiny_stores["float16"]
+        assert d["transform"] == {"encoding": "int8", "layers": [2]}
+        assert c.fingerprint not in (f.fingerprint, e.fingerprint)
+        assert c.label_names("label") == f.label_names("label")
+        assert np.array_equal(c.label_features("label", 2), f.label_features("label", 2))
+        for split in f.splits:
+            a, b, g = c.split(split), e.split(split), f.split(split)
+            assert a.example_ids == g.example_ids and np.array_equal(a.targets("label"), g.targets("label"))
+            x, y = a.tokens(2, 0, a.n_tokens), b.tokens(2, 0, b.n_tokens)
+            assert rel(x, y) < 2 * BOUND["int8"]
+            assert rel(x, g.tokens(2, 0, g.n_tokens).astype(np.float32)) < BOUND["int8"]
+            assert rel(a.pooled("cls", 2), b.pooled("cls", 2)) < 2 * BOUND["int8"]
+    assert verify(dst) == []
+    # to a float encoding and another format: float16 -> float32 is exact
+    h5 = str(tmp_path / "conv.h5")
+    convert(tiny_stores["float16"], h5, "float32", fmt="hdf5")
+    with featstore.open_store(h5) as c, featstore.open_store(tiny_stores["float16"]) as f:
+        assert c.encoding == "float32" and c.layers == f.layers
+        assert np.array_equal(c.split("test").pooled("mean", 1), f.split("test").pooled("mean", 1).astype(np.float32))
+    # bf16 from an 8-bit source, then back: readers still decode
+    bf = str(tmp_path / "bf")
+    convert(tiny_stores["fp8"], bf, "bfloat16")
+    with featstore.open_store(bf) as c, featstore.open_store(tiny_stores["fp8"]) as s:
+        x, y = c.split("train").tokens(1, 0, 50), s.split("train").tokens(1, 0, 50)
+        assert rel(x, y) < 0.01
+    assert_user_error(CliRunner().invoke(main, ["convert", tiny_stores["float16"], str(tmp_path / "x"),
+                                                "--encoding", "int8", "--layers", "7"]), "holds layers [1, 2]")
+    r = CliRunner().invoke(main, ["convert", tiny_stores["float16"], str(tmp_path / "y"), "--encoding", "int4"])
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert_user_error(CliRunner().invoke(main, ["convert", tiny_stores["float16"], dst, "--encoding", "fp8"]),
+                      "holds a different store")
+    assert convert(tiny_stores["fp8"], bf, "bfloat16").already_complete  # fmt defaults to the source's: hdf5
+
+
+def test_interrupted_convert_resumes(tiny_stores, tmp_path, monkeypatch):
+    """Killed after two committed segments: the re-run skips them and ends with the same store as one run."""
+    from featstore.convert import convert
+    from featstore.store import local_backend
+
+    full = convert(tiny_stores["float16"], str(tmp_path / "full"), "fp8")
+    cls = type(local_backend(str(tmp_path / "x"), "zarr"))
+    real, calls = cls.commit_segment, []
+
+    def flaky(self, pending, meta):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(meta["name"])
+        return real(self, pending, meta)
+
+    monkeypatch.setattr(cls, "commit_segment", flaky)
+    dst = str(tmp_path / "part")
+    with pytest.raises(KeyboardInterrupt):
+        convert(tiny_stores["float16"], dst, "fp8")
+    with pytest.raises(featstore.StoreError, match="incomplete"):
+        featstore.open_store(dst)
+    monkeypatch.setattr(cls, "commit_segment", real)
+    r = convert(tiny_stores["float16"], dst, "fp8")
+    assert r.segments_resumed == 2 and r.segments_total == full.segments_total > 2
+    assert r.fingerprint == full.fingerprint
+    with featstore.open_store(dst) as a, featstore.open_store(str(tmp_path / "full")) as b:
+        for split in a.splits:
+            sa, sb = a.split(split), b.split(split)
+            assert np.array_equal(sa.tokens(2, 0, sa.n_tokens), sb.tokens(2, 0, sb.n_tokens))
+    assert verify(dst) == []
+    assert convert(tiny_stores["float16"], dst, "fp8").already_complete

@@ -1,0 +1,170 @@
+"""`featstore convert`: re-encode or subset an existing store (local or URL) into a new local store, without
+the backbone, one segment at a time (memory bounded by one segment's float32 features), resumable like
+extraction (committed segments are skipped on a re-run).
+
+The new store has its own fingerprint, the hash of the source's fingerprint and the transform, and its
+manifest records `derived_from` = {fingerprint, url, transform}: a converted store never claims to be an
+extraction with those settings (its values went through the source's rounding first).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, StoreError
+from .store import FORMATS, Store, local_backend, open_store
+from .store.encoding import CODED, ENCODINGS, cast_float, storable
+from .store.manifest import FORMAT_VERSION, diff_settings
+
+ROW_ARRAYS = ("offsets", "length", "row", "id_bytes", "id_offsets", "input_ids")  # copied as they are
+
+
+@dataclass(kw_only=True)
+class ConvertResult:
+    out: str
+    fingerprint: str
+    segments_total: int
+    segments_resumed: int
+    bytes_written: int
+    seconds: float
+    already_complete: bool = False
+
+
+def parse_layers(spec: str | None, stored: list[int]) -> list[int]:
+    """`all` / None = every stored layer; else comma-separated stored layer indices."""
+    if spec is None or spec.strip() == "all":
+        return list(stored)
+    try:
+        items = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise InputError(f"bad --layers {spec!r}: use comma-separated layer indices from the source, or 'all'")
+    missing = [k for k in items if k not in stored]
+    if not items or missing:
+        raise InputError(f"--layers {spec!r}: the source holds layers {stored}; choose from those")
+    return items
+
+
+def derived_fingerprint(source_fp: str, transform: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({"source": source_fp, "transform": transform}, sort_keys=True).encode()).hexdigest()
+
+
+def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: str | None = None,
+            overwrite: bool = False, storage_options: dict[str, Any] | None = None,
+            cache_dir: str | None = None) -> ConvertResult:
+    """Write `dst` holding `src`'s features at `encoding`, for the chosen stored `layers`."""
+    t0 = time.perf_counter()
+    if encoding not in ENCODINGS:
+        raise InputError(f"--encoding {encoding!r}: use one of {', '.join(ENCODINGS)}")
+    if fmt is not None and fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
+    if "://" in dst:
+        raise InputError(f"DST {dst}: convert writes a local store; `featstore push` it afterwards")
+    source = open_store(src, storage_options=storage_options, cache_dir=cache_dir)
+    try:
+        keep = parse_layers(layers, source.layers)
+        manifest = _manifest(source, src, encoding, keep, fmt or source.manifest.get("format", "zarr"))
+        backend = local_backend(dst, manifest["format"])
+        backend.check_target("DST")
+        old = backend.read_manifest() if backend.exists() else None
+        if old is not None and not overwrite:
+            if old.get("fingerprint") != manifest["fingerprint"]:
+                raise StoreError(f"DST {dst} holds a different store ({', '.join(diff_settings(old, manifest))} "
+                                 "differ); use another DST, or --overwrite to replace it")
+            if old.get("complete"):
+                n = len(old.get("segments", []))
+                return ConvertResult(out=dst, fingerprint=old["fingerprint"], segments_total=n, segments_resumed=n,
+                                     bytes_written=0, seconds=time.perf_counter() - t0, already_complete=True)
+        if old is not None and overwrite:
+            backend.remove()
+        backend.create()
+        backend.write_manifest(manifest)  # complete: false; a re-run resumes it
+        backend.discard_partial_segments()
+        done = backend.committed_segments()
+        written, total = 0, 0
+        for split in source.splits:
+            sp = source.split(split)
+            for i, seg in enumerate(sp.segments):
+                total += 1
+                if f"{split}/{seg['name']}" in done:
+                    continue
+                arrays, stats = _segment(sp, i, keep, encoding, manifest["settings"]["dtype"])
+                pending = backend.write_segment(split, seg["name"], arrays, "none", manifest["layout"]["chunk_bytes"])
+                record = backend.commit_segment(pending, {
+                    "split": split, "name": seg["name"], "index": seg["index"], "n_examples": seg["n_examples"],
+                    "n_tokens": seg["n_tokens"], "stats": stats})
+                written += sum(f["size"] for f in record["files"].values())
+        _finalize(source, backend, manifest, keep)
+        return ConvertResult(out=dst, fingerprint=manifest["fingerprint"], segments_total=total,
+                             segments_resumed=len(done), bytes_written=written, seconds=time.perf_counter() - t0)
+    finally:
+        source.close()
+
+
+def _manifest(source: Store, src: str, encoding: str, keep: list[int], fmt: str) -> dict[str, Any]:
+    m = source.manifest
+    transform = {"encoding": encoding, "layers": keep}
+    settings = {**copy.deepcopy(m["settings"]), "layers": keep,
+                "dtype": "float32" if encoding in CODED else encoding}
+    settings.pop("encoding", None)
+    if encoding in CODED:
+        settings["encoding"] = encoding
+    return {
+        "format_version": FORMAT_VERSION, "tool": {"name": "featstore", "version": __version__}, "format": fmt,
+        "fingerprint": derived_fingerprint(m["fingerprint"], transform), "complete": False,
+        "model": copy.deepcopy(m["model"]), "tokenizer": copy.deepcopy(m["tokenizer"]), "settings": settings,
+        "layout": {"segment_tokens": m["layout"]["segment_tokens"], "chunk_bytes": m["layout"]["chunk_bytes"],
+                   "compression": "none"},
+        "runtime": copy.deepcopy(m.get("runtime", {})),
+        "dataset": copy.deepcopy(m["dataset"]),
+        "derived_from": {"fingerprint": m["fingerprint"], "url": src, "transform": transform},
+    }
+
+
+def _segment(sp, i: int, keep: list[int], encoding: str, dtype: str) -> tuple[dict[str, np.ndarray], dict]:
+    """One source segment -> the new segment's arrays (features decoded to float32, re-encoded) and stats."""
+    arrays = {name: np.asarray(sp.segment_array(i, name)[:]) for name in ROW_ARRAYS}
+    stats = {}
+    for k in keep:
+        for kind in ("tokens", "cls", "mean"):
+            x = np.asarray(sp.decoded(i, f"L{k}/{kind}"), dtype=np.float32)  # (R, D)
+            if kind == "tokens":
+                x64 = x.astype(np.float64)
+                stats[str(k)] = [float(x64.sum()), float((x64 * x64).sum()), int(x.size)]
+            host = x if encoding in CODED else cast_float(x, dtype)
+            for suffix, a in storable(host, encoding).items():
+                arrays[f"L{k}/{kind}{suffix}"] = a
+    return arrays, stats
+
+
+def _finalize(source: Store, backend, manifest: dict[str, Any], keep: list[int]) -> None:
+    """Labels and label-name features copied, statistics of the new values, then the complete manifest."""
+    arrays: dict[str, np.ndarray] = {}
+    for split in source.splits:
+        for col in source.label_columns:
+            arrays[f"labels/{split}/{col}"] = source.split(split).targets(col)
+    label_features = list(source.manifest.get("label_features", []))
+    for col in label_features:
+        for k in keep:
+            arrays[f"label_features/{col}/L{k}"] = source.label_features(col, k)
+    manifest["files"] = backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]) if arrays else {}
+    records = sorted(backend.committed_segments().values(), key=lambda r: (r["split"], r["index"]))
+    stats = {}
+    for k in keep:
+        s, ss, n = (sum(r["stats"][str(k)][j] for r in records) for j in range(3))
+        mean = s / max(n, 1)
+        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
+    manifest["stats"] = stats
+    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
+                            for r in records]
+    manifest["label_features"] = label_features
+    manifest["complete"] = True
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    backend.finalize(manifest)
+    backend.close()
