@@ -5,7 +5,7 @@ Packages by stage, imports one way (errors <- io <- store <- extract, share; hea
     store/    the storage interface and its Zarr, HDF5 and remote backends; manifest; reader
     extract/  inputs, model loading, planning, forward pass, background writer, the run
     share/    push, pull, ls
-    verify.py info and verify;  labels.py add-labels
+    verify.py info and verify;  labels.py add-labels;  convert.py re-encode/subset a store
 """
 __version__ = "0.1.0"
 
