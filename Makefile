@@ -34,5 +34,9 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/vs_finetune.py --json benchmarks/vs_finetune.json
 
+# compact stores (issue 12, skeleton): make bench-compact STORE=stores/bbc LABEL=topic
+bench-compact: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_compact.py $(STORE) --label-column $(LABEL)
+
 clean:
 	rm -rf $(DEMO) bench_out
