@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO := demo_out
 
-.PHONY: test demo bench bench-quality clean help
+.PHONY: test demo bench bench-quality bench-compact clean help
 
 help:
 	@echo "make demo           set up, extract BBC News with the packaged MiniLM, train Y-Tuning + linear, compare"
