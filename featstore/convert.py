@@ -21,7 +21,7 @@ from . import __version__
 from .errors import InputError, StoreError
 from .store import FORMATS, Store, local_backend, open_store
 from .store.encoding import CODED, ENCODINGS, cast_float, storable
-from .store.manifest import FORMAT_VERSION, diff_settings
+from .store.manifest import FORMAT_VERSION, complete_manifest, diff_settings
 
 ROW_ARRAYS = ("offsets", "length", "row", "id_bytes", "id_offsets", "input_ids")  # copied as they are
 
@@ -154,17 +154,6 @@ def _finalize(source: Store, backend, manifest: dict[str, Any], keep: list[int])
         for k in keep:
             arrays[f"label_features/{col}/L{k}"] = source.label_features(col, k)
     manifest["files"] = backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]) if arrays else {}
-    records = sorted(backend.committed_segments().values(), key=lambda r: (r["split"], r["index"]))
-    stats = {}
-    for k in keep:
-        s, ss, n = (sum(r["stats"][str(k)][j] for r in records) for j in range(3))
-        mean = s / max(n, 1)
-        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
-    manifest["stats"] = stats
-    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
-                            for r in records]
-    manifest["label_features"] = label_features
-    manifest["complete"] = True
-    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    backend.finalize(manifest)
+    backend.finalize(complete_manifest(manifest, list(backend.committed_segments().values()), keep,
+                                       label_features))
     backend.close()

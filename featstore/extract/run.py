@@ -18,7 +18,7 @@ from ..device import pick_device
 from ..errors import InputError, StoreError
 from ..store import FORMATS, StorageBackend, compressions, local_backend
 from ..store.encoding import CODED, DTYPES, ENCODINGS, itemsize
-from ..store.manifest import FORMAT_VERSION, diff_settings, fingerprint
+from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, resolve_model_layers, tokenizer_hash, truncate_after, \
@@ -299,7 +299,6 @@ def _progress(total: int, enabled: bool):
 
 def _finalize(prep: _Prepared) -> None:
     manifest, backend = prep.manifest, prep.backend
-    records = sorted(backend.committed_segments().values(), key=lambda r: (r["split"], r["index"]))
     arrays: dict[str, np.ndarray] = {}
     for name, split in prep.ds.splits.items():
         rows = storage_order(prep.toks[name].lengths)  # segments are consecutive slices of it
@@ -308,18 +307,8 @@ def _finalize(prep: _Prepared) -> None:
     label_names = {c.name: c.names for c in prep.ds.label_columns if c.kind == "class"}
     arrays.update(label_name_features(prep.lm, label_names, prep.layers, prep.device))
     manifest["files"] = backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]) if arrays else {}
-    stats = {}
-    for k in prep.layers:
-        s, ss, n = (sum(r["stats"][str(k)][i] for r in records) for i in range(3))
-        mean = s / max(n, 1)
-        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
-    manifest["stats"] = stats
-    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
-                            for r in records]
-    manifest["label_features"] = sorted(label_names)
-    manifest["complete"] = True
-    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    backend.finalize(manifest)
+    backend.finalize(complete_manifest(manifest, list(backend.committed_segments().values()), prep.layers,
+                                       list(label_names)))
     backend.close()
 
 

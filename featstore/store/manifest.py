@@ -194,6 +194,27 @@ def all_files(m: dict[str, Any]) -> dict[str, dict]:
     return files
 
 
+def complete_manifest(manifest: dict[str, Any], records: list[dict[str, Any]], layers: list[int],
+                      label_features: list[str]) -> dict[str, Any]:
+    """Fill in what a finished store's manifest holds, from its committed segment records: per-layer
+    statistics, the segment list, label-feature columns, `complete: true` and the date."""
+    import time
+
+    records = sorted(records, key=lambda r: (r["split"], r["index"]))
+    stats = {}
+    for k in layers:
+        s, ss, n = (sum(r["stats"][str(k)][i] for r in records) for i in range(3))
+        mean = s / max(n, 1)
+        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
+    manifest["stats"] = stats
+    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
+                            for r in records]
+    manifest["label_features"] = sorted(label_features)
+    manifest["complete"] = True
+    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return manifest
+
+
 def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Human list of what differs between two manifests' feature-defining parts."""
     out = []

@@ -7,7 +7,6 @@ settings, layout, runtime, dataset, segments, files, stats, label features), so 
 from __future__ import annotations
 
 import hashlib
-import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ from featstore import __version__
 from featstore.extract.plan import plan_segments, storage_order
 from featstore.extract.writer import SegmentJob, assemble
 from featstore.store import local_backend
-from featstore.store.manifest import FORMAT_VERSION, fingerprint
+from featstore.store.manifest import FORMAT_VERSION, complete_manifest, fingerprint
 
 NP_DTYPE = {"float16": np.float16, "float32": np.float32}
 
@@ -107,18 +106,7 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
         for j, k in enumerate(layers):
             arrays[f"label_features/{col}/L{k}"] = np.asarray(feats[:, j], dtype=np.float32)
     manifest["files"] = layout.write_arrays(arrays, chunk_bytes)
-    stats = {}
-    for k in layers:
-        s_, ss, n = (sum(r["stats"][str(k)][i] for r in records) for i in range(3))
-        mean = s_ / max(n, 1)
-        stats[f"L{k}"] = {"mean": mean, "std": max(ss / max(n, 1) - mean * mean, 0.0) ** 0.5}
-    manifest["stats"] = stats
-    records.sort(key=lambda r: (r["split"], r["index"]))
-    manifest["segments"] = [{k: r[k] for k in ("split", "name", "index", "n_examples", "n_tokens", "files")}
-                            for r in records]
-    manifest["label_features"] = sorted(label_features or {})
-    manifest["complete"] = True
-    manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    complete_manifest(manifest, records, layers, list(label_features or {}))
     layout.finalize(manifest)
     layout.close()
     return path
