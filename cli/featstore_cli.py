@@ -8,6 +8,7 @@ import click
 
 from featstore import __version__
 from featstore.store import FORMATS, compressions
+from featstore.store.encoding import ENCODINGS
 
 from .common import OneLineErrors, RESUMABLE, user_errors
 
@@ -37,9 +38,12 @@ def main() -> None:
               type=click.Choice(["longest_first", "only_first", "only_second"]))
 @click.option("--dtype", default=None, type=click.Choice(["float16", "bfloat16", "float32"]),
               help="Stored float dtype (default float16); the same as --encoding with a float name.")
-@click.option("--encoding", default=None, type=click.Choice(["float16", "bfloat16", "float32", "int8", "fp8"]),
+@click.option("--encoding", default=None, type=click.Choice(list(ENCODINGS)),
               help="How values are stored: a float dtype, or 8-bit codes (int8, fp8 = e4m3) with per-token scales "
                    "after a per-channel standardisation; readers decode them to float32. Default: --dtype.")
+@click.option("--project", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Keep N principal directions per layer (PCA fitted on a sample of the training split, kept in "
+                   "the store, applied on the device; label-name features too).")
 @click.option("--format", "fmt", default=FORMATS[0], show_default=True, type=click.Choice(list(FORMATS)))
 @click.option("--compression", default="none", show_default=True,
               help="; ".join(f"{f}: {'|'.join(compressions(f))}" for f in FORMATS) + ".")
@@ -57,7 +61,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
-            dtype, encoding, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
+            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
             allow_empty_text, quiet, as_json) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
@@ -69,7 +73,7 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
     cfg = ExtractConfig(model=model, data=parse_split_specs(list(data)), out=out, text_column=text_column,
                         pair_column=text_pair_column, label_columns=list(label_columns), id_column=id_column,
                         layers=layers, max_length=max_length, truncation=truncation, dtype=dtype, encoding=encoding,
-                        format=fmt,
+                        project=project, format=fmt,
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         allow_empty_text=allow_empty_text, progress=not quiet)
@@ -224,8 +228,10 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option("--encoding", required=True, type=click.Choice(["float16", "bfloat16", "float32", "int8", "fp8"]),
+@click.option("--encoding", required=True, type=click.Choice(list(ENCODINGS)),
               help="Encoding of the new store (8-bit: int8, fp8 = e4m3, with per-token scales).")
+@click.option("--project", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Project each layer to N principal directions (PCA on a sample of SRC's training split).")
 @click.option("--layers", default="all", show_default=True, help="Comma-separated layers of SRC to keep, or 'all'.")
 @click.option("--format", "fmt", default=None, type=click.Choice(list(FORMATS)), help="Default: SRC's format.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at DST.")
@@ -233,7 +239,7 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
 @storage_options
 @cache_dir
 @user_errors(interrupted=RESUMABLE)
-def convert(src, dst, encoding, layers, fmt, overwrite, as_json, storage_option, cache_dir) -> None:
+def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storage_option, cache_dir) -> None:
     """Re-encode or subset SRC (a path or URL) into a new local store DST, without the backbone.
 
     One segment at a time; re-running the same command after an interruption resumes. DST gets its own
@@ -243,7 +249,7 @@ def convert(src, dst, encoding, layers, fmt, overwrite, as_json, storage_option,
     from featstore.convert import convert as run
 
     r = run(src, dst, encoding, layers, fmt, overwrite, storage_options=_options(storage_option),
-            cache_dir=cache_dir)
+            cache_dir=cache_dir, project=project)
     if as_json:
         click.echo(json.dumps(asdict(r), indent=1))
     elif r.already_complete:

@@ -22,6 +22,7 @@ from .errors import InputError, StoreError
 from .store import FORMATS, Store, local_backend, open_store
 from .store.encoding import CODED, ENCODINGS, cast_float, storable
 from .store.manifest import FORMAT_VERSION, complete_manifest, diff_settings
+from .store.projection import array_names as projection_arrays, fit_pca, project as project_rows, sample_rows
 
 ROW_ARRAYS = ("offsets", "length", "row", "id_bytes", "id_offsets", "input_ids")  # copied as they are
 
@@ -57,11 +58,14 @@ def derived_fingerprint(source_fp: str, transform: dict[str, Any]) -> str:
 
 def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: str | None = None,
             overwrite: bool = False, storage_options: dict[str, Any] | None = None,
-            cache_dir: str | None = None) -> ConvertResult:
-    """Write `dst` holding `src`'s features at `encoding`, for the chosen stored `layers`."""
+            cache_dir: str | None = None, project: int | None = None) -> ConvertResult:
+    """Write `dst` holding `src`'s features at `encoding`, for the chosen stored `layers`, projected to
+    `project` principal directions per layer when given (PCA fitted on a sample of the training split)."""
     t0 = time.perf_counter()
     if encoding not in ENCODINGS:
         raise InputError(f"--encoding {encoding!r}: use one of {', '.join(ENCODINGS)}")
+    if project is not None and project < 1:
+        raise InputError(f"--project {project}: give a positive width (e.g. a quarter of the hidden size)")
     if fmt is not None and fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: use {' or '.join(FORMATS)}")
     if "://" in dst:
@@ -69,7 +73,13 @@ def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: s
     source = open_store(src, storage_options=storage_options, cache_dir=cache_dir)
     try:
         keep = parse_layers(layers, source.layers)
-        manifest = _manifest(source, src, encoding, keep, fmt or source.manifest.get("format", "zarr"))
+        if project is not None and source.width != source.hidden_size:
+            raise InputError(f"SRC {src} is already projected (to {source.width}); convert from the unprojected "
+                             "store")
+        if project is not None and project > source.hidden_size:
+            raise InputError(f"--project {project} exceeds the hidden size {source.hidden_size}; choose a smaller "
+                             f"width (e.g. {source.hidden_size // 4})")
+        manifest = _manifest(source, src, encoding, keep, fmt or source.manifest.get("format", "zarr"), project)
         backend = local_backend(dst, manifest["format"])
         backend.check_target("DST")
         old = backend.read_manifest() if backend.exists() else None
@@ -87,6 +97,8 @@ def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: s
         backend.write_manifest(manifest)  # complete: false; a re-run resumes it
         backend.discard_partial_segments()
         done = backend.committed_segments()
+        # a deterministic fit on the same sample: a resumed convert projects with the same basis
+        projection = _fit(source, keep, project) if project else None
         written, total = 0, 0
         for split in source.splits:
             sp = source.split(split)
@@ -94,27 +106,30 @@ def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: s
                 total += 1
                 if f"{split}/{seg['name']}" in done:
                     continue
-                arrays, stats = _segment(sp, i, keep, encoding, manifest["settings"]["dtype"])
+                arrays, stats = _segment(sp, i, keep, encoding, manifest["settings"]["dtype"], projection)
                 pending = backend.write_segment(split, seg["name"], arrays, "none", manifest["layout"]["chunk_bytes"])
                 record = backend.commit_segment(pending, {
                     "split": split, "name": seg["name"], "index": seg["index"], "n_examples": seg["n_examples"],
                     "n_tokens": seg["n_tokens"], "stats": stats})
                 written += sum(f["size"] for f in record["files"].values())
-        _finalize(source, backend, manifest, keep)
+        _finalize(source, backend, manifest, keep, projection)
         return ConvertResult(out=dst, fingerprint=manifest["fingerprint"], segments_total=total,
                              segments_resumed=len(done), bytes_written=written, seconds=time.perf_counter() - t0)
     finally:
         source.close()
 
 
-def _manifest(source: Store, src: str, encoding: str, keep: list[int], fmt: str) -> dict[str, Any]:
+def _manifest(source: Store, src: str, encoding: str, keep: list[int], fmt: str,
+              project: int | None) -> dict[str, Any]:
     m = source.manifest
-    transform = {"encoding": encoding, "layers": keep}
+    transform: dict[str, Any] = {"encoding": encoding, "layers": keep}
     settings = {**copy.deepcopy(m["settings"]), "layers": keep,
                 "dtype": "float32" if encoding in CODED else encoding}
     settings.pop("encoding", None)
     if encoding in CODED:
         settings["encoding"] = encoding
+    if project:
+        settings["project"] = transform["project"] = project
     return {
         "format_version": FORMAT_VERSION, "tool": {"name": "featstore", "version": __version__}, "format": fmt,
         "fingerprint": derived_fingerprint(m["fingerprint"], transform), "complete": False,
@@ -127,13 +142,40 @@ def _manifest(source: Store, src: str, encoding: str, keep: list[int], fmt: str)
     }
 
 
-def _segment(sp, i: int, keep: list[int], encoding: str, dtype: str) -> tuple[dict[str, np.ndarray], dict]:
-    """One source segment -> the new segment's arrays (features decoded to float32, re-encoded) and stats."""
+def _fit(source: Store, keep: list[int], width: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """PCA per kept layer on the training split's sample of examples (the same rule extraction uses), read one
+    segment at a time."""
+    name = "train" if "train" in source.splits else source.splits[0]
+    sp = source.split(name)
+    order = sp.input_order()  # input position -> storage index
+    picked = np.zeros(len(sp), dtype=bool)
+    picked[order[sample_rows(sp.lengths[order])]] = True
+    starts = np.concatenate([[0], np.cumsum([s["n_examples"] for s in sp.segments])])
+    out = {}
+    for k in keep:
+        rows = []
+        for i in range(len(sp.segments)):
+            local = np.flatnonzero(picked[starts[i]:starts[i + 1]])
+            if not len(local):
+                continue
+            x = sp.decoded(i, f"L{k}/tokens")  # (T_seg, D)
+            off = np.asarray(sp.segment_array(i, "offsets")[:])
+            rows += [x[off[j]:off[j + 1]] for j in local]
+        out[k] = fit_pca(np.concatenate(rows), width)
+    return out
+
+
+def _segment(sp, i: int, keep: list[int], encoding: str, dtype: str,
+             projection: dict[int, tuple[np.ndarray, np.ndarray]] | None) -> tuple[dict[str, np.ndarray], dict]:
+    """One source segment -> the new segment's arrays (features decoded to float32, projected, re-encoded) and
+    stats."""
     arrays = {name: np.asarray(sp.segment_array(i, name)[:]) for name in ROW_ARRAYS}
     stats = {}
     for k in keep:
         for kind in ("tokens", "cls", "mean"):
             x = np.asarray(sp.decoded(i, f"L{k}/{kind}"), dtype=np.float32)  # (R, D)
+            if projection is not None:
+                x = project_rows(x, *projection[k])  # (R, N)
             if kind == "tokens":
                 x64 = x.astype(np.float64)
                 stats[str(k)] = [float(x64.sum()), float((x64 * x64).sum()), int(x.size)]
@@ -143,7 +185,8 @@ def _segment(sp, i: int, keep: list[int], encoding: str, dtype: str) -> tuple[di
     return arrays, stats
 
 
-def _finalize(source: Store, backend, manifest: dict[str, Any], keep: list[int]) -> None:
+def _finalize(source: Store, backend, manifest: dict[str, Any], keep: list[int],
+              projection: dict[int, tuple[np.ndarray, np.ndarray]] | None) -> None:
     """Labels and label-name features copied, statistics of the new values, then the complete manifest."""
     arrays: dict[str, np.ndarray] = {}
     for split in source.splits:
@@ -152,7 +195,10 @@ def _finalize(source: Store, backend, manifest: dict[str, Any], keep: list[int])
     label_features = list(source.manifest.get("label_features", []))
     for col in label_features:
         for k in keep:
-            arrays[f"label_features/{col}/L{k}"] = source.label_features(col, k)
+            f = source.label_features(col, k)
+            arrays[f"label_features/{col}/L{k}"] = f if projection is None else project_rows(f, *projection[k])
+    for k, (mean, basis) in (projection or {}).items():
+        arrays.update(zip(projection_arrays(k), (mean, basis)))
     manifest["files"] = backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]) if arrays else {}
     backend.finalize(complete_manifest(manifest, list(backend.committed_segments().values()), keep,
                                        label_features))

@@ -30,7 +30,8 @@ def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: st
             "architecture": m["model"].get("architecture"), "num_layers": m["model"].get("num_layers"),
             "hidden_size": m["model"]["hidden_size"], "backbone_parameters": m["model"].get("num_parameters"),
             "layers": m["settings"]["layers"], "dtype": m["settings"]["dtype"],
-            "encoding": encoding_of(m["settings"]), "bytes_per_token": _bytes_per_token(m),
+            "encoding": encoding_of(m["settings"]), "project": m["settings"].get("project"),
+            "bytes_per_token": _bytes_per_token(m),
             "max_length": m["settings"]["max_length"], "splits": splits,
             "label_columns": {c["name"]: {"kind": c["kind"], "labels": c["names"]}
                               for c in m["dataset"]["label_columns"]},
@@ -52,7 +53,8 @@ def format_info(d: dict[str, Any]) -> str:
         f"{_count(d['backbone_parameters'])} params)",
         f"features     layers {d['layers']}  encoding {d['encoding']}"
         f"{'' if d['encoding'] == d['dtype'] else ' (read as ' + d['dtype'] + ')'}  max_length {d['max_length']}  "
-        f"compression {d['compression']}",
+        f"compression {d['compression']}"
+        f"{'  projected to ' + str(d['project']) + ' dims' if d.get('project') else ''}",
         f"per token    {d['bytes_per_token']:,} bytes (all kept layers, token features and their scales)",
         f"size         {format_bytes(d['bytes'])} in {d['files']} files",
         "splits",
@@ -72,7 +74,8 @@ def format_info(d: dict[str, Any]) -> str:
 def _bytes_per_token(m: dict[str, Any]) -> int:
     """Stored bytes of one token's features over all kept layers (codes plus per-row scale)."""
     enc = encoding_of(m["settings"])
-    return len(m["settings"]["layers"]) * (int(m["model"]["hidden_size"]) * itemsize(enc) + row_overhead(enc))
+    width = int(m["settings"].get("project") or m["model"]["hidden_size"])
+    return len(m["settings"]["layers"]) * (width * itemsize(enc) + row_overhead(enc))
 
 
 def format_bytes(n: int) -> str:
@@ -149,7 +152,7 @@ def _check_split(store: Store, name: str, check_values: bool) -> list[str]:
     try:
         sp = store.split(name)
         meta = store.manifest["dataset"]["splits"][name]
-        n, D = sp.n_examples, store.hidden_size
+        n, D = sp.n_examples, store.width
         if n != meta["n_examples"] or sp.n_tokens != meta["n_tokens"]:
             problems.append(f"split {name}: segments hold {n} examples / {sp.n_tokens} tokens, "
                             f"manifest says {meta['n_examples']} / {meta['n_tokens']}")

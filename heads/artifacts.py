@@ -29,6 +29,7 @@ FORMAT = "heads-head"
 FORMAT_VERSION = 1
 HEAD_JSON = "head.json"
 WEIGHTS = "head.safetensors"
+PROJECTION = "projection.safetensors"  # a projected store's map per layer: predict applies it to new texts
 METRICS_JSON = "metrics.json"
 TRAIN_LOG = "train_log.jsonl"
 REQUIRED = ("head", "task", "architecture", "label_column", "label_names", "layers", "store", "backbone",
@@ -69,7 +70,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def save_run(out: str, meta: dict[str, Any], states: dict[int, dict[str, torch.Tensor]], metrics: dict[str, Any],
-             log: list[dict[str, Any]], overwrite: bool) -> None:
+             log: list[dict[str, Any]], overwrite: bool, projection: dict[str, torch.Tensor] | None = None) -> None:
     """Write the whole head directory to a temporary sibling, then rename it into place."""
     from safetensors.torch import save_file
 
@@ -86,6 +87,9 @@ def save_run(out: str, meta: dict[str, Any], states: dict[int, dict[str, torch.T
             save_file(tensors, os.path.join(tmp, "seeds", str(seed), WEIGHTS), metadata=md)
             if seed == meta["best_seed"]:
                 save_file(tensors, os.path.join(tmp, WEIGHTS), metadata=md)
+        if projection:
+            save_file({k: v.contiguous() for k, v in projection.items()}, os.path.join(tmp, PROJECTION),
+                      metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         _write_json(os.path.join(tmp, HEAD_JSON), meta)
         _write_json(os.path.join(tmp, METRICS_JSON), metrics)
         with open(os.path.join(tmp, TRAIN_LOG), "w") as f:

@@ -81,7 +81,7 @@ class StoreTokens(TokenSource):
     def __init__(self, split: Split, layers: Sequence[int], in_ram: bool):
         store = split.store
         itemsize = read_itemsize(store.dtype)  # bf16 is widened when read
-        super().__init__(split.lengths, len(layers), store.hidden_size, itemsize)
+        super().__init__(split.lengths, len(layers), store.width, itemsize)
         self.split, self.layers, self.in_ram = split, list(layers), in_ram
         self._ram: np.ndarray | None = None
         if in_ram:
@@ -244,4 +244,4 @@ def default_max_memory() -> int:
 
 def token_bytes(split: Split, n_layers: int) -> int:
     itemsize = read_itemsize(split.store.dtype)
-    return split.n_tokens * n_layers * split.store.hidden_size * itemsize
+    return split.n_tokens * n_layers * split.store.width * itemsize

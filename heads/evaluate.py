@@ -42,8 +42,8 @@ def check_compatible(head: LoadedHead, store: Any) -> None:
     """Refuse a store whose features differ from those the head was trained on, saying what differs."""
     want = head.meta["store"]
     problems = []
-    if store.hidden_size != want["hidden_size"]:
-        problems.append(f"its hidden size is {store.hidden_size}, the head was trained on features of hidden size "
+    if store.width != want["hidden_size"]:
+        problems.append(f"its hidden size is {store.width}, the head was trained on features of hidden size "
                         f"{want['hidden_size']} (model {want.get('model', {}).get('name')})")
     missing = [k for k in head.layers if k not in store.layers]
     if missing:

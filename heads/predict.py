@@ -70,8 +70,9 @@ def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Seq
     order = storage_order(tok.lengths)
     dtype = settings["dtype"]
     parts: list[dict[str, np.ndarray]] = []
+    projection = _projection(head, layers, device)
     for a in range(0, len(order), batch_size):
-        parts.append(forward_batch(lm, tok, split, order[a:a + batch_size], layers, dtype, device, {}))
+        parts.append(forward_batch(lm, tok, split, order[a:a + batch_size], layers, dtype, device, {}, projection))
     if head.spec.kind == "ytuning":
         flat = np.stack([from_stored(np.concatenate([p[f"L{k}/tokens"] for p in parts]), dtype) for k in layers],
                         axis=1)  # (N_tokens, L, D)
@@ -154,3 +155,24 @@ def read_inputs(path: str, text_column: str | None, pair_column: str | None) -> 
                 raise InputError(f"--input {path}: this head needs text pairs; give a .jsonl file with "
                                  f"{text_column!r} and {pair_column!r}")
     return texts, (pairs if pair_column else None)
+
+
+def _projection(head: LoadedHead, layers: list[int], device: str) -> dict[int, Any] | None:
+    """The store's projection of each layer (saved beside the head), or None for an unprojected store."""
+    if not head.meta["store"]["settings"].get("project"):
+        return None
+    import os
+
+    from safetensors.torch import load_file
+
+    from .artifacts import PROJECTION
+
+    path = os.path.join(head.run, PROJECTION)
+    if not os.path.isfile(path):
+        raise HeadError(f"{head.run}: {PROJECTION} is missing (the head was trained on a projected store); "
+                        "re-train or re-copy the head")
+    t = load_file(path)
+    try:
+        return {k: (t[f"L{k}.mean"].to(device), t[f"L{k}.basis"].to(device)) for k in layers}
+    except KeyError as e:
+        raise HeadError(f"{path} lacks {e}; re-train or re-copy the head")

@@ -92,7 +92,7 @@ def feature_bytes(split: Split, spec_kind: str, n_layers: int) -> int:
     if spec_kind == "ytuning":
         return token_bytes(split, n_layers)
     itemsize = read_itemsize(split.store.dtype)
-    return split.n_examples * n_layers * split.store.hidden_size * itemsize
+    return split.n_examples * n_layers * split.store.width * itemsize
 
 
 def make_sources(store: Store, names: Sequence[str], kind: str, layers: Sequence[int], pooling: str | None,

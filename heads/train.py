@@ -141,7 +141,7 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
         t_mean, t_std = 0.0, 1.0
     else:
         t_mean, t_std = float(ytrain.mean()), float(ytrain.std()) or 1.0
-    spec = HeadSpec(kind=cfg.head, task=lt.task, n_outputs=lt.n_outputs, hidden_size=store.hidden_size,
+    spec = HeadSpec(kind=cfg.head, task=lt.task, n_outputs=lt.n_outputs, hidden_size=store.width,
                     n_layers_in=len(layers), d_head=cfg.d_head, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                     dropout=cfg.dropout, pooling=pooling, target_mean=t_mean, target_std=t_std)
     stats = _input_stats(sources[cfg.train_split]) if cfg.head != "ytuning" else None
@@ -171,7 +171,12 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
                "seeds": {str(r.seed): {**r.metrics, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
                                        "seconds_per_epoch": r.seconds_per_epoch} for r in results},
                "summary": summary}
-    save_run(cfg.out, meta, states, metrics, log, cfg.overwrite)
+    projection = {}
+    for k in layers:  # a projected store: predict must map new texts' features the same way
+        p = store.projection(k)
+        if p is not None:
+            projection[f"L{k}.mean"], projection[f"L{k}.basis"] = (torch.from_numpy(a) for a in p)
+    save_run(cfg.out, meta, states, metrics, log, cfg.overwrite, projection or None)
     return result
 
 
@@ -263,7 +268,7 @@ def _head_meta(cfg: TrainConfig, store: Any, spec: HeadSpec, lt: LabelTask, laye
         "label_column": lt.column, "label_names": lt.label_names,
         "label_values": lt.values.tolist() if lt.values is not None else None,
         "layers": layers, "pooling": spec.pooling,
-        "store": {"path": store.path, "fingerprint": store.fingerprint, "hidden_size": store.hidden_size,
+        "store": {"path": store.path, "fingerprint": store.fingerprint, "hidden_size": store.width,
                   "layers": store.layers, "dtype": store.dtype, "model": model, "tokenizer": m["tokenizer"],
                   "settings": m["settings"],
                   "dataset": {"splits": {k: {"sha256": v["sha256"], "n_examples": v["n_examples"]}

@@ -12,8 +12,11 @@ from .plan import Tokenized, pad_batch
 
 
 def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, layers: list[int], dtype: str,
-                  device: str, stats: dict[int, list[float]]) -> dict[str, Any]:
-    """One padded forward pass; returns host arrays of the kept layers (ragged tokens + pooled)."""
+                  device: str, stats: dict[int, list[float]], projection: dict[int, Any] | None = None) -> dict[str, Any]:
+    """One padded forward pass; returns host arrays of the kept layers (ragged tokens + pooled).
+
+    `projection`: layer -> (mean (D,), basis (D, N)) tensors on `device`; each layer is projected there, before
+    pooling (pooling is linear, so pooled vectors are the projections of the pooled features)."""
     import torch
 
     lengths = tok.lengths[rows]
@@ -31,6 +34,9 @@ def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, laye
         result: dict[str, Any] = {}
         for k in layers:
             h = out.hidden_states[k].float()  # (B, T, D)
+            if projection is not None:
+                mean, basis = projection[k]
+                h = (h - mean) @ basis  # (B, T, N)
             flat = h[m]  # (n_tokens, D), example after example
             pooled = torch.cat([h[:, 0], torch.bmm(weights, h).squeeze(1)])  # (2B, D): cls then mean
             # Sum and sum of squares give the statistics and screen for overflow in one BLAS pass each:
@@ -75,7 +81,7 @@ def _check_finite(layer: int, h, pooled, mask, rows, split, store_dtype, dtype: 
 
 
 def label_name_features(lm: LoadedModel, label_names: dict[str, list[str]], layers: list[int],
-                        device: str) -> dict[str, np.ndarray]:
+                        device: str, projection: dict[int, Any] | None = None) -> dict[str, np.ndarray]:
     """Mean-pooled features of each label name (e.g. "sport"), for label-prior initialisation of heads."""
     import torch
 
@@ -87,5 +93,9 @@ def label_name_features(lm: LoadedModel, label_names: dict[str, list[str]], laye
             hs = lm.model(**enc, output_hidden_states=True).hidden_states
         mf = enc["attention_mask"].unsqueeze(-1).float()
         for k in layers:
-            out[f"label_features/{col}/L{k}"] = ((hs[k].float() * mf).sum(1) / mf.sum(1)).cpu().numpy()
+            f = (hs[k].float() * mf).sum(1) / mf.sum(1)  # (Y, D)
+            if projection is not None:
+                mean, basis = projection[k]
+                f = (f - mean) @ basis  # (Y, N)
+            out[f"label_features/{col}/L{k}"] = f.cpu().numpy()
     return out

@@ -19,6 +19,7 @@ from ..errors import InputError, StoreError
 from ..store import FORMATS, StorageBackend, compressions, local_backend
 from ..store.encoding import CODED, DTYPES, ENCODINGS, itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
+from ..store.projection import array_names as projection_arrays, fit_pca, sample_rows
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, resolve_model_layers, tokenizer_hash, truncate_after, \
@@ -45,6 +46,7 @@ class ExtractConfig:
     truncation: str = "longest_first"
     dtype: str | None = None  # default float16; a float encoding and this are one setting
     encoding: str | None = None  # default: the dtype; int8 / fp8 store 8-bit codes decoded to float32
+    project: int | None = None  # keep N principal directions per layer (PCA fitted on a sample of train)
     format: str = "zarr"
     compression: str = "none"
     batch_tokens: int = 16384
@@ -75,6 +77,8 @@ class ExtractConfig:
             problems.append(f"--format {self.format!r}: use {' or '.join(FORMATS)}")
         if self.max_length is not None and self.max_length < 2:
             problems.append("--max-length must be at least 2")
+        if self.project is not None and self.project < 1:
+            problems.append(f"--project {self.project}: give a positive width (e.g. a quarter of the hidden size)")
         if self.batch_tokens < 1:
             problems.append("--batch-tokens must be positive")
         if self.segment_mb <= 0 or self.chunk_mb <= 0:
@@ -129,6 +133,7 @@ class _Prepared:
     world: int
     segments: list[Segment]
     done: dict[str, dict]
+    projection: dict[int, Any] | None = None  # layer -> (mean, basis) on the device
 
 
 def extract(cfg: ExtractConfig) -> ExtractSummary:
@@ -170,9 +175,13 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     lm = load_model(cfg.model, device="cpu", dtype="float32")
     layers = resolve_model_layers(cfg.layers, lm.num_layers)
     _resolve_max_length(cfg, lm)
+    if cfg.project is not None and cfg.project > lm.hidden_size:
+        raise InputError(f"--project {cfg.project} exceeds the model's hidden size {lm.hidden_size}; choose a smaller "
+                         f"width (e.g. {lm.hidden_size // 4})")
     toks = {name: tokenize(lm.tokenizer, s, cfg.max_length, cfg.truncation) for name, s in ds.splits.items()}
     # sized by the host arrays a segment is assembled from (float32 before 8-bit coding): bounded memory
-    segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * lm.hidden_size * len(layers)))
+    width = cfg.project or lm.hidden_size
+    segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * width * len(layers)))
     manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device)
 
     # Every rank runs the same read-only checks (so all fail alike); only rank 0 changes the store, after
@@ -196,12 +205,66 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         if old is not None and cfg.overwrite:
             backend.remove()
         backend.create()
+        if old is not None and not cfg.overwrite:
+            manifest["files"] = old.get("files", {})  # a projection fitted by the interrupted run
+            if "projection" in old:
+                manifest["projection"] = old["projection"]
         backend.write_manifest(manifest)  # complete: false; readers refuse it, a re-run resumes it
         backend.discard_partial_segments()  # left by a killed run
+    _to_device(lm, layers, device, manifest)
+    projection = None
+    if cfg.project:
+        if rank == 0 and not all(n in manifest.get("files", {}) for k in layers for n in projection_arrays(k)):
+            _fit_projection(cfg, ds, lm, toks, layers, device, backend, manifest)
+        _barrier(world)
+        projection = _load_projection(backend, layers, device)
     _barrier(world)
     segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
     return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments,
-                     backend.committed_segments())
+                     backend.committed_segments(), projection)
+
+
+def _to_device(lm: LoadedModel, layers: list[int], device: str, manifest: dict) -> None:
+    import torch
+
+    truncate_after(lm.model, max(layers))
+    lm.model.to(device=device, dtype=getattr(torch, manifest["runtime"]["compute_dtype"]))
+
+
+def _fit_projection(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, toks: dict[str, Tokenized],
+                    layers: list[int], device: str, backend: StorageBackend, manifest: dict) -> None:
+    """PCA per layer on a sample of the training split (the first split without one), before any segment is
+    written; kept in the store (and recorded in the working manifest) so a resumed run reuses it exactly."""
+    name = "train" if "train" in ds.splits else next(iter(ds.splits))
+    lengths = toks[name].lengths
+    rows = sample_rows(lengths)
+    seg = Segment(name, -1, rows[np.lexsort((rows, -lengths[rows]))])  # longest first, as plan_batches wants
+    plan_batches(seg, lengths, cfg.batch_tokens)
+    feats: dict[int, list[np.ndarray]] = {k: [] for k in layers}
+    for batch in seg.batches:
+        out = forward_batch(lm, toks[name], ds.splits[name], batch, layers, "float32", device, {})
+        for k in layers:
+            feats[k].append(out[f"L{k}/tokens"])
+    arrays = {}
+    for k in layers:
+        mean, basis = fit_pca(np.concatenate(feats[k]), cfg.project)
+        arrays.update(zip(projection_arrays(k), (mean, basis)))
+    manifest.setdefault("files", {}).update(backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]))
+    manifest["projection"] = {"fitted_on": {"split": name, "examples": int(len(rows)),
+                                            "tokens": int(lengths[rows].sum())}}
+    backend.write_manifest(manifest)
+
+
+def _load_projection(backend: StorageBackend, layers: list[int], device: str) -> dict[int, Any]:
+    import torch
+
+    out = {}
+    for k in layers:
+        mean, basis = (torch.from_numpy(np.asarray(backend.array(n)[:], dtype=np.float32)).to(device)
+                       for n in projection_arrays(k))
+        out[k] = (mean, basis)
+    backend.close()
+    return out
 
 
 def _resolve_max_length(cfg: ExtractConfig, lm: LoadedModel) -> None:
@@ -229,6 +292,8 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
                 "pooling": ["cls", "mean"], "dtype": cfg.dtype}
     if cfg.encoding != cfg.dtype:  # float stores keep the manifest they always had
         settings["encoding"] = cfg.encoding
+    if cfg.project:
+        settings["project"] = cfg.project
     splits = {name: {"source": os.path.abspath(s.source), "sha256": s.content_hash(), "n_examples": len(s),
                      "n_tokens": int(toks[name].lengths.sum()), "truncated": toks[name].truncated}
               for name, s in ds.splits.items()}
@@ -249,11 +314,7 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
 
 def _write_segments(prep: _Prepared, todo: list[Segment]) -> tuple[int, int]:
     """Forward every planned segment of this rank; returns (tokens, bytes written)."""
-    import torch
-
     cfg, lm, toks = prep.cfg, prep.lm, prep.toks
-    truncate_after(lm.model, max(prep.layers))
-    lm.model.to(device=prep.device, dtype=getattr(torch, prep.manifest["runtime"]["compute_dtype"]))
     lay = prep.manifest["layout"]
     total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
     with _progress(total_tokens, cfg.progress and prep.rank == 0) as bar, \
@@ -263,7 +324,7 @@ def _write_segments(prep: _Prepared, todo: list[Segment]) -> tuple[int, int]:
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
-                                                 cfg.dtype, prep.device, job.stats))
+                                                 cfg.dtype, prep.device, job.stats, prep.projection))
                 bar.update(int(toks[seg.split].lengths[rows].sum()))
             writer.put(job)
     return total_tokens, writer.bytes_written
@@ -305,8 +366,10 @@ def _finalize(prep: _Prepared) -> None:
         for col, target in split.targets.items():
             arrays[f"labels/{name}/{col}"] = target[rows]
     label_names = {c.name: c.names for c in prep.ds.label_columns if c.kind == "class"}
-    arrays.update(label_name_features(prep.lm, label_names, prep.layers, prep.device))
-    manifest["files"] = backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]) if arrays else {}
+    arrays.update(label_name_features(prep.lm, label_names, prep.layers, prep.device, prep.projection))
+    projection_files = {n: f for n, f in manifest.get("files", {}).items() if n.startswith("projection/")}
+    manifest["files"] = {**projection_files,
+                         **(backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]) if arrays else {})}
     backend.finalize(complete_manifest(manifest, list(backend.committed_segments().values()), prep.layers,
                                        list(label_names)))
     backend.close()

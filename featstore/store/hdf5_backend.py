@@ -53,10 +53,14 @@ class HDF5Backend(StorageBackend):
         self._file: Any = None
 
     def _h5(self) -> Any:
+        """The store file; while a store is being written, the part holding its non-segment arrays (a resumed
+        run reads back the projection it fitted)."""
         import h5py
 
         if self._file is None:
-            self._file = h5py.File(self.root, "r")
+            extra = os.path.join(self.parts, "extra.h5")
+            path = extra if not os.path.isfile(self.root) and os.path.isfile(extra) else self.root
+            self._file = h5py.File(path, "r")
         return self._file
 
     # -- the location -------------------------------------------------------------------------------------

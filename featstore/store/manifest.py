@@ -32,6 +32,8 @@ def fingerprint(model: dict[str, Any], tokenizer: dict[str, Any], settings: dict
     }
     if settings.get("encoding", settings["dtype"]) != settings["dtype"]:
         payload["settings"]["encoding"] = settings["encoding"]
+    if settings.get("project") is not None:  # likewise: only projected stores hash their width
+        payload["settings"]["project"] = settings["project"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -88,7 +90,11 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
     layers = s.get("layers")
     if not isinstance(layers, list) or not layers or not all(isinstance(x, int) and 0 <= x < 10_000 for x in layers):
         raise StoreError(f"{source}: manifest layers {layers!r} invalid")
-    _count(m["model"].get("hidden_size"), "model.hidden_size")
+    hidden = _count(m["model"].get("hidden_size"), "model.hidden_size")
+    project = s.get("project")
+    if project is not None and (not isinstance(project, int) or isinstance(project, bool)
+                                or not 1 <= project <= hidden):
+        raise StoreError(f"{source}: manifest project {project!r} is not a width between 1 and {hidden}")
     for split, meta in m["dataset"].get("splits", {}).items():
         safe_name(split, "split")
         _count(meta.get("n_examples"), f"split {split} n_examples")
@@ -222,7 +228,7 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         out.append(f"model ({old['model'].get('name')} vs {new['model'].get('name')})")
     if old["tokenizer"].get("sha256") != new["tokenizer"].get("sha256"):
         out.append("tokenizer")
-    for k in ("layers", "max_length", "truncation", "dtype", "encoding", "pooling"):
+    for k in ("layers", "max_length", "truncation", "dtype", "encoding", "project", "pooling"):
         if old["settings"].get(k, old["settings"].get("dtype") if k == "encoding" else None) != \
                 new["settings"].get(k, new["settings"].get("dtype") if k == "encoding" else None):
             out.append(f"{k} ({old['settings'].get(k)} vs {new['settings'].get(k)})")

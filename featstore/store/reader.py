@@ -14,6 +14,7 @@ from .backends import open_backend
 from .base import ArrayLike, StorageBackend
 from .encoding import SIDE, decode, encoding_of, from_stored, is_coded
 from .manifest import split_segments, validate
+from .projection import array_names as projection_arrays
 
 
 def open_store(path: str, *, allow_incomplete: bool = False, storage_options: dict[str, Any] | None = None,
@@ -75,8 +76,22 @@ class Store:
 
     @property
     def width(self) -> int:
-        """Features per layer as stored."""
-        return self.hidden_size
+        """Features per layer as stored: the projected width (`--project N`), else the hidden size."""
+        return int(self.manifest["settings"].get("project") or self.hidden_size)
+
+    def projection(self, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean (D,), basis (D, N)) that mapped layer `layer` to the stored width, or None (not projected)."""
+        if not self.manifest["settings"].get("project"):
+            return None
+        self.check_layers([layer])
+        out = []
+        for name, shape in zip(projection_arrays(layer), ((self.hidden_size,), (self.hidden_size, self.width))):
+            arr = self.backend.array(name)
+            if tuple(arr.shape) != shape:
+                raise StoreError(f"store {self.path}: {name} has shape {tuple(arr.shape)}, expected {shape}; "
+                                 "the store is damaged")
+            out.append(np.asarray(arr[:], dtype=np.float32))
+        return out[0], out[1]
 
     @property
     def splits(self) -> list[str]:
@@ -95,9 +110,9 @@ class Store:
             return None
         arr = self.backend.array(f"label_features/{column}/L{layer}")
         names = self.label_names(column) or []
-        if tuple(arr.shape) != (len(names), self.hidden_size):
+        if tuple(arr.shape) != (len(names), self.width):
             raise StoreError(f"store {self.path}: label_features/{column}/L{layer} has shape {tuple(arr.shape)}, "
-                             f"expected {(len(names), self.hidden_size)}; the store is damaged")
+                             f"expected {(len(names), self.width)}; the store is damaged")
         return np.asarray(arr[:], dtype=np.float32)
 
     def split(self, name: str) -> "Split":
