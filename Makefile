@@ -12,6 +12,7 @@ help:
 	@echo "make test           set up and run the whole test suite (CPU, offline)"
 	@echo "make bench          CPU benchmarks (extraction overhead, naive loop, disk, read-back)"
 	@echo "make bench-quality  Y-Tuning vs full fine-tuning on the embedded default"
+	@echo "make bench-compact  encodings and projections: bytes per token, throughput, epoch time, accuracy"
 
 # Without a GPU, take the CPU build of torch first (a plain `pip install torch` pulls a multi-GB CUDA build).
 $(STAMP): setup.cfg setup.py
@@ -34,9 +35,9 @@ bench: $(STAMP)
 bench-quality: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/vs_finetune.py --json benchmarks/vs_finetune.json
 
-# compact stores (issue 12, skeleton): make bench-compact STORE=stores/bbc LABEL=topic
 bench-compact: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_compact.py $(STORE) --label-column $(LABEL)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_compact.py --work bench_out/compact \
+		--json benchmarks/results/compact.json
 
 clean:
 	rm -rf $(DEMO) bench_out

@@ -1,64 +1,151 @@
-"""Compact stores: bytes per token, conversion time and head accuracy per encoding, side by side.
+"""Compact stores: bytes per token, extraction and conversion throughput, seconds per epoch (in RAM and
+streamed) and head accuracy per encoding and projection, side by side in one run.
 
-Skeleton for issue 12's benchmark (not yet run at scale, not yet in RESULTS.md): converts one existing store to
-each encoding with `featstore convert` (so every row starts from the same float16 features), then trains
-Y-Tuning and a linear probe on each, several seeds, and prints one table. Extraction throughput at each
-encoding and projections (`--project`) are still to add.
+Every variant starts from the same float16 store of a task (extracted once with the packaged MiniLM, all 6
+layers), made by `featstore convert` (8-bit codes, projections to D/2 and D/4, each with and without int8).
+Extraction throughput is measured separately for each encoding on one split, one after the other in the same
+run. Heads: Y-Tuning (label-prior init, all layers, as `make demo`) and a linear probe (mean pooling, last layer),
+the same seeds for every variant; dev selects, test is reported (mean +- std over seeds).
 
-    python benchmarks/bench_compact.py STORE --label-column topic [--encodings float16,int8,fp8] [--seeds 0,1,2]
+    python benchmarks/bench_compact.py --work bench_out/compact --tasks bbc,bbc-title --json benchmarks/results/compact.json
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import tempfile
+import sys
 import time
 
-import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from featstore.convert import convert  # noqa: E402
+from featstore.extract import ExtractConfig, extract  # noqa: E402
+from featstore.verify import info  # noqa: E402
+from heads import TrainConfig, train  # noqa: E402
+
+TASKS = {"bbc": dict(text="full", max_length=256), "bbc-title": dict(text="title", max_length=64)}
+MODEL = "all-minilm-l6-v2"
+HIDDEN = 384
+
+
+def variants() -> list[tuple[str, str, int | None]]:
+    """(name, encoding, projected width)."""
+    out = [("float16", "float16", None), ("int8", "int8", None), ("fp8", "fp8", None)]
+    for w in (HIDDEN // 2, HIDDEN // 4):
+        out += [(f"pca{w}", "float16", w), (f"pca{w}+int8", "int8", w)]
+    return out
+
+
+def run_task(task: str, work: str, seeds: list[int], epochs: int, encodings_for_extract: list[str]) -> dict:
+    from bbc import make_splits
+
+    tdir = os.path.join(work, task)
+    data = make_splits(os.path.join(tdir, "data"), text=TASKS[task]["text"])
+    common = dict(model=MODEL, data=data, id_column="id", text_column="text", label_columns=["topic"], layers="all",
+                  max_length=TASKS[task]["max_length"], progress=False)
+    base = os.path.join(tdir, "float16")
+    t0 = time.perf_counter()
+    s = extract(ExtractConfig(out=base, **common))
+    print(f"[{task}] base store: {s.tokens:,} tokens in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    # extraction throughput per encoding: the validation split alone, one encoding after the other
+    extraction = {}
+    for enc in encodings_for_extract:
+        cfg = dict(common, data={"validation": data["validation"]})
+        out = os.path.join(tdir, f"extract-{enc}")
+        r = extract(ExtractConfig(out=out, encoding=enc, overwrite=True, **cfg))
+        extraction[enc] = r.tokens / r.loop_seconds
+        print(f"[{task}] extract {enc}: {extraction[enc]:,.0f} tokens/s (forward + write)", flush=True)
+
+    with __import__("featstore").open_store(base) as st:
+        n_tokens = sum(st.split(n).n_tokens for n in st.splits)
+    rows = []
+    for name, enc, width in variants():
+        store = base
+        convert_rate = None
+        if name != "float16":
+            store = os.path.join(tdir, name)
+            t0 = time.perf_counter()
+            convert(base, store, enc, project=width, overwrite=True)
+            convert_rate = n_tokens / (time.perf_counter() - t0)
+        d = info(store)
+        row = {"variant": name, "encoding": enc, "width": width or HIDDEN, "bytes_per_token": d["bytes_per_token"],
+               "store_bytes": d["bytes"], "convert_tokens_per_s": convert_rate,
+               "extract_tokens_per_s": extraction.get(name)}
+        for head, extra in (("ytuning", {"label_init": "prior", "layers": "all"}),
+                            ("linear", {"layers": "-1", "pooling": "mean"})):
+            r = train(TrainConfig(head, store=store, label_column="topic", out=os.path.join(tdir, f"{name}-{head}"),
+                                  seeds=seeds, epochs=epochs, progress=False, overwrite=True, **extra))
+            acc = r.summary["test"]["accuracy"]
+            row[head] = {"mean": acc["mean"], "std": acc["std"], "seconds_per_epoch": r.seconds_per_epoch,
+                         "in_ram": r.in_ram}
+        # a streamed epoch: nothing held in RAM, every batch read (and decoded) from the store
+        r = train(TrainConfig("ytuning", store=store, label_column="topic", out=os.path.join(tdir, f"{name}-stream"),
+                              seeds=[seeds[0]], epochs=1, patience=None, max_memory=0, progress=False, overwrite=True,
+                              label_init="prior", layers="all"))
+        row["streamed_seconds_per_epoch"] = r.seconds_per_epoch
+        rows.append(row)
+        print(f"[{task}] {name}: {json.dumps(row)}", flush=True)
+    return {"tokens": n_tokens, "rows": rows}
+
+
+def table(task: str, res: dict) -> str:
+    rows = res["rows"]
+    base = rows[0]
+    lines = [f"**{task}** ({res['tokens']:,} tokens)", "",
+             "| variant | bytes/token | x float16 | store | extract tok/s | convert tok/s | Y-Tuning s/epoch RAM / streamed "
+             "| Y-Tuning test acc | linear test acc |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        y, lin = r["ytuning"], r["linear"]
+        lines.append(
+            f"| {r['variant']} | {r['bytes_per_token']:,} | {r['bytes_per_token'] / base['bytes_per_token']:.3f} | "
+            f"{r['store_bytes'] / 2**20:,.0f} MiB | {_n(r['extract_tokens_per_s'])} | {_n(r['convert_tokens_per_s'])} | "
+            f"{y['seconds_per_epoch']:.2f} / {r['streamed_seconds_per_epoch']:.2f} | "
+            f"{100 * y['mean']:.2f} +- {100 * y['std']:.2f} | {100 * lin['mean']:.2f} +- {100 * lin['std']:.2f} |")
+    return "\n".join(lines)
+
+
+def _n(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("store")
-    ap.add_argument("--label-column", required=True)
-    ap.add_argument("--encodings", default="float16,int8,fp8")
+    ap.add_argument("--work", default="bench_out/compact")
+    ap.add_argument("--tasks", default="bbc,bbc-title")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--work", default=None, help="where converted stores go (default: a temporary directory)")
-    args = ap.parse_args()
+    ap.add_argument("--extract-encodings", default="float16,int8,fp8")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--report", default=None, help="print the tables of an earlier --json and exit")
+    a = ap.parse_args()
+    if a.report:
+        res = json.load(open(a.report))
+        print("\n\n".join(table(t, r) for t, r in res["tasks"].items()))
+        return
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    seeds = [int(s) for s in a.seeds.split(",")]
+    t0 = time.perf_counter()
+    res = {"machine": f"{os.cpu_count()} CPU cores, no GPU" if not _cuda() else "GPU", "model": MODEL,
+           "seeds": seeds, "epochs": a.epochs, "tasks": {}}
+    for task in a.tasks.split(","):
+        res["tasks"][task] = run_task(task, a.work, seeds, a.epochs, a.extract_encodings.split(","))
+        if a.json:  # written as it goes: a long run keeps what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+            json.dump(res, open(a.json, "w"), indent=1)
+    res["seconds"] = time.perf_counter() - t0
+    if a.json:
+        json.dump(res, open(a.json, "w"), indent=1)
+    print("\n\n".join(table(t, r) for t, r in res["tasks"].items()))
 
-    from featstore import open_store
-    from featstore.convert import convert
-    from featstore.verify import info
-    from heads import TrainConfig, train
 
-    seeds = [int(s) for s in args.seeds.split(",")]
-    work = args.work or tempfile.mkdtemp(prefix="bench-compact-")
-    with open_store(args.store) as src:
-        n_tokens = sum(src.split(s).n_tokens for s in src.splits)
-    rows = []
-    for enc in args.encodings.split(","):
-        dst = os.path.join(work, enc)
-        t0 = time.perf_counter()
-        convert(args.store, dst, enc)
-        seconds = time.perf_counter() - t0
-        d = info(dst)
-        row = {"encoding": enc, "bytes/token": d["bytes_per_token"], "store MiB": d["bytes"] / 2**20,
-               "convert tok/s": n_tokens / seconds}
-        for head, extra in (("ytuning", {}), ("linear", {"pooling": "mean"})):
-            r = train(TrainConfig(head, store=dst, label_column=args.label_column, out=os.path.join(work, f"{enc}-{head}"),
-                                  seeds=seeds, epochs=args.epochs, progress=False, **extra))
-            acc = r.summary["test"]["accuracy"]
-            row[head] = f"{100 * acc['mean']:.2f} +- {100 * acc['std']:.2f}"
-        rows.append(row)
-    base = rows[0]["bytes/token"]
-    print("| encoding | bytes/token | x float16 | store MiB | convert tok/s | Y-Tuning acc | linear acc |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['encoding']} | {r['bytes/token']} | {r['bytes/token'] / base:.3f} | {r['store MiB']:.1f} | "
-              f"{r['convert tok/s']:,.0f} | {r['ytuning']} | {r['linear']} |")
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":
-    np.seterr(all="ignore")
     main()
