@@ -7,7 +7,9 @@ writer), `_finalize` (labels, label-name features, statistics, then the complete
 from __future__ import annotations
 
 import os
+import signal
 import time
+from datetime import timedelta
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..device import pick_device
-from ..errors import InputError, StoreError
+from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
 from ..store import FORMATS, StorageBackend, compressions, local_backend
 from ..store.encoding import DTYPES, itemsize
 from ..store.manifest import FORMAT_VERSION, diff_settings, fingerprint
@@ -23,7 +25,7 @@ from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, resolve_model_layers, tokenizer_hash, truncate_after, \
     weights_hash
-from .plan import Segment, Tokenized, plan_batches, plan_segments, storage_order, tokenize
+from .plan import Segment, Tokenized, assign_shares, plan_batches, plan_segments, storage_order, tokenize
 from .writer import SegmentJob, SegmentWriter
 
 MiB = 1 << 20
@@ -123,19 +125,26 @@ class _Prepared:
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Extract features of every split into `cfg.out`; resumes a matching interrupted run."""
     t_start = time.perf_counter()
-    prep = _prepare(cfg)
-    if isinstance(prep, ExtractSummary):
-        prep.seconds = time.perf_counter() - t_start
-        return prep
-    todo = [s for i, s in enumerate(prep.segments)
-            if i % prep.world == prep.rank and f"{s.split}/{s.name}" not in prep.done]
-    t_loop = time.perf_counter()
-    tokens, bytes_written = _write_segments(prep, todo)
-    loop_seconds = time.perf_counter() - t_loop
-    _barrier(prep.world)
-    if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
-        _finalize(prep)
-    _barrier(prep.world)
+    try:
+        prep = _prepare(cfg)
+        if isinstance(prep, ExtractSummary):
+            prep.seconds = time.perf_counter() - t_start
+            return prep
+        todo, global_tokens = _share(prep)
+        t_loop = time.perf_counter()
+        tokens, bytes_written = _write_segments(prep, todo, global_tokens)
+        loop_seconds = time.perf_counter() - t_loop
+        _barrier(prep.world)
+        if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
+            _finalize(prep)
+        _barrier(prep.world)
+    except Exception as e:  # noqa: BLE001 - under torchrun: one line naming the rank that failed
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, PeerFailed):
+            raise
+        rank = os.environ.get("RANK", "?")
+        what = str(e) if isinstance(e, FeatstoreError) else f"{type(e).__name__}: {e}"
+        raise RankFailed(f"rank {rank} of {os.environ['WORLD_SIZE']}: {what}; committed segments are kept, "
+                         "re-run (with any number of ranks) to resume") from e
     return ExtractSummary(out=cfg.out, fingerprint=prep.manifest["fingerprint"],
                           examples={k: len(s) for k, s in prep.ds.splits.items()}, tokens=tokens,
                           truncated=sum(t.truncated for t in prep.toks.values()), bytes_written=bytes_written,
@@ -188,8 +197,18 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         backend.discard_partial_segments()  # left by a killed run
     _barrier(world)
     segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
-    return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments,
-                     backend.committed_segments())
+    done = backend.committed_segments()
+    _barrier(world)  # every rank has listed the same committed segments before any rank commits more
+    return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments, done)
+
+
+def _share(prep: _Prepared) -> tuple[list[Segment], int]:
+    """This rank's uncommitted segments, balanced by tokens over the ranks (the same answer on every rank),
+    and the tokens left to do over all ranks."""
+    todo = [s for s in prep.segments if f"{s.split}/{s.name}" not in prep.done]
+    costs = [int(prep.toks[s.split].lengths[s.examples].sum()) for s in todo]
+    owners = assign_shares(costs, prep.world)
+    return [s for s, r in zip(todo, owners) if r == prep.rank], sum(costs)
 
 
 def _resolve_max_length(cfg: ExtractConfig, lm: LoadedModel) -> None:
@@ -233,8 +252,13 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
 
 # -- step 2: forward passes into the background writer -----------------------------------------------------
 
-def _write_segments(prep: _Prepared, todo: list[Segment]) -> tuple[int, int]:
-    """Forward every planned segment of this rank; returns (tokens, bytes written)."""
+def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) -> tuple[int, int]:
+    """Forward every planned segment of this rank; returns (tokens, bytes written).
+
+    One progress bar, on rank 0, over the tokens of every rank: it advances by rank 0's tokens scaled by
+    (all tokens / rank 0's tokens). Shares are balanced by tokens, so that estimate of the global rate holds
+    without any communication inside the loop (ranks do unequal numbers of batches, so they cannot meet there).
+    """
     import torch
 
     cfg, lm, toks = prep.cfg, prep.lm, prep.toks
@@ -242,15 +266,18 @@ def _write_segments(prep: _Prepared, todo: list[Segment]) -> tuple[int, int]:
     lm.model.to(device=prep.device, dtype=getattr(torch, prep.manifest["runtime"]["compute_dtype"]))
     lay = prep.manifest["layout"]
     total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
-    with _progress(total_tokens, cfg.progress and prep.rank == 0) as bar, \
-            SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"]) as writer:
-        for seg in todo:
+    scale = global_tokens / total_tokens if total_tokens else 1.0
+    desc = "extract" if prep.world == 1 else f"extract ({prep.world} ranks, est. from rank 0)"
+    with _progress(global_tokens, cfg.progress and prep.rank == 0, desc) as bar, \
+            SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"], rank=prep.rank) as writer:
+        for n, seg in enumerate(todo):
+            _test_failure(prep.rank, n, writer)
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype)
             for rows in seg.batches:
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
                                                  cfg.dtype, prep.device, job.stats))
-                bar.update(int(toks[seg.split].lengths[rows].sum()))
+                bar.update(int(toks[seg.split].lengths[rows].sum()) * scale)
             writer.put(job)
     return total_tokens, writer.bytes_written
 
@@ -264,21 +291,47 @@ def _distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # A bounded wait: a rank that dies without torchrun noticing (e.g. launched by srun) cannot leave the
+        # others in a barrier forever. Under torchrun a failed rank ends the group within seconds anyway.
+        timeout = timedelta(seconds=float(os.environ.get("FEATSTORE_DIST_TIMEOUT", "1800")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return dist.get_rank(), world
 
 
+def _test_failure(rank: int, n: int, writer: SegmentWriter) -> None:
+    """Test hook, FEATSTORE_TEST_FAIL=RANK:N:raise|kill: that rank fails before its segment N, once exactly
+    N of its segments are committed (deterministic, no race). `kill` is SIGKILL, as the OOM killer does."""
+    spec = os.environ.get("FEATSTORE_TEST_FAIL")
+    if not spec:
+        return
+    r, at, mode = spec.split(":")
+    if int(r) != rank or int(at) != n:
+        return
+    while len(writer.records) < n:
+        writer.check()
+        time.sleep(0.01)
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"FEATSTORE_TEST_FAIL after {n} committed segments")
+
+
 def _barrier(world: int) -> None:
+    """Wait for every rank. A rank that died makes the others fail here (connection closed, or the timeout):
+    that is reported as PeerFailed, so the failed rank's own error stays the one error line."""
     if world > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        try:
+            dist.barrier()
+        except Exception as e:  # noqa: BLE001 - gloo/nccl raise RuntimeError subclasses
+            raise PeerFailed(f"rank {dist.get_rank()} of {world}: stopped, another rank failed "
+                             f"({type(e).__name__}); committed segments are kept") from e
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "extract"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not enabled, smoothing=0.1)
+    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, smoothing=0.1)
 
 
 # -- step 3: labels, label-name features, statistics, manifest last ---------------------------------------

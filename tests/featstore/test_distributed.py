@@ -1,0 +1,153 @@
+"""Extraction under torchrun (gloo on CPU): the same store as one process, balanced shares, failures that end
+the run at once, and resume across any number of ranks. Real torchrun subprocesses, real stores."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import featstore
+from featstore.extract import ExtractConfig, extract
+from featstore.extract.plan import assign_shares
+from featstore.store import local_backend
+from featstore.verify import verify
+from tests.conftest import make_rows, write_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARGS = ["--label-column", "label", "--layers", "1,2", "--max-length", "24", "--segment-mb", "0.004", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    return {"train": write_jsonl(d / "train.jsonl", make_rows(48, 21)),
+            "test": write_jsonl(d / "test.jsonl", make_rows(16, 22))}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data, bert):
+    """The one-process store everything here must equal, example by example."""
+    out = str(tmp_path_factory.mktemp("ref") / "ref")
+    extract(ExtractConfig(model=bert, data=data, out=out, label_columns=["label"], layers="1,2", max_length=24,
+                          segment_mb=0.004, progress=False))
+    return _by_id(out)
+
+
+def _cmd(bert, data, out, ranks: int | None) -> list[str]:
+    launcher = [sys.executable, "-m", "featstore"] if ranks is None else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+        "-m", "featstore"]
+    args = launcher + ["extract", "--model", bert, *ARGS, "--out", out]
+    for k, v in data.items():
+        args += ["--data", f"{k}={v}"]
+    return args
+
+
+def _run(cmd: list[str], fail: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("FEATSTORE_TEST_FAIL", None)
+    if fail:
+        env["FEATSTORE_TEST_FAIL"] = fail
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _by_id(path: str) -> dict[str, np.ndarray]:
+    """example id -> every stored feature of it (token features of each layer, pooled vectors, input ids)."""
+    store = featstore.open_store(path)
+    out: dict[str, np.ndarray] = {}
+    for name in store.splits:
+        split = store.split(name)
+        ids = split.example_ids
+        pooled = {(kind, k): split.pooled(kind, k) for kind in ("cls", "mean") for k in (1, 2)}
+        for i, ex in enumerate(ids):
+            parts = [split.example(i, [1, 2]).ravel(), split.input_ids(i).astype(np.float32)]
+            parts += [p[i].ravel() for p in pooled.values()]
+            out[f"{name}/{ex}"] = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts])
+    return out
+
+
+def _assert_same(path: str, reference: dict[str, np.ndarray]) -> None:
+    assert verify(path) == []
+    got = _by_id(path)
+    assert got.keys() == reference.keys()
+    for k in reference:
+        np.testing.assert_array_equal(got[k], reference[k], err_msg=k)
+
+
+def _writers(path: str) -> dict[int, int]:
+    """rank -> tokens it wrote, from the local segment records."""
+    tokens: dict[int, int] = {}
+    for r in local_backend(path, "zarr").committed_segments().values():
+        tokens[r["rank"]] = tokens.get(r["rank"], 0) + r["n_tokens"]
+    return tokens
+
+
+def test_assign_shares_balances_tokens_deterministically():
+    costs = [100, 100, 100, 100, 100, 100, 40]  # by index, rank 0 would take 340 and rank 1 300
+    owners = assign_shares(costs, 2)
+    assert owners == assign_shares(list(costs), 2)
+    loads = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(2)]
+    assert sorted(loads) == [300, 340]  # LPT: best possible here
+    owners = assign_shares([100, 100, 60, 60, 40, 40], 2)
+    loads = [sum(c for c, o in zip([100, 100, 60, 60, 40, 40], owners) if o == r) for r in range(2)]
+    assert loads == [200, 200]
+    assert assign_shares([], 3) == [] and set(assign_shares([5, 5, 5], 3)) == {0, 1, 2}
+
+
+def test_torchrun_two_ranks_equals_one_process(tmp_path, bert, data, reference):
+    out = str(tmp_path / "dist")
+    r = _run(_cmd(bert, data, out, 2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("wrote ") == 1, r.stdout  # rank 0 reports
+    _assert_same(out, reference)
+    tokens = _writers(out)
+    assert set(tokens) == {0, 1}, tokens  # every rank wrote segments
+    assert max(tokens.values()) - min(tokens.values()) <= max(r["n_tokens"] for r in
+                                                              local_backend(out, "zarr").committed_segments().values())
+
+
+def test_rank_killed_then_resumed_in_one_process(tmp_path, bert, data, reference):
+    out = str(tmp_path / "s")
+    t0 = time.monotonic()
+    r = _run(_cmd(bert, data, out, 2), fail="1:2:kill")
+    assert r.returncode != 0 and time.monotonic() - t0 < 120, r.stderr[-3000:]
+    with pytest.raises(featstore.StoreError, match="incomplete"):
+        featstore.open_store(out)
+    committed = len(local_backend(out, "zarr").committed_segments())
+    assert committed >= 2
+    r = _run(_cmd(bert, data, out, None))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{committed} resumed" in r.stdout, r.stdout
+    _assert_same(out, reference)
+
+
+def test_one_process_interrupted_then_resumed_with_two_ranks(tmp_path, bert, data, reference):
+    out = str(tmp_path / "s")
+    r = _run(_cmd(bert, data, out, None), fail="0:3:kill")
+    assert r.returncode != 0
+    assert len(local_backend(out, "zarr").committed_segments()) == 3
+    r = _run(_cmd(bert, data, out, 2))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 resumed" in r.stdout, r.stdout
+    _assert_same(out, reference)
+    assert set(_writers(out)) == {0, 1}  # the remaining segments were shared
+
+
+def test_rank_error_ends_run_with_one_line_no_hang(tmp_path, bert, data, reference):
+    out = str(tmp_path / "s")
+    t0 = time.monotonic()
+    r = _run(_cmd(bert, data, out, 2), fail="1:1:raise", timeout=180)
+    took = time.monotonic() - t0
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert lines == ["error: rank 1 of 2: RuntimeError: FEATSTORE_TEST_FAIL after 1 committed segments; committed "
+                     "segments are kept, re-run (with any number of ranks) to resume"], r.stderr[-3000:]
+    assert took < 120, took
+    r = _run(_cmd(bert, data, out, 2))  # and the store resumes
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert " resumed" in r.stdout, r.stdout
+    _assert_same(out, reference)
