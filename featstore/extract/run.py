@@ -97,7 +97,7 @@ class ExtractSummary:
     device: str
     already_complete: bool = False
     loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
-    rank: int = 0  # under torchrun: this process's rank (tokens and bytes are this rank's share)
+    rank: int = 0  # under torchrun: this process's rank (tokens and bytes are summed over every rank)
 
     @property
     def tokens_per_second(self) -> float:
@@ -135,6 +135,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         tokens, bytes_written = _write_segments(prep, todo, global_tokens)
         loop_seconds = time.perf_counter() - t_loop
         _barrier(prep.world)
+        tokens, bytes_written = _sum_over_ranks(prep.world, tokens, bytes_written)
         if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
             _finalize(prep)
         _barrier(prep.world)
@@ -296,6 +297,21 @@ def _distributed() -> tuple[int, int]:
         timeout = timedelta(seconds=float(os.environ.get("FEATSTORE_DIST_TIMEOUT", "1800")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return dist.get_rank(), world
+
+
+def _sum_over_ranks(world: int, *values: int) -> tuple[int, ...]:
+    """Totals over every rank (one all-reduce of a small tensor at the end: no objects, no pickle)."""
+    if world <= 1:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    try:
+        dist.all_reduce(t)
+    except Exception as e:  # noqa: BLE001
+        raise PeerFailed(f"rank {dist.get_rank()} of {world}: stopped, another rank failed ({type(e).__name__})") from e
+    return tuple(int(v) for v in t.tolist())
 
 
 def _test_failure(rank: int, n: int, writer: SegmentWriter) -> None:
