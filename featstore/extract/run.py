@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from ..device import pick_device
 from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
-from ..store import FORMATS, StorageBackend, compressions, local_backend
+from ..store import FORMATS, StorageBackend, compressions, writable_backend
 from ..store.encoding import DTYPES, itemsize
 from ..store.manifest import FORMAT_VERSION, diff_settings, fingerprint
 from .forward import forward_batch, label_name_features
@@ -56,6 +56,7 @@ class ExtractConfig:
     overwrite: bool = False
     allow_empty_text: bool = False
     progress: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options when `out` is a URL
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -77,8 +78,8 @@ class ExtractConfig:
         codecs = compressions(self.format)
         if codecs and self.compression not in codecs:
             problems.append(f"--compression {self.compression!r} for {self.format}: use one of {', '.join(codecs)}")
-        if "://" in self.out:
-            problems.append(f"--out {self.out}: extract writes a local store; `featstore push` it to a URL afterwards")
+        if "://" in self.out and self.format != "zarr":
+            problems.append(f"--out {self.out}: a URL takes --format zarr (write HDF5 locally, then `featstore push`)")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -139,6 +140,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
             _finalize(prep)
         _barrier(prep.world)
+        prep.backend.close()
     except Exception as e:  # noqa: BLE001 - under torchrun: one line naming the rank that failed
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, PeerFailed):
             raise
@@ -160,7 +162,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     cfg.validate()
     ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
                       allow_empty_text=cfg.allow_empty_text)
-    backend = local_backend(cfg.out, cfg.format)
+    backend = writable_backend(cfg.out, cfg.format, cfg.storage_options)
     backend.check_target("--out")
     rank, world = _distributed()
     device = pick_device(cfg.device)

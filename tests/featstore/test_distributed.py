@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ import pytest
 import featstore
 from featstore.extract import ExtractConfig, extract
 from featstore.extract.plan import assign_shares
-from featstore.store import local_backend
+from featstore.store import local_backend, writable_backend
 from featstore.verify import verify
 from tests.conftest import make_rows, write_jsonl
+from tests.featstore.conftest import BUCKET
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--label-column", "label", "--layers", "1,2", "--max-length", "24", "--segment-mb", "0.004", "--quiet"]
@@ -55,9 +57,9 @@ def _run(cmd: list[str], fail: str | None = None, timeout: float = 240) -> subpr
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def _by_id(path: str) -> dict[str, np.ndarray]:
+def _by_id(path: str, **kw) -> dict[str, np.ndarray]:
     """example id -> every stored feature of it (token features of each layer, pooled vectors, input ids)."""
-    store = featstore.open_store(path)
+    store = featstore.open_store(path, **kw)
     out: dict[str, np.ndarray] = {}
     for name in store.splits:
         split = store.split(name)
@@ -70,18 +72,18 @@ def _by_id(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _assert_same(path: str, reference: dict[str, np.ndarray]) -> None:
-    assert verify(path) == []
-    got = _by_id(path)
+def _assert_same(path: str, reference: dict[str, np.ndarray], **kw) -> None:
+    assert verify(path, **kw) == []
+    got = _by_id(path, **kw)
     assert got.keys() == reference.keys()
     for k in reference:
         np.testing.assert_array_equal(got[k], reference[k], err_msg=k)
 
 
-def _writers(path: str) -> dict[int, int]:
-    """rank -> tokens it wrote, from the local segment records."""
+def _writers(path: str, **kw) -> dict[int, int]:
+    """rank -> tokens it wrote, from the segment records (local, or at the URL)."""
     tokens: dict[int, int] = {}
-    for r in local_backend(path, "zarr").committed_segments().values():
+    for r in writable_backend(path, "zarr", kw.get("storage_options")).committed_segments().values():
         tokens[r["rank"]] = tokens.get(r["rank"], 0) + r["n_tokens"]
     return tokens
 
@@ -151,3 +153,45 @@ def test_rank_error_ends_run_with_one_line_no_hang(tmp_path, bert, data, referen
     assert r.returncode == 0, r.stderr[-3000:]
     assert " resumed" in r.stdout, r.stdout
     _assert_same(out, reference)
+
+
+def test_torchrun_two_ranks_straight_to_s3(bert, data, reference, s3_server):
+    """--out s3://...: each rank uploads its own committed segments, the manifest last; a plain reader sees a
+    published store equal to the one-process local one."""
+    url = f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/store"
+    opts = {"client_kwargs": {"endpoint_url": s3_server}}
+    r = _run(_cmd(bert, data, url, 2) + ["--storage-option", f"client_kwargs.endpoint_url={s3_server}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _assert_same(url, reference, storage_options=opts)
+    assert set(_writers(url, storage_options=opts)) == {0, 1}
+
+
+def test_url_out_killed_then_resumed_checks_checksums(tmp_path, bert, data, reference):
+    """A killed extraction to a URL is refused by readers, then resumes: committed segments whose files are
+    intact are kept, a damaged one (same size, other bytes) is redone."""
+    url = (tmp_path / "remote").as_uri()
+    r = _run(_cmd(bert, data, url, None), fail="0:3:kill")
+    assert r.returncode != 0
+    with pytest.raises(featstore.StoreError, match="incomplete"):
+        featstore.open_store(url)
+    records = writable_backend(url, "zarr").committed_segments()
+    assert len(records) == 3
+    victim = sorted(f for f in next(iter(records.values()))["files"] if "/L2/tokens/c/" in f)[0]
+    path = tmp_path / "remote" / victim
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    r = _run(_cmd(bert, data, url, None))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 resumed" in r.stdout, r.stdout
+    _assert_same(url, reference)
+
+
+def test_url_out_refuses_hdf5_and_foreign_prefix(tmp_path, bert, data):
+    r = _run(_cmd(bert, data, "s3://bucket/x", None) + ["--format", "hdf5"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "takes --format zarr" in r.stderr, r.stderr
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = _run(_cmd(bert, data, (tmp_path / "other").as_uri(), None))
+    assert r.returncode == 2 and "not empty and holds no featstore store" in r.stderr, r.stderr
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
