@@ -171,7 +171,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     lm = load_model(cfg.model, device="cpu", dtype="float32")
     layers = resolve_model_layers(cfg.layers, lm.num_layers)
     _resolve_max_length(cfg, lm)
-    toks = {name: tokenize(lm.tokenizer, s, cfg.max_length, cfg.truncation) for name, s in ds.splits.items()}
+    toks = {name: _tokenize_share(lm, s, cfg, rank, world) for name, s in ds.splits.items()}
     segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * lm.hidden_size * len(layers)))
     manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device)
 
@@ -205,13 +205,33 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments, done)
 
 
+def _tokenize_share(lm: LoadedModel, split: Any, cfg: ExtractConfig, rank: int, world: int) -> Tokenized:
+    """One process: every row. Under torchrun: rank R tokenizes the R-th slice of the rows and the ranks sum
+    their lengths and truncation counts (a tensor all-reduce), so every rank plans from every length while
+    tokenizing only 1/world of them; `_share` then tokenizes the rows of the rank's own segments."""
+    if world <= 1:
+        return tokenize(lm.tokenizer, split, cfg.max_length, cfg.truncation)
+    n = len(split)
+    tok = tokenize(lm.tokenizer, split, cfg.max_length, cfg.truncation,
+                   rows=np.arange(n * rank // world, n * (rank + 1) // world))
+    summed = _sum_over_ranks(world, *tok.lengths.tolist(), tok.truncated)
+    tok.lengths, tok.truncated = np.asarray(summed[:-1], dtype=np.int64), summed[-1]
+    return tok
+
+
 def _share(prep: _Prepared) -> tuple[list[Segment], int]:
     """This rank's uncommitted segments, balanced by tokens over the ranks (the same answer on every rank),
     and the tokens left to do over all ranks."""
     todo = [s for s in prep.segments if f"{s.split}/{s.name}" not in prep.done]
     costs = [int(prep.toks[s.split].lengths[s.examples].sum()) for s in todo]
     owners = assign_shares(costs, prep.world)
-    return [s for s, r in zip(todo, owners) if r == prep.rank], sum(costs)
+    mine = [s for s, r in zip(todo, owners) if r == prep.rank]
+    for name, tok in prep.toks.items():  # under torchrun: the rows of this rank's segments not tokenized yet
+        rows = [int(i) for s in mine if s.split == name for i in s.examples if tok.input_ids[i] is None]
+        if rows:
+            tokenize(prep.lm.tokenizer, prep.ds.splits[name], prep.cfg.max_length, prep.cfg.truncation,
+                     rows=np.asarray(rows), into=tok)
+    return mine, sum(costs)
 
 
 def _resolve_max_length(cfg: ExtractConfig, lm: LoadedModel) -> None:
