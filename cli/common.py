@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, PeerFailed
 
 
 RESUMABLE = "interrupted: committed work is kept; re-run the same command to resume"
@@ -28,6 +28,9 @@ def user_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = NOT_
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except PeerFailed as e:  # not the cause: the rank that failed prints the `error:` line
+            click.echo(str(e), err=True)
+            sys.exit(1)
         except FeatstoreError as e:
             fail(str(e))
         except OSError as e:

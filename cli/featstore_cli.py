@@ -53,7 +53,11 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--compute-dtype", default="auto", show_default=True,
               help="Model dtype for the forward pass (auto: bfloat16 on CUDA, float32 on CPU).")
-@click.option("--out", required=True, help="Store path: a directory (zarr) or a .h5 file (hdf5).")
+@click.option("--out", required=True,
+              help="Store path: a directory (zarr) or a .h5 file (hdf5); or an fsspec URL (s3://..., zarr): each "
+                   "rank uploads its committed segments, the manifest last.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option when --out is a URL (repeatable; as for push).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 @click.option("--allow-empty-text", is_flag=True,
               help="Keep empty or whitespace-only texts (refused by default: they are almost always a data bug).")
@@ -61,8 +65,8 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
-            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
-            allow_empty_text, quiet, as_json) -> None:
+            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out,
+            overwrite, allow_empty_text, quiet, as_json, storage_option) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.
@@ -76,7 +80,8 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         project=project, format=fmt,
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
-                        allow_empty_text=allow_empty_text, progress=not quiet)
+                        allow_empty_text=allow_empty_text, progress=not quiet,
+                        storage_options=_options(storage_option))
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports

@@ -19,3 +19,11 @@ class StoreError(FeatstoreError):
 
 class ExtractionError(FeatstoreError):
     """The model produced something we refuse to store (non-finite features)."""
+
+
+class RankFailed(FeatstoreError):
+    """Under torchrun: one rank failed; the message names the rank and the cause, on one line."""
+
+
+class PeerFailed(FeatstoreError):
+    """Under torchrun: this rank stopped because another one failed (that rank reports the cause)."""

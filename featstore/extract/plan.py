@@ -1,6 +1,7 @@
 """Tokenize once, then plan storage order, segments and length-bucketed batches under a token budget."""
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,33 +11,39 @@ from .inputs import SplitData
 
 @dataclass
 class Tokenized:
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
+    input_ids: list[list[int] | None]  # None: a row this process has not tokenized (another rank's)
+    token_type_ids: list[list[int] | None] | None
     lengths: np.ndarray  # (N,)
     truncated: int  # examples longer than max_length before truncation
 
 
-def tokenize(tokenizer, split: SplitData, max_length: int, truncation: str, chunk: int = 4096) -> Tokenized:
-    ids: list[list[int]] = []
-    types: list[list[int]] | None = []
-    for a in range(0, len(split), chunk):
-        texts = split.texts[a:a + chunk]
-        pairs = split.pairs[a:a + chunk] if split.pairs is not None else None
+def tokenize(tokenizer, split: SplitData, max_length: int, truncation: str, chunk: int = 4096,
+             rows: np.ndarray | None = None, into: Tokenized | None = None) -> Tokenized:
+    """Tokenize every row, or only `rows` (into `into`, if given): under torchrun each rank tokenizes a slice
+    to plan, then only the rows of its own segments, so start-up does not grow with the number of ranks."""
+    n = len(split)
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64)
+    tok = into or Tokenized([None] * n, [None] * n, np.zeros(n, dtype=np.int64), 0)
+    for a in range(0, len(rows), chunk):
+        sel = rows[a:a + chunk]
+        texts = [split.texts[i] for i in sel]
+        pairs = [split.pairs[i] for i in sel] if split.pairs is not None else None
         enc = tokenizer(texts, pairs, truncation=truncation, max_length=max_length, verbose=False)
-        ids += enc["input_ids"]
-        if "token_type_ids" in enc and types is not None:
-            types += enc["token_type_ids"]
-        else:
-            types = None
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    # Only examples that hit the limit can have been cut: re-tokenize just those, untruncated, to count.
-    full = np.flatnonzero(lengths >= max_length)
-    truncated = 0
-    for i in full:
-        pair = split.pairs[i] if split.pairs is not None else None
-        if len(tokenizer(split.texts[i], pair, truncation=False, verbose=False)["input_ids"]) > max_length:
-            truncated += 1
-    return Tokenized(ids, types, lengths, truncated)
+        types = enc.get("token_type_ids")
+        for j, i in enumerate(sel):
+            tok.input_ids[i] = enc["input_ids"][j]
+            if tok.token_type_ids is not None:
+                tok.token_type_ids[i] = types[j] if types is not None else None
+        if types is None:
+            tok.token_type_ids = None
+        tok.lengths[sel] = [len(x) for x in enc["input_ids"]]
+    if into is None:
+        # Only examples that hit the limit can have been cut: re-tokenize just those, untruncated, to count.
+        for i in rows[tok.lengths[rows] >= max_length]:
+            pair = split.pairs[i] if split.pairs is not None else None
+            if len(tokenizer(split.texts[i], pair, truncation=False, verbose=False)["input_ids"]) > max_length:
+                tok.truncated += 1
+    return tok
 
 
 @dataclass
@@ -98,3 +105,20 @@ def pad_batch(sequences: list[list[int]], pad_id: int = 0):
         ids[b, :len(seq)] = torch.as_tensor(seq)
         mask[b, :len(seq)] = 1
     return ids, mask
+
+
+def assign_shares(costs: list[int], world: int) -> list[int]:
+    """Rank of each item: greedy longest-processing-time (largest first onto the least-loaded rank).
+
+    Balances ranks by tokens instead of by index, so no rank idles at the end. Pure function of `costs` and
+    `world` with ties broken by position and rank number, so every rank computes the same assignment
+    without talking to the others. LPT is within 4/3 of the best possible makespan.
+    """
+    owner = [0] * len(costs)
+    load = [(0, r) for r in range(max(1, world))]
+    heapq.heapify(load)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        total, r = heapq.heappop(load)
+        owner[i] = r
+        heapq.heappush(load, (total + int(costs[i]), r))
+    return owner

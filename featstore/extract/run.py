@@ -7,7 +7,9 @@ writer), `_finalize` (labels, label-name features, statistics, then the complete
 from __future__ import annotations
 
 import os
+import signal
 import time
+from datetime import timedelta
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,8 +17,8 @@ import numpy as np
 
 from .. import __version__
 from ..device import pick_device
-from ..errors import InputError, StoreError
-from ..store import FORMATS, StorageBackend, compressions, local_backend
+from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
+from ..store import FORMATS, StorageBackend, compressions, writable_backend
 from ..store.encoding import CODED, DTYPES, ENCODINGS, itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
 from ..store.projection import array_names as projection_arrays, fit_pca, sample_rows
@@ -24,7 +26,7 @@ from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, resolve_model_layers, tokenizer_hash, truncate_after, \
     weights_hash
-from .plan import Segment, Tokenized, plan_batches, plan_segments, storage_order, tokenize
+from .plan import Segment, Tokenized, assign_shares, plan_batches, plan_segments, storage_order, tokenize
 from .writer import SegmentJob, SegmentWriter
 
 MiB = 1 << 20
@@ -57,6 +59,7 @@ class ExtractConfig:
     overwrite: bool = False
     allow_empty_text: bool = False
     progress: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options when `out` is a URL
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -90,8 +93,8 @@ class ExtractConfig:
         codecs = compressions(self.format)
         if codecs and self.compression not in codecs:
             problems.append(f"--compression {self.compression!r} for {self.format}: use one of {', '.join(codecs)}")
-        if "://" in self.out:
-            problems.append(f"--out {self.out}: extract writes a local store; `featstore push` it to a URL afterwards")
+        if "://" in self.out and self.format != "zarr":
+            problems.append(f"--out {self.out}: a URL takes --format zarr (write HDF5 locally, then `featstore push`)")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -110,7 +113,7 @@ class ExtractSummary:
     device: str
     already_complete: bool = False
     loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
-    rank: int = 0  # under torchrun: this process's rank (tokens and bytes are this rank's share)
+    rank: int = 0  # under torchrun: this process's rank (tokens and bytes are summed over every rank)
 
     @property
     def tokens_per_second(self) -> float:
@@ -139,19 +142,28 @@ class _Prepared:
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Extract features of every split into `cfg.out`; resumes a matching interrupted run."""
     t_start = time.perf_counter()
-    prep = _prepare(cfg)
-    if isinstance(prep, ExtractSummary):
-        prep.seconds = time.perf_counter() - t_start
-        return prep
-    todo = [s for i, s in enumerate(prep.segments)
-            if i % prep.world == prep.rank and f"{s.split}/{s.name}" not in prep.done]
-    t_loop = time.perf_counter()
-    tokens, bytes_written = _write_segments(prep, todo)
-    loop_seconds = time.perf_counter() - t_loop
-    _barrier(prep.world)
-    if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
-        _finalize(prep)
-    _barrier(prep.world)
+    try:
+        prep = _prepare(cfg)
+        if isinstance(prep, ExtractSummary):
+            prep.seconds = time.perf_counter() - t_start
+            return prep
+        todo, global_tokens = _share(prep)
+        t_loop = time.perf_counter()
+        tokens, bytes_written = _write_segments(prep, todo, global_tokens)
+        loop_seconds = time.perf_counter() - t_loop
+        _barrier(prep.world)
+        tokens, bytes_written = _sum_over_ranks(prep.world, tokens, bytes_written)
+        if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
+            _finalize(prep)
+        _barrier(prep.world)
+        prep.backend.close()
+    except Exception as e:  # noqa: BLE001 - under torchrun: one line naming the rank that failed
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, PeerFailed):
+            raise
+        rank = os.environ.get("RANK", "?")
+        what = str(e) if isinstance(e, FeatstoreError) else f"{type(e).__name__}: {e}"
+        raise RankFailed(f"rank {rank} of {os.environ['WORLD_SIZE']}: {what}; committed segments are kept, "
+                         "re-run (with any number of ranks) to resume") from e
     return ExtractSummary(out=cfg.out, fingerprint=prep.manifest["fingerprint"],
                           examples={k: len(s) for k, s in prep.ds.splits.items()}, tokens=tokens,
                           truncated=sum(t.truncated for t in prep.toks.values()), bytes_written=bytes_written,
@@ -166,7 +178,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     cfg.validate()
     ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
                       allow_empty_text=cfg.allow_empty_text)
-    backend = local_backend(cfg.out, cfg.format)
+    backend = writable_backend(cfg.out, cfg.format, cfg.storage_options)
     backend.check_target("--out")
     rank, world = _distributed()
     device = pick_device(cfg.device)
@@ -178,7 +190,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     if cfg.project is not None and cfg.project > lm.hidden_size:
         raise InputError(f"--project {cfg.project} exceeds the model's hidden size {lm.hidden_size}; choose a smaller "
                          f"width (e.g. {lm.hidden_size // 4})")
-    toks = {name: tokenize(lm.tokenizer, s, cfg.max_length, cfg.truncation) for name, s in ds.splits.items()}
+    toks = {name: _tokenize_share(lm, s, cfg, rank, world) for name, s in ds.splits.items()}
     # sized by the host arrays a segment is assembled from (float32 before 8-bit coding): bounded memory
     width = cfg.project or lm.hidden_size
     segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * width * len(layers)))
@@ -220,8 +232,38 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         projection = _load_projection(backend, layers, device)
     _barrier(world)
     segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
-    return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments,
-                     backend.committed_segments(), projection)
+    done = backend.committed_segments()
+    _barrier(world)  # every rank has listed the same committed segments before any rank commits more
+    return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments, done, projection)
+
+
+def _tokenize_share(lm: LoadedModel, split: Any, cfg: ExtractConfig, rank: int, world: int) -> Tokenized:
+    """One process: every row. Under torchrun: rank R tokenizes the R-th slice of the rows and the ranks sum
+    their lengths and truncation counts (a tensor all-reduce), so every rank plans from every length while
+    tokenizing only 1/world of them; `_share` then tokenizes the rows of the rank's own segments."""
+    if world <= 1:
+        return tokenize(lm.tokenizer, split, cfg.max_length, cfg.truncation)
+    n = len(split)
+    tok = tokenize(lm.tokenizer, split, cfg.max_length, cfg.truncation,
+                   rows=np.arange(n * rank // world, n * (rank + 1) // world))
+    summed = _sum_over_ranks(world, *tok.lengths.tolist(), tok.truncated)
+    tok.lengths, tok.truncated = np.asarray(summed[:-1], dtype=np.int64), summed[-1]
+    return tok
+
+
+def _share(prep: _Prepared) -> tuple[list[Segment], int]:
+    """This rank's uncommitted segments, balanced by tokens over the ranks (the same answer on every rank),
+    and the tokens left to do over all ranks."""
+    todo = [s for s in prep.segments if f"{s.split}/{s.name}" not in prep.done]
+    costs = [int(prep.toks[s.split].lengths[s.examples].sum()) for s in todo]
+    owners = assign_shares(costs, prep.world)
+    mine = [s for s, r in zip(todo, owners) if r == prep.rank]
+    for name, tok in prep.toks.items():  # under torchrun: the rows of this rank's segments not tokenized yet
+        rows = [int(i) for s in mine if s.split == name for i in s.examples if tok.input_ids[i] is None]
+        if rows:
+            tokenize(prep.lm.tokenizer, prep.ds.splits[name], prep.cfg.max_length, prep.cfg.truncation,
+                     rows=np.asarray(rows), into=tok)
+    return mine, sum(costs)
 
 
 def _to_device(lm: LoadedModel, layers: list[int], device: str, manifest: dict) -> None:
@@ -238,6 +280,10 @@ def _fit_projection(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, toks: dict
     name = "train" if "train" in ds.splits else next(iter(ds.splits))
     lengths = toks[name].lengths
     rows = sample_rows(lengths)
+    missing = [int(r) for r in rows if toks[name].input_ids[r] is None]  # under torchrun: other ranks' rows
+    if missing:
+        tokenize(lm.tokenizer, ds.splits[name], cfg.max_length, cfg.truncation, rows=np.asarray(missing),
+                 into=toks[name])
     seg = Segment(name, -1, rows[np.lexsort((rows, -lengths[rows]))])  # longest first, as plan_batches wants
     plan_batches(seg, lengths, cfg.batch_tokens)
     feats: dict[int, list[np.ndarray]] = {k: [] for k in layers}
@@ -312,20 +358,28 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
 
 # -- step 2: forward passes into the background writer -----------------------------------------------------
 
-def _write_segments(prep: _Prepared, todo: list[Segment]) -> tuple[int, int]:
-    """Forward every planned segment of this rank; returns (tokens, bytes written)."""
+def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) -> tuple[int, int]:
+    """Forward every planned segment of this rank; returns (tokens, bytes written).
+
+    One progress bar, on rank 0, over the tokens of every rank: it advances by rank 0's tokens scaled by
+    (all tokens / rank 0's tokens). Shares are balanced by tokens, so that estimate of the global rate holds
+    without any communication inside the loop (ranks do unequal numbers of batches, so they cannot meet there).
+    """
     cfg, lm, toks = prep.cfg, prep.lm, prep.toks
     lay = prep.manifest["layout"]
     total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
-    with _progress(total_tokens, cfg.progress and prep.rank == 0) as bar, \
-            SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"]) as writer:
-        for seg in todo:
+    scale = global_tokens / total_tokens if total_tokens else 1.0
+    desc = "extract" if prep.world == 1 else f"extract ({prep.world} ranks, est. from rank 0)"
+    with _progress(global_tokens, cfg.progress and prep.rank == 0, desc) as bar, \
+            SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"], rank=prep.rank) as writer:
+        for n, seg in enumerate(todo):
+            _test_failure(prep.rank, n, writer)
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
                                                  cfg.dtype, prep.device, job.stats, prep.projection))
-                bar.update(int(toks[seg.split].lengths[rows].sum()))
+                bar.update(int(toks[seg.split].lengths[rows].sum()) * scale)
             writer.put(job)
     return total_tokens, writer.bytes_written
 
@@ -339,21 +393,62 @@ def _distributed() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # A bounded wait: a rank that dies without torchrun noticing (e.g. launched by srun) cannot leave the
+        # others in a barrier forever. Under torchrun a failed rank ends the group within seconds anyway.
+        timeout = timedelta(seconds=float(os.environ.get("FEATSTORE_DIST_TIMEOUT", "1800")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return dist.get_rank(), world
 
 
+def _sum_over_ranks(world: int, *values: int) -> tuple[int, ...]:
+    """Totals over every rank (one all-reduce of a small tensor at the end: no objects, no pickle)."""
+    if world <= 1:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    try:
+        dist.all_reduce(t)
+    except Exception as e:  # noqa: BLE001
+        raise PeerFailed(f"rank {dist.get_rank()} of {world}: stopped, another rank failed ({type(e).__name__})") from e
+    return tuple(int(v) for v in t.tolist())
+
+
+def _test_failure(rank: int, n: int, writer: SegmentWriter) -> None:
+    """Test hook, FEATSTORE_TEST_FAIL=RANK:N:raise|kill: that rank fails before its segment N, once exactly
+    N of its segments are committed (deterministic, no race). `kill` is SIGKILL, as the OOM killer does."""
+    spec = os.environ.get("FEATSTORE_TEST_FAIL")
+    if not spec:
+        return
+    r, at, mode = spec.split(":")
+    if int(r) != rank or int(at) != n:
+        return
+    while len(writer.records) < n:
+        writer.check()
+        time.sleep(0.01)
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"FEATSTORE_TEST_FAIL after {n} committed segments")
+
+
 def _barrier(world: int) -> None:
+    """Wait for every rank. A rank that died makes the others fail here (connection closed, or the timeout):
+    that is reported as PeerFailed, so the failed rank's own error stays the one error line."""
     if world > 1:
         import torch.distributed as dist
 
-        dist.barrier()
+        try:
+            dist.barrier()
+        except Exception as e:  # noqa: BLE001 - gloo/nccl raise RuntimeError subclasses
+            raise PeerFailed(f"rank {dist.get_rank()} of {world}: stopped, another rank failed "
+                             f"({type(e).__name__}); committed segments are kept") from e
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, desc: str = "extract"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="tok", unit_scale=True, desc="extract", disable=not enabled, smoothing=0.1)
+    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, smoothing=0.1)
 
 
 # -- step 3: labels, label-name features, statistics, manifest last ---------------------------------------

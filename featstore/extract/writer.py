@@ -61,8 +61,10 @@ class SegmentWriter:
     """Writes SegmentJobs on a background thread; an error surfaces on the next `put` or when the `with`
     block ends. Leaving the block by an exception drops pending segments (committed ones stay: resume)."""
 
-    def __init__(self, backend: StorageBackend, compression: str, chunk_bytes: int, max_pending: int = 2):
+    def __init__(self, backend: StorageBackend, compression: str, chunk_bytes: int, max_pending: int = 2,
+                 rank: int = 0):
         self.backend = backend
+        self.rank = rank  # recorded in each segment record (not in the manifest): who wrote it, for diagnosis
         self.compression = compression
         self.chunk_bytes = chunk_bytes
         self.max_pending = max_pending
@@ -85,13 +87,19 @@ class SegmentWriter:
             raise RuntimeError("SegmentWriter.put outside its `with` block")
         self._worker.put(job)
 
+    def check(self) -> None:
+        """Re-raise a write error now (e.g. while waiting for `records` to grow)."""
+        if self._worker is not None:
+            self._worker.check()
+
     def _write(self, job: SegmentJob) -> None:
         t0 = time.perf_counter()
         arrays = assemble(job)
         pending = self.backend.write_segment(job.split, job.name, arrays, self.compression, self.chunk_bytes)
         record = self.backend.commit_segment(pending, {
             "split": job.split, "name": job.name, "index": job.index, "n_examples": int(len(arrays["length"])),
-            "n_tokens": int(arrays["offsets"][-1]), "stats": {str(k): v for k, v in job.stats.items()}})
+            "n_tokens": int(arrays["offsets"][-1]), "rank": self.rank,
+            "stats": {str(k): v for k, v in job.stats.items()}})
         self.records.append(record)
         self.bytes_written += sum(f["size"] for f in record["files"].values())
         self.busy_seconds += time.perf_counter() - t0

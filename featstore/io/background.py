@@ -76,6 +76,10 @@ class BackgroundWorker(Generic[T]):
             pass
         self._thread.join()
 
+    def check(self) -> None:
+        """Re-raise an error of the background thread now, without waiting."""
+        self._raise()
+
     def _raise(self) -> None:
         if self._error is not None:
             raise self._error

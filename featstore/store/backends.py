@@ -5,12 +5,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import InputError, StoreError
 from ..io.cache import FileCache
 from ..io.transport import Remote, is_url
 from .base import StorageBackend
 from .hdf5_backend import PUBLISHED_NAME, HDF5Backend
 from .manifest import MANIFEST
+from .object_backend import ObjectStoreBackend
 from .remote_backend import RemoteBackend
 from .zarr_backend import ZarrBackend
 
@@ -31,6 +32,16 @@ def local_backend(path: str, fmt: str | None = None) -> StorageBackend:
     if fmt not in BACKENDS:
         raise StoreError(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
     return BACKENDS[fmt](path)
+
+
+def writable_backend(out: str, fmt: str, storage_options: dict[str, Any] | None = None) -> StorageBackend:
+    """The backend `extract` writes through: local by format, or a Zarr store straight at an fsspec URL."""
+    if not is_url(out):
+        return local_backend(out, fmt)
+    if fmt != "zarr":
+        raise InputError(f"--out {out}: a URL takes --format zarr (an HDF5 file is one object: write it locally "
+                         "and `featstore push` it)")
+    return ObjectStoreBackend(Remote(out, storage_options))
 
 
 def remote_backend(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None,

@@ -11,6 +11,7 @@ from .encoding import CODED, DTYPES, ENCODINGS
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"  # the one name of a store's manifest, in every format and on every remote
+EXTRACT_MARKER = ".featstore-extract.json"  # the manifest of an extraction to a URL still running
 PUSH_MARKER = ".featstore-push.json"  # beside an upload in progress; removed once the manifest is published
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")

@@ -18,7 +18,7 @@ from ..io.cache import FileCache, mismatch
 from ..io.transport import Remote
 from .base import ArrayLike, PendingSegment, Publication, StorageBackend
 from .hdf5_backend import HDF5Backend
-from .manifest import MANIFEST, PUSH_MARKER, transfer_files, validate_published
+from .manifest import EXTRACT_MARKER, MANIFEST, PUSH_MARKER, transfer_files, validate_published
 
 
 def parse_manifest(raw: bytes, source: str) -> dict[str, Any]:
@@ -38,6 +38,9 @@ def read_published(remote: Remote, unfinished_ok: bool = False) -> tuple[dict[st
         if not unfinished_ok and remote.read_small(PUSH_MARKER, 1 << 16) is not None:
             raise StoreError(f"{remote.url} is an unfinished upload (no manifest yet); re-run the same "
                              "`featstore push` to finish it")
+        if not unfinished_ok and remote.read_small(EXTRACT_MARKER, 1 << 24) is not None:
+            raise StoreError(f"{remote.url} is incomplete: an extraction to it has not finished; re-run the same "
+                             "`featstore extract` to resume it")
         return None
     return parse_manifest(raw, remote.url), raw
 

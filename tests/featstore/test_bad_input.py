@@ -196,7 +196,8 @@ def test_unreadable_inputs(bert, tmp_path):
 def test_bad_out_device_and_compression(bert, train, tmp_path):
     (tmp_path / "afile").write_text("x")
     assert_user_error(run(base(bert, {"train": train}, tmp_path / "afile" / "s")), "is a file, not a directory")
-    assert_user_error(run(base(bert, {"train": train}, "s3://bucket/s")), "featstore push")
+    assert_user_error(run(base(bert, {"train": train}, "s3://bucket/s", "--format", "hdf5")), "takes --format zarr",
+                      "featstore push")
     assert_user_error(run(base(bert, {"train": train}, tmp_path / "s", "--device", "bogus")), "--device 'bogus'")
     assert_user_error(run(base(bert, {"train": train}, tmp_path / "s", "--compression", "zstdd")),
                       "--compression 'zstdd'")
