@@ -25,6 +25,7 @@ from .layout import MANIFEST, sha256_file
 from .manifest import diff_settings, transfer_files, validate_published
 from .reader import open_store
 from .remote import PUSH_MARKER, SMALL, Remote, is_url, parse_manifest, printable
+from .testhooks import pause_point
 
 H5_NAME = "store.h5"
 PULL_SUFFIX = ".featstore-pull"
@@ -133,6 +134,7 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
             if os.path.getsize(path) != meta["size"] or sha256_file(path) != meta["sha256"]:
                 raise damaged
             remote.put_file(rel, path)
+        pause_point("file-transferred")  # crash tests kill the process here
         return True
 
     _parallel(todo, upload, jobs, _bar(sum(files[r]["size"] for r in todo), "push", progress,
@@ -216,6 +218,7 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
                 problems.append(str(mismatch(remote.url, rel, meta, got)))
                 return False
             os.replace(part, final)
+            pause_point("file-transferred")  # crash tests kill the process here
             return True
         finally:
             if os.path.exists(part):

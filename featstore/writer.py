@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .layout import Layout, to_storable
+from .testhooks import pause_point
 
 
 @dataclass
@@ -80,6 +81,7 @@ class BackgroundWriter:
                               n_examples=int(len(arrays["length"])), n_tokens=int(arrays["offsets"][-1]),
                               stats={str(k): v for k, v in job.stats.items()})
                 self.layout.commit_segment(tmp, final, record)
+                pause_point("segment-committed")  # crash tests kill the process here
                 self.records.append(record)
                 self.bytes_written += sum(f["size"] for f in record["files"].values())
                 self.busy_seconds += time.perf_counter() - t0
