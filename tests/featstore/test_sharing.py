@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 
@@ -299,29 +300,29 @@ def test_killed_pull_resumes(remote, shared_store, tmp_path, local_arrays, kill_
 
 # -- untrusted manifests ---------------------------------------------------------------------------------
 
-def _tampered(shared_store: str, how: str) -> dict:
+def _tampered(shared_store: str, how: str, outside: str) -> tuple[dict | None, str | None, str]:
+    """(manifest, the path it smuggles in, the error expected); `outside` is an absolute path outside the pull."""
     m = json.load(open(os.path.join(shared_store, "manifest.json")))
     seg = m["segments"][0]
     rel = sorted(seg["files"])[0]
     meta = seg["files"].pop(rel)
-    if how == "traversal":
-        seg["files"]["../../../escaped/x"] = meta
-    elif how == "absolute":
-        seg["files"]["/tmp/escaped/x"] = meta
-    elif how == "scheme":
-        seg["files"]["s3://other-bucket/x"] = meta
-    elif how == "absurd-size":
+    bad = {"traversal": "../../escaped/x", "absolute": outside, "scheme": "s3://other-bucket/x",
+           "manifest-name": "manifest.json"}.get(how)
+    if bad is not None:
+        seg["files"][bad] = meta
+        expect = f"path {bad!r} is reserved" if how == "manifest-name" else f"file path {bad!r} is unsafe"
+        return m, bad, re.escape(expect)
+    if how == "absurd-size":
         seg["files"][rel] = {**meta, "size": 10 ** 18}
-    elif how == "smaller-size":
+        return m, None, re.escape(f"size of {rel} = {10 ** 18} is not a sane count")
+    if how == "smaller-size":
         seg["files"][rel] = {**meta, "size": 3}  # the object is bigger: never read past 3 (+1) bytes
-    elif how == "bad-fingerprint":
+        return m, None, re.escape(f"file {rel} has more than 3 bytes")
+    if how == "bad-fingerprint":
         seg["files"][rel] = meta
         m["fingerprint"] = "../../x"
-    elif how == "manifest-name":
-        seg["files"]["manifest.json"] = meta
-    elif how == "not-json":
-        return None
-    return m
+        return m, None, "fingerprint '../../x' is not a sha256 hex digest"
+    return None, None, "manifest is not valid JSON"  # not-json
 
 
 @pytest.mark.parametrize("how", ["traversal", "absolute", "scheme", "absurd-size", "smaller-size",
@@ -329,20 +330,40 @@ def _tampered(shared_store: str, how: str) -> dict:
 def test_malicious_manifest_is_rejected(remote, shared_store, tmp_path, how):
     url = remote.url("evil")
     push(shared_store, url, progress=False)
-    m = _tampered(shared_store, how)
+    dest = tmp_path / "inbox" / "deep" / "copy"  # pull works in tmp_path/inbox/deep/.copy.featstore-pull
+    outside = str(tmp_path / "abs-escaped" / "x")
+    m, bad, expect = _tampered(shared_store, how, outside)
     remote.write(url + "/manifest.json", b"{not json" if m is None else json.dumps(m).encode())
-    dest = tmp_path / "inbox" / "copy"
-    with pytest.raises(StoreError) as e:
+    # where a smuggled path would land if it were followed: relative to the pull's work directory, or as is
+    landing = {"traversal": tmp_path / "inbox" / "escaped" / "x", "absolute": tmp_path / "abs-escaped" / "x"}.get(how)
+    if landing is not None:
+        # the object is really there under that name: only the path checks stand between it and `landing`
+        fs, root = remote.fs(url)
+        planted = f"{root}/{bad}"
+        if remote.kind == "local":
+            planted = os.path.normpath(planted)
+            os.makedirs(os.path.dirname(planted), exist_ok=True)
+        fs.pipe_file(planted, _planted(shared_store, m, bad))
+        assert fs.cat_file(f"{root}/{bad}") == _planted(shared_store, m, bad)
+    with pytest.raises(StoreError, match=expect) as e:
         pull(url, str(dest), progress=False)
     assert "\n" not in str(e.value)
-    assert not dest.exists() and not (tmp_path / "escaped").exists() and not os.path.exists("/tmp/escaped/x")
+    assert not dest.exists() and (landing is None or not landing.exists())
     if how != "smaller-size":  # caught from the manifest alone
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match=expect):
             featstore.open_store(url, cache_dir=str(tmp_path / "c"))
         entries, problems = ls(remote.url())
-        assert entries == [] and len(problems) == 1
-    else:
-        assert "has more than 3 bytes" in str(e.value)
+        assert entries == [] and len(problems) == 1 and re.search(expect, problems[0])
+
+
+def _planted(shared_store: str, m: dict, bad: str) -> bytes:
+    """The bytes the tampered manifest declares for `bad` (those of the real file it was renamed from)."""
+    meta = m["segments"][0]["files"][bad]
+    for seg in json.load(open(os.path.join(shared_store, "manifest.json")))["segments"]:
+        for rel, real in seg["files"].items():
+            if real == meta:
+                return open(os.path.join(shared_store, *rel.split("/")), "rb").read()
+    raise AssertionError("no file with that checksum")
 
 
 @pytest.mark.parametrize("how", ["array-shape", "count"])
