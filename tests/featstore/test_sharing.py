@@ -10,6 +10,8 @@ import re
 import shutil
 import sys
 
+from typing import Any
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -97,6 +99,11 @@ def test_push_ls_pull_verify_round_trip(remote, shared_store, tmp_path, local_ar
 
     assert verify(url) == []  # in place
 
+    # ls reads manifests alone: with every data file gone, it lists exactly the same
+    remote.remove(*(f"{url}/{rel}" for rel in remote.files(url) if rel != "manifest.json"))
+    assert remote.files(url) == ["manifest.json"]
+    assert ls(remote.url()) == (entries, [])
+
 
 def test_cli_push_ls_pull_verify(remote, shared_store, tmp_path, request):
     url = remote.url("team", "sst2")
@@ -148,6 +155,86 @@ def test_prefetch_and_bounded_cache(remote, shared_store, tmp_path, local_arrays
         assert_same(arrays(s), local_arrays)
     largest = max(f["size"] for f in all_files(featstore.open_store(shared_store).manifest).values())
     assert FileCache(str(tmp_path / "c"), bound).usage() <= bound + largest
+
+
+def test_damaged_local_store_is_never_published(shared_store, tmp_path):
+    store = str(tmp_path / "damaged")
+    shutil.copytree(shared_store, store)
+    rel = a_chunk(store, "validation")
+    path = os.path.join(store, *rel.split("/"))
+    with open(path, "rb") as f:
+        good = f.read()
+    with open(path, "wb") as f:
+        f.write(flip_byte(good))  # same size: only its checksum tells
+    url = "file://" + str(tmp_path / "published" / "sst2")
+    with pytest.raises(StoreError, match=re.escape(f"local store {store}: {rel} does not match its checksum") +
+                       ".*was not published"):
+        push(store, url, jobs=1, progress=False)
+    published = tmp_path / "published" / "sst2"
+    assert not (published / "manifest.json").exists() and not (published / rel).exists()
+    with pytest.raises(StoreError, match="unfinished upload"):
+        featstore.open_store(url)
+
+
+def _cache_files(tmp_path, n: int = 4) -> tuple[Any, dict[str, dict]]:
+    """A file:// remote holding n files of 1000 bytes, and their manifest entries."""
+    import hashlib
+
+    from featstore.remote import Remote
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {}
+    for name in "abcdefgh"[:n]:
+        data = name.encode() * 1000
+        (src / name).write_bytes(data)
+        files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return Remote("file://" + str(src)), files
+
+
+def test_cache_bound_evicts_least_recently_used_first(tmp_path, monkeypatch):
+    """FEATSTORE_CACHE_MAX_GB bounds the cache; over it, the files used longest ago go first."""
+    import time
+
+    from featstore.cache import FileCache
+
+    remote, files = _cache_files(tmp_path)
+    fp, root = "f" * 64, str(tmp_path / "cache")
+    monkeypatch.setenv("FEATSTORE_CACHE_MAX_GB", str(2500 / 2 ** 30))  # room for two files and a half
+
+    def use(*names: str) -> None:  # one process (one reader) using files in this order
+        cache = FileCache(root)
+        for name in names:
+            with open(cache.fetch(remote, fp, name, files[name]), "rb") as f:
+                assert f.read() == name.encode() * 1000
+            time.sleep(0.02)  # distinct use times
+
+    def cached() -> set[str]:
+        return {n for n, meta in files.items() if os.path.isfile(FileCache(root).path(fp, meta["sha256"]))}
+
+    use("a", "b")
+    use("a", "c")  # a is used again, so b is now the least recently used: c evicts b, not a
+    assert cached() == {"a", "c"}
+    use("d")
+    assert cached() == {"c", "d"}
+    assert FileCache(root).usage() <= 2500
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: FileCache.fetch returns a file already verified in this "
+                   "process without refreshing its recency (featstore/cache.py, fetch: the `path in self._verified` "
+                   "early return skips _mark/os.utime), so within one process eviction is first-fetched-first-out, "
+                   "not least recently used")
+def test_cache_eviction_counts_uses_within_one_process(tmp_path):
+    import time
+
+    from featstore.cache import FileCache
+
+    remote, files = _cache_files(tmp_path)
+    fp, cache = "f" * 64, FileCache(str(tmp_path / "cache"), max_bytes=2500)
+    for name in ("a", "b", "a", "c"):  # a is used again before c arrives: b is the least recently used
+        cache.fetch(remote, fp, name, files[name])
+        time.sleep(0.02)
+    assert {n for n, meta in files.items() if os.path.isfile(cache.path(fp, meta["sha256"]))} == {"a", "c"}
 
 
 def test_push_refuses_a_different_store(remote, shared_store, tmp_path):
@@ -404,6 +491,12 @@ def test_oversized_manifest_is_refused(remote, shared_store, tmp_path, monkeypat
     monkeypatch.setattr(featstore.remote, "MAX_MANIFEST_BYTES", 1024)
     with pytest.raises(StoreError, match="larger than 1024 bytes"):
         pull(url, str(tmp_path / "copy"), progress=False)
+    with pytest.raises(StoreError, match="larger than 1024 bytes"):  # read in place
+        featstore.open_store(url, cache_dir=str(tmp_path / "c"))
+    problems = verify(url, cache_dir=str(tmp_path / "c"))
+    assert len(problems) == 1 and "larger than 1024 bytes" in problems[0]
+    entries, problems = ls(remote.url())
+    assert entries == [] and len(problems) == 1 and "larger than 1024 bytes" in problems[0]
 
 
 # -- HDF5 ------------------------------------------------------------------------------------------------
