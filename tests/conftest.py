@@ -127,3 +127,25 @@ def bert_variants(bert, tmp_path_factory):
     tok.save_pretrained(tokenizer)
     return {"weights": weights, "tokenizer": tokenizer}
 
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Every way to unpickle (pickle, numpy's object arrays through it, torch.load) raises for this test."""
+    import pickle
+
+    import torch
+    import torch.serialization
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    class Refused(pickle.Unpickler):
+        def __init__(self, *args, **kwargs):
+            refuse()
+
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", Refused)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch.serialization, "load", refuse)
