@@ -97,8 +97,16 @@ def test_storage_order_and_targets(store, splits):
         assert store.label_columns["score"]["kind"] == "regression"
         order = sp.input_order()
         assert [sp.example_ids[i] for i in order] == [r["id"] for r in rows]
-    lf = store.label_features("label", 2)
-    assert lf.shape == (3, 32) and np.isfinite(lf).all()
+
+
+def test_label_name_features_are_the_names_extracted_as_texts(case):
+    """Each label name's features: its tokens' mean, as the model computes it for the name given as a text."""
+    store = case["store"]
+    names = store.label_names("label")
+    assert names == ["neg", "neutral", "pos"] and store.label_features("score", 2) is None  # regression: no names
+    for k in LAYERS:
+        want = np.stack([direct_forward(case["model"], name, 24)[1][k].mean(0) for name in names])  # (Y, D)
+        np.testing.assert_allclose(store.label_features("label", k), want, atol=1e-4, rtol=1e-4, err_msg=f"L{k}")
 
 
 def featstore_rows(path):
