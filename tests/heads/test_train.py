@@ -218,6 +218,6 @@ def test_early_stopping_keeps_the_best_epoch(stores, tmp_path):
     a, b = load_head(str(tmp_path / "es")).model.state_dict(), load_head(str(tmp_path / "ref")).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert ref.seeds[0].metrics["test"] == s.metrics["test"]
-    last = train(TrainConfig("linear", out=str(tmp_path / "last"), epochs=s.epochs_run, **plain))
+    train(TrainConfig("linear", out=str(tmp_path / "last"), epochs=s.epochs_run, **plain))
     c = load_head(str(tmp_path / "last")).model.state_dict()
     assert not all(torch.equal(c[k], b[k]) for k in b)  # training went on changing the head after the best epoch
