@@ -1,11 +1,17 @@
 """Shared fixtures: tiny random encoders built from configs and small input files, all under tmp dirs."""
 from __future__ import annotations
 
-import json
 import os
-import random
 
-import pytest
+# Offline before anything imports huggingface_hub (it reads these once, at import) and before session-scoped
+# fixtures build the models: nothing in the suite may reach a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import json  # noqa: E402
+import random  # noqa: E402
+
+import pytest  # noqa: E402
 
 WORDS = ("the a cat dog runs sits on mat quickly slowly red blue green market shares fell rose match "
          "goal team film music vote minister election phone software").split()
@@ -98,7 +104,48 @@ def splits(tmp_path_factory):
     }
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+@pytest.fixture(scope="session")
+def bert_variants(bert, tmp_path_factory):
+    """Copies of `bert` that differ in one respect: `weights` (one parameter nudged) or `tokenizer` (one more
+    token in its vocabulary, same weights)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    d = tmp_path_factory.mktemp("bert-variants")
+    weights, tokenizer = str(d / "weights"), str(d / "tokenizer")
+    shutil.copytree(bert, weights)
+    tensors = load_file(os.path.join(weights, "model.safetensors"))
+    name = sorted(k for k in tensors if k.endswith("attention.output.dense.weight"))[0]
+    tensors[name] = tensors[name] + 1e-3 * torch.ones_like(tensors[name])
+    save_file(tensors, os.path.join(weights, "model.safetensors"), metadata={"format": "pt"})
+    shutil.copytree(bert, tokenizer)
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok.add_tokens(["featstoreword"])
+    tok.save_pretrained(tokenizer)
+    return {"weights": weights, "tokenizer": tokenizer}
+
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):
+    """Every way to unpickle (pickle, numpy's object arrays through it, torch.load) raises for this test."""
+    import pickle
+
+    import torch
+    import torch.serialization
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    class Refused(pickle.Unpickler):
+        def __init__(self, *args, **kwargs):
+            refuse()
+
+    for name in ("load", "loads"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(pickle, "Unpickler", Refused)
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(torch.serialization, "load", refuse)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..io.background import BackgroundWorker
+from ..testhooks import pause_point
 from ..store import StorageBackend
 from ..store.encoding import storable
 
@@ -100,6 +101,7 @@ class SegmentWriter:
             "split": job.split, "name": job.name, "index": job.index, "n_examples": int(len(arrays["length"])),
             "n_tokens": int(arrays["offsets"][-1]), "rank": self.rank,
             "stats": {str(k): v for k, v in job.stats.items()}})
+        pause_point("segment-committed")  # crash tests kill the process here (no-op unless asked)
         self.records.append(record)
         self.bytes_written += sum(f["size"] for f in record["files"].values())
         self.busy_seconds += time.perf_counter() - t0

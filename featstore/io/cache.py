@@ -80,6 +80,7 @@ class FileCache:
                              "the store and read the local copy")
         with self._lock(path):
             if path in self._verified and os.path.isfile(path):
+                self._mark(path)  # a use: eviction takes the least recently used files first
                 return path
             if os.path.isfile(path):
                 if os.path.getsize(path) == meta["size"] and sha256_file(path) == meta["sha256"]:

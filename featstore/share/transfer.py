@@ -27,6 +27,7 @@ from ..io.transport import SMALL, Remote, is_url
 from ..store import install_pulled, local_backend, open_store
 from ..store.manifest import MANIFEST, PUSH_MARKER, diff_settings, transfer_files
 from ..store.remote_backend import read_published
+from ..testhooks import pause_point
 
 PULL_SUFFIX = ".featstore-pull"
 
@@ -116,6 +117,7 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
             if os.path.getsize(path) != meta["size"] or sha256_file(path) != meta["sha256"]:
                 raise damaged
             remote.put_file(rel, path)
+        pause_point("file-transferred")  # crash tests kill the process here
         return True
 
     _transfer(todo, upload, jobs, {r: files[r]["size"] for r in todo}, "push", progress)
@@ -194,6 +196,7 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
                 problems.append(str(mismatch(remote.url, rel, meta, got)))
                 return False
             os.replace(part, final)
+            pause_point("file-transferred")  # crash tests kill the process here
             return True
         finally:
             if os.path.exists(part):

@@ -48,7 +48,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1; the standard AWS variables point every client (ours, subprocesses) at it."""
+    """moto's S3 server on 127.0.0.1 for the session; returns the standard AWS variables that point every client
+    (ours, subprocesses) at it. Tests get them through `s3_env`, which sets them for that test only."""
     pytest.importorskip("s3fs")
     moto_server = pytest.importorskip("moto.server")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -59,18 +60,21 @@ def s3_server():
     env = {"AWS_ACCESS_KEY_ID": "featstore-test", "AWS_SECRET_ACCESS_KEY": "featstore-test",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint, "AWS_EC2_METADATA_DISABLED": "true",
            "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
-    yield endpoint
+    boto3.client("s3", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                 aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=BUCKET)
+    yield env
     server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The S3 server's environment for one test (restored after it); returns the endpoint URL."""
+    for k, v in s3_server.items():
+        monkeypatch.setenv(k, v)
+    return s3_server["AWS_ENDPOINT_URL"]
 
 
 @dataclass
@@ -116,6 +120,39 @@ class Remote:
 @pytest.fixture(params=["s3", "local"])
 def remote(request, tmp_path):
     if request.param == "s3":
-        request.getfixturevalue("s3_server")
+        request.getfixturevalue("s3_env")
         return Remote("s3", f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}")
     return Remote("local", "file://" + str(tmp_path / "published"))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def kill_at(tmp_path):
+    """Run a command with a pause point armed (featstore.testhooks), wait until the child reaches it, and
+    SIGKILL it there: the child is killed at a known point, never raced."""
+    import subprocess
+    import time
+
+    def run(cmd: list[str], point: str, timeout: float = 120) -> None:
+        marker = tmp_path / f"paused-{uuid.uuid4().hex[:8]}"
+        env = {**os.environ, "FEATSTORE_TEST_PAUSE": point, "FEATSTORE_TEST_PAUSE_FILE": str(marker)}
+        with open(tmp_path / "child-stderr.txt", "w+b") as err:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                deadline = time.monotonic() + timeout
+                while not marker.exists():
+                    if proc.poll() is not None:
+                        err.seek(0)
+                        pytest.fail(f"the child exited ({proc.returncode}) before reaching {point}: "
+                                    + err.read().decode()[-2000:])
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"the child did not reach {point} within {timeout} s")
+                    time.sleep(0.01)
+            finally:
+                proc.kill()  # SIGKILL: no clean-up handler runs
+                proc.wait()
+        assert proc.returncode == -9
+
+    return run

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -110,7 +111,9 @@ def test_different_settings_refused_then_overwrite(bert, train, tmp_path):
 
 @pytest.fixture(scope="module")
 def overflowing_model(tmp_path_factory):
-    """A BERT whose embedding LayerNorm scales outputs past float16's range (like DeBERTa's overflow)."""
+    """A BERT that overflows float16 in one layer (1, the middle one) and for one word ("election") only, like
+    DeBERTa's rare overflows: the word's embedding points along one dimension, which layer 1's output LayerNorm
+    scales past 65504 (others stay below 40000 there; layers 0 and 2 are normalised to a few units)."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -118,17 +121,26 @@ def overflowing_model(tmp_path_factory):
 
     path = build_model("bert", str(tmp_path_factory.mktemp("m") / "overflow"))
     model = AutoModel.from_pretrained(path)
+    word = AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("election")
     with torch.no_grad():
-        model.embeddings.LayerNorm.weight.fill_(1e6)
+        model.embeddings.word_embeddings.weight[word] = 0.0
+        model.embeddings.word_embeddings.weight[word, 5] = 100.0
+        model.encoder.layer[0].output.LayerNorm.weight[5] = 14000.0  # hidden_states[1]
     model.save_pretrained(path)
     return path
 
 
 @pytest.mark.parametrize("fmt", ["zarr", "hdf5"])
-def test_non_finite_features(overflowing_model, train, tmp_path, fmt):
+def test_non_finite_features(overflowing_model, tmp_path, fmt):
+    rows = make_rows(8, 1)
+    for r in rows:
+        r["text"] = " ".join(w for w in r["text"].split() if w != "election") or "the"
+    rows[3]["id"], rows[3]["text"] = "the-one", "the election " + rows[3]["text"]  # neither first nor longest
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
     out = tmp_path / ("s.h5" if fmt == "hdf5" else "s")
-    r = run(base(overflowing_model, {"train": train}, out, "--layers", "0,1", "--format", fmt))
-    assert_user_error(r, "non-finite features in layer 0", "for example 'train-", "--dtype bfloat16 or float32")
+    r = run(base(overflowing_model, {"train": train}, out, "--layers", "0,1,2", "--format", fmt, "--id-column", "id"))
+    assert_user_error(r, "non-finite features in layer 1 for example 'the-one' (split 'train', row 3) when stored as "
+                         "float16", "--dtype bfloat16 or float32")
     manifest = local_backend(str(out), fmt).read_manifest()
     assert manifest is not None and manifest["complete"] is False
     r = run(["info", str(out)])
@@ -137,9 +149,15 @@ def test_non_finite_features(overflowing_model, train, tmp_path, fmt):
 
     with pytest.raises(StoreError, match="incomplete"):
         open_store(str(out))
-    # float32 keeps them: the same input extracts fine
-    assert run(base(overflowing_model, {"train": train}, tmp_path / "ok", "--layers", "0",
-                    "--dtype", "float32")).exit_code == 0
+    # float32 keeps them, exactly: the same input extracts, and the large values read back
+    ok = str(tmp_path / ("ok.h5" if fmt == "hdf5" else "ok"))
+    r = run(base(overflowing_model, {"train": train}, ok, "--layers", "1", "--dtype", "float32", "--format", fmt,
+                 "--id-column", "id"))
+    assert r.exit_code == 0, r.output
+    with open_store(ok) as s:
+        sp = s.split("train")
+        peak = {i: float(np.abs(sp.example(j, [1])).max()) for j, i in enumerate(sp.example_ids)}
+    assert peak.pop("the-one") > 65504 > max(peak.values())
 
 
 def test_open_and_verify_missing_store(tmp_path):

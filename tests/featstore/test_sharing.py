@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
+
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,10 +99,16 @@ def test_push_ls_pull_verify_round_trip(remote, shared_store, tmp_path, local_ar
 
     assert verify(url) == []  # in place
 
+    # ls reads manifests alone: with every data file gone, it lists exactly the same
+    remote.remove(*(f"{url}/{rel}" for rel in remote.files(url) if rel != "manifest.json"))
+    assert remote.files(url) == ["manifest.json"]
+    assert ls(remote.url()) == (entries, [])
 
-def test_cli_push_ls_pull_verify(remote, shared_store, tmp_path, s3_server):
+
+def test_cli_push_ls_pull_verify(remote, shared_store, tmp_path, request):
     url = remote.url("team", "sst2")
-    opts = ["--storage-option", f"client_kwargs.endpoint_url={s3_server}"] if remote.kind == "s3" else []
+    opts = ["--storage-option", f"client_kwargs.endpoint_url={request.getfixturevalue('s3_env')}"] \
+        if remote.kind == "s3" else []
     run = CliRunner().invoke
     r = run(main, ["push", shared_store, url, "--quiet", *opts])
     assert r.exit_code == 0 and "published" in r.output, r.output
@@ -149,6 +155,82 @@ def test_prefetch_and_bounded_cache(remote, shared_store, tmp_path, local_arrays
         assert_same(arrays(s), local_arrays)
     largest = max(f["size"] for f in all_files(featstore.open_store(shared_store).manifest).values())
     assert FileCache(str(tmp_path / "c"), bound).usage() <= bound + largest
+
+
+def test_damaged_local_store_is_never_published(shared_store, tmp_path):
+    store = str(tmp_path / "damaged")
+    shutil.copytree(shared_store, store)
+    rel = a_chunk(store, "validation")
+    path = os.path.join(store, *rel.split("/"))
+    with open(path, "rb") as f:
+        good = f.read()
+    with open(path, "wb") as f:
+        f.write(flip_byte(good))  # same size: only its checksum tells
+    url = "file://" + str(tmp_path / "published" / "sst2")
+    with pytest.raises(StoreError, match=re.escape(f"local store {store}: {rel} does not match its checksum") +
+                       ".*was not published"):
+        push(store, url, jobs=1, progress=False)
+    published = tmp_path / "published" / "sst2"
+    assert not (published / "manifest.json").exists() and not (published / rel).exists()
+    with pytest.raises(StoreError, match="unfinished upload"):
+        featstore.open_store(url)
+
+
+def _cache_files(tmp_path, n: int = 4) -> tuple[Any, dict[str, dict]]:
+    """A file:// remote holding n files of 1000 bytes, and their manifest entries."""
+    import hashlib
+
+    from featstore.io.transport import Remote
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files = {}
+    for name in "abcdefgh"[:n]:
+        data = name.encode() * 1000
+        (src / name).write_bytes(data)
+        files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return Remote("file://" + str(src)), files
+
+
+def test_cache_bound_evicts_least_recently_used_first(tmp_path, monkeypatch):
+    """FEATSTORE_CACHE_MAX_GB bounds the cache; over it, the files used longest ago go first."""
+    import time
+
+    from featstore.io.cache import FileCache
+
+    remote, files = _cache_files(tmp_path)
+    fp, root = "f" * 64, str(tmp_path / "cache")
+    monkeypatch.setenv("FEATSTORE_CACHE_MAX_GB", str(2500 / 2 ** 30))  # room for two files and a half
+
+    def use(*names: str) -> None:  # one process (one reader) using files in this order
+        cache = FileCache(root)
+        for name in names:
+            with open(cache.fetch(remote, fp, name, files[name]), "rb") as f:
+                assert f.read() == name.encode() * 1000
+            time.sleep(0.02)  # distinct use times
+
+    def cached() -> set[str]:
+        return {n for n, meta in files.items() if os.path.isfile(FileCache(root).path(fp, meta["sha256"]))}
+
+    use("a", "b")
+    use("a", "c")  # a is used again, so b is now the least recently used: c evicts b, not a
+    assert cached() == {"a", "c"}
+    use("d")
+    assert cached() == {"c", "d"}
+    assert FileCache(root).usage() <= 2500
+
+
+def test_cache_eviction_counts_uses_within_one_process(tmp_path):
+    import time
+
+    from featstore.io.cache import FileCache
+
+    remote, files = _cache_files(tmp_path)
+    fp, cache = "f" * 64, FileCache(str(tmp_path / "cache"), max_bytes=2500)
+    for name in ("a", "b", "a", "c"):  # a is used again before c arrives: b is the least recently used
+        cache.fetch(remote, fp, name, files[name])
+        time.sleep(0.02)
+    assert {n for n, meta in files.items() if os.path.isfile(cache.path(fp, meta["sha256"]))} == {"a", "c"}
 
 
 def test_push_refuses_a_different_store(remote, shared_store, tmp_path):
@@ -238,28 +320,24 @@ def test_corrupted_cache_file_is_fetched_again(remote, shared_store, tmp_path, l
     assert sha256_file(str(cached)) == meta["sha256"]
 
 
+def test_s3_environment_is_set_per_test_only(s3_server, remote):
+    """The AWS variables that point clients at moto are set for the tests that use S3 and removed after them,
+    so no other test (or subprocess) silently talks to the test server."""
+    is_set = os.environ.get("AWS_ENDPOINT_URL") == s3_server["AWS_ENDPOINT_URL"]
+    assert is_set == (remote.kind == "s3")
+
+
 # -- interruption ----------------------------------------------------------------------------------------
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli.featstore_cli", *args]
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline and not ready():
-        time.sleep(0.005)
-    assert proc.poll() is None, "finished before it could be killed: " + proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-def test_killed_push_leaves_no_readable_store_and_resumes(remote, shared_store, tmp_path, local_arrays):
+def test_killed_push_leaves_no_readable_store_and_resumes(remote, shared_store, tmp_path, local_arrays, kill_at):
     url = remote.url("sst2")
-    proc = subprocess.Popen(_cli("push", shared_store, url, "--jobs", "1", "--quiet"), cwd=ROOT,
-                            env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _kill_when(proc, lambda: len(remote.files(url)) >= 12)
+    kill_at(_cli("push", shared_store, url, "--jobs", "1", "--quiet"), "file-transferred:12")
     present = [f for f in remote.files(url) if not f.startswith(".") and ".part-" not in f]
-    assert "manifest.json" not in present and len(present) >= 10
+    assert "manifest.json" not in present and len(present) == 12
 
     with pytest.raises(StoreError, match="unfinished upload"):
         featstore.open_store(url)
@@ -276,28 +354,28 @@ def test_killed_push_leaves_no_readable_store_and_resumes(remote, shared_store, 
     with pytest.raises(StoreError, match="unfinished upload of a different store"):
         push(other, url, progress=False)
 
+    # a file already there under its name and size but with other bytes is sent again, not kept
+    victim = max(present, key=lambda rel: len(remote.read(f"{url}/{rel}")))
+    good = remote.read(f"{url}/{victim}")
+    remote.write(f"{url}/{victim}", flip_byte(good))
     r = push(shared_store, url, progress=False)
-    assert r.resumed >= len(present) - 1 and r.resumed + r.transferred == r.files
+    assert (r.resumed, r.transferred) == (11, r.files - 11)
+    assert remote.read(f"{url}/{victim}") == good
     assert not any(".part-" in f or f.startswith(".") for f in remote.files(url))
     with featstore.open_store(url, cache_dir=str(tmp_path / "c")) as s:
         assert_same(arrays(s), local_arrays)
 
 
-def test_killed_pull_resumes(remote, shared_store, tmp_path, local_arrays):
+def test_killed_pull_resumes(remote, shared_store, tmp_path, local_arrays, kill_at):
     url = remote.url("sst2")
     push(shared_store, url, progress=False)
     dest = tmp_path / "copy"
     work = tmp_path / ".copy.featstore-pull"
-
-    def n_files() -> int:
-        return sum(len(f) for _, _, f in os.walk(work))
-
-    proc = subprocess.Popen(_cli("pull", url, str(dest), "--jobs", "1", "--quiet"), cwd=ROOT, env={**os.environ},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _kill_when(proc, lambda: n_files() >= 12)
+    kill_at(_cli("pull", url, str(dest), "--jobs", "1", "--quiet"), "file-transferred:12")
     assert not dest.exists()
+    assert sum(len(f) for _, _, f in os.walk(work)) == 12 + 1  # and the work directory's stamp
     r = pull(url, str(dest), progress=False)
-    assert r.resumed >= 10 and r.resumed + r.transferred == r.files
+    assert (r.resumed, r.transferred) == (12, r.files - 12)
     assert not work.exists() and verify(str(dest)) == []
     with featstore.open_store(str(dest)) as s:
         assert_same(arrays(s), local_arrays)
@@ -305,29 +383,29 @@ def test_killed_pull_resumes(remote, shared_store, tmp_path, local_arrays):
 
 # -- untrusted manifests ---------------------------------------------------------------------------------
 
-def _tampered(shared_store: str, how: str) -> dict:
+def _tampered(shared_store: str, how: str, outside: str) -> tuple[dict | None, str | None, str]:
+    """(manifest, the path it smuggles in, the error expected); `outside` is an absolute path outside the pull."""
     m = json.load(open(os.path.join(shared_store, "manifest.json")))
     seg = m["segments"][0]
     rel = sorted(seg["files"])[0]
     meta = seg["files"].pop(rel)
-    if how == "traversal":
-        seg["files"]["../../../escaped/x"] = meta
-    elif how == "absolute":
-        seg["files"]["/tmp/escaped/x"] = meta
-    elif how == "scheme":
-        seg["files"]["s3://other-bucket/x"] = meta
-    elif how == "absurd-size":
+    bad = {"traversal": "../../escaped/x", "absolute": outside, "scheme": "s3://other-bucket/x",
+           "manifest-name": "manifest.json"}.get(how)
+    if bad is not None:
+        seg["files"][bad] = meta
+        expect = f"path {bad!r} is reserved" if how == "manifest-name" else f"file path {bad!r} is unsafe"
+        return m, bad, re.escape(expect)
+    if how == "absurd-size":
         seg["files"][rel] = {**meta, "size": 10 ** 18}
-    elif how == "smaller-size":
+        return m, None, re.escape(f"size of {rel} = {10 ** 18} is not a sane count")
+    if how == "smaller-size":
         seg["files"][rel] = {**meta, "size": 3}  # the object is bigger: never read past 3 (+1) bytes
-    elif how == "bad-fingerprint":
+        return m, None, re.escape(f"file {rel} has more than 3 bytes")
+    if how == "bad-fingerprint":
         seg["files"][rel] = meta
         m["fingerprint"] = "../../x"
-    elif how == "manifest-name":
-        seg["files"]["manifest.json"] = meta
-    elif how == "not-json":
-        return None
-    return m
+        return m, None, "fingerprint '../../x' is not a sha256 hex digest"
+    return None, None, "manifest is not valid JSON"  # not-json
 
 
 @pytest.mark.parametrize("how", ["traversal", "absolute", "scheme", "absurd-size", "smaller-size",
@@ -335,20 +413,40 @@ def _tampered(shared_store: str, how: str) -> dict:
 def test_malicious_manifest_is_rejected(remote, shared_store, tmp_path, how):
     url = remote.url("evil")
     push(shared_store, url, progress=False)
-    m = _tampered(shared_store, how)
+    dest = tmp_path / "inbox" / "deep" / "copy"  # pull works in tmp_path/inbox/deep/.copy.featstore-pull
+    outside = str(tmp_path / "abs-escaped" / "x")
+    m, bad, expect = _tampered(shared_store, how, outside)
     remote.write(url + "/manifest.json", b"{not json" if m is None else json.dumps(m).encode())
-    dest = tmp_path / "inbox" / "copy"
-    with pytest.raises(StoreError) as e:
+    # where a smuggled path would land if it were followed: relative to the pull's work directory, or as is
+    landing = {"traversal": tmp_path / "inbox" / "escaped" / "x", "absolute": tmp_path / "abs-escaped" / "x"}.get(how)
+    if landing is not None:
+        # the object is really there under that name: only the path checks stand between it and `landing`
+        fs, root = remote.fs(url)
+        planted = f"{root}/{bad}"
+        if remote.kind == "local":
+            planted = os.path.normpath(planted)
+            os.makedirs(os.path.dirname(planted), exist_ok=True)
+        fs.pipe_file(planted, _planted(shared_store, m, bad))
+        assert fs.cat_file(f"{root}/{bad}") == _planted(shared_store, m, bad)
+    with pytest.raises(StoreError, match=expect) as e:
         pull(url, str(dest), progress=False)
     assert "\n" not in str(e.value)
-    assert not dest.exists() and not (tmp_path / "escaped").exists() and not os.path.exists("/tmp/escaped/x")
+    assert not dest.exists() and (landing is None or not landing.exists())
     if how != "smaller-size":  # caught from the manifest alone
-        with pytest.raises(StoreError):
+        with pytest.raises(StoreError, match=expect):
             featstore.open_store(url, cache_dir=str(tmp_path / "c"))
         entries, problems = ls(remote.url())
-        assert entries == [] and len(problems) == 1
-    else:
-        assert "has more than 3 bytes" in str(e.value)
+        assert entries == [] and len(problems) == 1 and re.search(expect, problems[0])
+
+
+def _planted(shared_store: str, m: dict, bad: str) -> bytes:
+    """The bytes the tampered manifest declares for `bad` (those of the real file it was renamed from)."""
+    meta = m["segments"][0]["files"][bad]
+    for seg in json.load(open(os.path.join(shared_store, "manifest.json")))["segments"]:
+        for rel, real in seg["files"].items():
+            if real == meta:
+                return open(os.path.join(shared_store, *rel.split("/")), "rb").read()
+    raise AssertionError("no file with that checksum")
 
 
 @pytest.mark.parametrize("how", ["array-shape", "count"])
@@ -389,6 +487,12 @@ def test_oversized_manifest_is_refused(remote, shared_store, tmp_path, monkeypat
     monkeypatch.setattr(featstore.io.transport, "MAX_MANIFEST_BYTES", 1024)
     with pytest.raises(StoreError, match="larger than 1024 bytes"):
         pull(url, str(tmp_path / "copy"), progress=False)
+    with pytest.raises(StoreError, match="larger than 1024 bytes"):  # read in place
+        featstore.open_store(url, cache_dir=str(tmp_path / "c"))
+    problems = verify(url, cache_dir=str(tmp_path / "c"))
+    assert len(problems) == 1 and "larger than 1024 bytes" in problems[0]
+    entries, problems = ls(remote.url())
+    assert entries == [] and len(problems) == 1 and "larger than 1024 bytes" in problems[0]
 
 
 # -- HDF5 ------------------------------------------------------------------------------------------------

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
-import signal
+import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,6 +15,8 @@ import featstore
 from featstore.extract import ExtractConfig, extract
 from featstore.verify import verify
 from tests.conftest import make_rows, write_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(params=["zarr", "hdf5"])
@@ -138,61 +140,78 @@ def _store_arrays(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, bert, fmt):
-    data = {"train": write_jsonl(tmp_path / "train.jsonl", make_rows(240, 7, max_words=40)),
-            "test": write_jsonl(tmp_path / "test.jsonl", make_rows(60, 8, max_words=40))}
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, bert, fmt, kill_at):
+    data = {"train": write_jsonl(tmp_path / "train.jsonl", make_rows(48, 7, max_words=40)),
+            "test": write_jsonl(tmp_path / "test.jsonl", make_rows(16, 8, max_words=40))}
     out = str(tmp_path / ("killed.h5" if fmt == "hdf5" else "killed"))
     cmd = [sys.executable, "-m", "cli.featstore_cli", "extract", "--model", bert, "--label-column", "label",
-           "--layers", "all", "--max-length", "32", "--format", fmt, "--segment-mb", "0.004", "--batch-tokens", "64",
+           "--layers", "all", "--max-length", "32", "--format", fmt, "--segment-mb", "0.02", "--batch-tokens", "256",
            "--quiet", "--out", out]
     for k, v in data.items():
         cmd += ["--data", f"{k}={v}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while _committed(out, fmt) < 3 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "extraction finished before it could be killed: " + proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_at(cmd, "segment-committed:3")  # killed right after its third segment was committed
     with pytest.raises(featstore.StoreError, match="incomplete"):
         featstore.open_store(out)
-    done_before = _committed(out, fmt)
+    assert _committed(out, fmt) == 3
 
-    r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert f"{done_before} resumed" in r.stdout, r.stdout
+    from click.testing import CliRunner
+
+    from cli.featstore_cli import main
+
+    r = CliRunner().invoke(main, cmd[3:])  # the same command again, resumed (in this process: no start-up cost)
+    assert r.exit_code == 0, r.output
+    assert re.search(r"\d+ segments, 3 resumed;", r.stdout), r.stdout
     assert verify(out) == []
 
     ref = str(tmp_path / ("ref.h5" if fmt == "hdf5" else "ref"))
-    ref_cmd = [c if c != out else ref for c in cmd]
-    assert subprocess.run(ref_cmd, env=env, cwd=root, capture_output=True, timeout=300).returncode == 0
+    extract(ExtractConfig(model=bert, data=data, out=ref, label_columns=["label"], layers="all", max_length=32,
+                          format=fmt, segment_mb=0.02, batch_tokens=256, progress=False))
     a, b = _store_arrays(out), _store_arrays(ref)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+DRIVER = """
+import json, os, sys
+from featstore.extract import ExtractConfig, extract
+s = extract(ExtractConfig(**json.loads(sys.argv[1])))
+with open(os.path.join(sys.argv[2], f"rank{s.rank}.json"), "w") as f:
+    json.dump({"rank": s.rank, "tokens": s.tokens, "bytes": s.bytes_written, "segments": s.segments_total}, f)
+"""
+
+
 def test_torchrun_two_ranks_equals_one_process(tmp_path, bert):
-    """`torchrun --nproc_per_node 2`: each rank writes its share of segments, rank 0 commits the manifest."""
+    """`torchrun --nproc_per_node 2`: each rank writes its share of segments, rank 0 commits the manifest; the
+    result holds the same splits, arrays and values as one process's."""
     data = {"train": write_jsonl(tmp_path / "train.jsonl", make_rows(60, 11)),
             "test": write_jsonl(tmp_path / "test.jsonl", make_rows(20, 12))}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    dist, single = str(tmp_path / "dist"), str(tmp_path / "single")
+    cfg = dict(model=bert, data=data, label_columns=["label"], layers="1,2", max_length=24, segment_mb=0.004,
+               progress=False)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    (tmp_path / "ranks").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(tmp_path / "driver.py"), json.dumps({**cfg, "out": dist}), str(tmp_path / "ranks")],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
     args = ["extract", "--model", bert, "--label-column", "label", "--layers", "1,2", "--max-length", "24",
-            "--segment-mb", "0.004", "--quiet"]
+            "--segment-mb", "0.004", "--quiet", "--json", "--out", single]
     for k, v in data.items():
         args += ["--data", f"{k}={v}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    dist = str(tmp_path / "dist")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cli.featstore_cli", *args, "--out", dist], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    single = str(tmp_path / "single")
-    r = subprocess.run([sys.executable, "-m", "cli.featstore_cli", *args, "--out", single], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "cli.featstore_cli", *args], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    one = json.loads(r.stdout)
+    ranks = [json.load(open(tmp_path / "ranks" / f"rank{k}.json")) for k in (0, 1)]
+    assert one["segments_total"] == ranks[0]["segments"] == ranks[1]["segments"] > 2
+    assert all(x["tokens"] > 0 and x["bytes"] > 0 for x in ranks), ranks  # every rank wrote segments
+    assert sum(x["tokens"] for x in ranks) == one["tokens"]  # ... and together, each segment once
     assert verify(dist) == []
     a, b = _store_arrays(dist), _store_arrays(single)
+    assert featstore.open_store(dist).splits == featstore.open_store(single).splits == ["train", "test"]
+    assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -17,7 +17,11 @@ REGRESSION_STORE = dict(n_train=800, signal=12.0, min_len=4, max_len=12)
 def stores(tmp_path_factory):
     d = tmp_path_factory.mktemp("stores")
     return {
-        "cls": classification_store(str(d / "cls"), signal=5.0),
+        # three layers, the signal in the middle one: a layer mix that reads the wrong layer cannot learn it
+        "cls": classification_store(str(d / "cls"), signal=6.0, layers=(0, 1, 2), signal_layer=1),
+        # the control: the class shows in mean pooling, which the pooled probes must learn
+        "pooled": classification_store(str(d / "pooled"), n_train=300, n_dev=100, n_test=100, signal=4.0,
+                                       pooled=True, min_len=4, max_len=12),
         "reg": regression_store(str(d / "reg"), **REGRESSION_STORE),
         "nodev": classification_store(str(d / "nodev"), n_train=120, n_test=40, splits=("train", "test"), signal=5.0),
         "h5": classification_store(str(d / "cls.h5"), n_train=120, n_dev=40, n_test=40, fmt="hdf5", signal=5.0),

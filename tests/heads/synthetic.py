@@ -121,14 +121,17 @@ def _directions(k: int, d: int) -> np.ndarray:
 
 
 def planted_classification(n: int, seed: int, n_classes: int = 4, hidden: int = 16, n_layers: int = 2,
-                           min_len: int = 8, max_len: int = 24, signal: float = 4.0) -> tuple[list[np.ndarray], np.ndarray]:
+                           min_len: int = 8, max_len: int = 24, signal: float = 4.0, signal_layer: int = -1,
+                           pooled: bool = False) -> tuple[list[np.ndarray], np.ndarray]:
     """The label is recoverable only by attending to one token position.
 
     Every example holds one *marker* token (a fixed direction, the same for all classes) carrying its class
     pattern u_c, and one *decoy* token for every other class carrying u_c' without the marker. The sum over
     tokens - hence mean pooling - is marker + sum_k u_k + noise for every class: no probe on pooled vectors
-    can beat chance. Attending to the marker token reads the class. The signal lives in the last layer; the
-    other layers are pure noise, so the layer mix has something to learn too.
+    can beat chance. Attending to the marker token reads the class. The signal lives in one layer
+    (`signal_layer`, default the last); the other layers are pure noise, so the layer mix has something to learn.
+
+    `pooled=True` is the control: every token carries its class pattern, so mean pooling shows the class.
     """
     rng = np.random.default_rng(seed)
     dirs = _directions(n_classes + 1, hidden)
@@ -137,11 +140,15 @@ def planted_classification(n: int, seed: int, n_classes: int = 4, hidden: int = 
     for c in y:
         T = int(rng.integers(max(min_len, n_classes + 1), max_len + 1))
         x = rng.standard_normal((T, n_layers, hidden)).astype(np.float32)  # (T, L, D)
+        if pooled:
+            x[:, signal_layer] += u[c] / 2
+            feats.append(x)
+            continue
         pos = rng.choice(T, n_classes, replace=False)
-        x[pos[0], -1] += marker + u[c]
+        x[pos[0], signal_layer] += marker + u[c]
         others = [k for k in range(n_classes) if k != c]
         for p, k in zip(pos[1:], others):
-            x[p, -1] += u[k]
+            x[p, signal_layer] += u[k]
         feats.append(x)
     return feats, y.astype(np.int64)
 
@@ -168,21 +175,26 @@ def planted_regression(n: int, seed: int, hidden: int = 16, n_layers: int = 2, m
 
 
 def classification_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test: int = 200, splits=None,
-                         fmt: str = "zarr", names=("alpha", "beta", "gamma", "delta"), encoding: str | None = None,
-                         tamper: Callable[[dict[str, np.ndarray]], None] | None = None, **kw: Any) -> str:
+                         fmt: str = "zarr", names=("alpha", "beta", "gamma", "delta"), layers=(1, 2),
+                         encoding: str | None = None, tamper: Callable[[dict[str, np.ndarray]], None] | None = None,
+                         **kw: Any) -> str:
     hidden, n_classes = kw.pop("hidden", 16), len(names)
     sizes = {"train": n_train, "validation": n_dev, "test": n_test}
     if splits is not None:
         sizes = {k: v for k, v in sizes.items() if k in splits}
     data = {}
     for i, (name, n) in enumerate(sizes.items()):
-        feats, y = planted_classification(n, seed=100 + i, n_classes=n_classes, hidden=hidden, **kw)
+        feats, y = planted_classification(n, seed=100 + i, n_classes=n_classes, hidden=hidden,
+                                          n_layers=len(layers), **kw)
         data[name] = {"features": feats, "targets": {"label": y}}
-    prior = np.random.default_rng(7).standard_normal((n_classes, 2, hidden)).astype(np.float32)
-    return write_store(path, data, layers=[1, 2], hidden=hidden, fmt=fmt,
+    prior = np.random.default_rng(7).standard_normal((n_classes, len(layers), hidden)).astype(np.float32)
+    return write_store(path, data, layers=list(layers), hidden=hidden, fmt=fmt,
                        label_columns=[{"name": "label", "kind": "class", "names": list(names)}],
                        label_features={"label": prior}, segment_tokens=2048, encoding=encoding,
                        tamper=tamper)
+
+
+STARS = ["10", "20", "30", "40", "50"]  # class i of `stars` stands for the value 10 * (i + 1)
 
 
 def regression_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test: int = 200, **kw: Any) -> str:
@@ -190,10 +202,10 @@ def regression_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test:
     data = {}
     for i, (name, n) in enumerate({"train": n_train, "validation": n_dev, "test": n_test}.items()):
         feats, y = planted_regression(n, seed=200 + i, hidden=hidden, **kw)
-        stars = np.clip(np.round(y).astype(np.int64), 0, 4)  # a class column whose names are numbers
+        stars = np.clip(np.round(y).astype(np.int64), 0, 4)  # a class column whose names are numbers (not its ids)
         data[name] = {"features": feats, "targets": {"score": y, "word": (y > 2.0).astype(np.int64), "stars": stars}}
     return write_store(path, data, layers=[1, 2], hidden=hidden,
                        label_columns=[{"name": "score", "kind": "regression", "names": None},
                                       {"name": "word", "kind": "class", "names": ["low", "high"]},
-                                      {"name": "stars", "kind": "class", "names": ["0", "1", "2", "3", "4"]}],
+                                      {"name": "stars", "kind": "class", "names": STARS}],
                        segment_tokens=2048)

@@ -81,9 +81,17 @@ def test_prefetch_errors_surface_and_early_exit_stops_the_thread(split):
 
     with pytest.raises(OSError, match="disk gone"):
         list(Loader(Broken(split, [2], False), None, 8, shuffle=False).epoch())
+    import threading
+
+    def workers() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith(("heads-prefetch", "heads-read"))]
+
+    assert workers() == []  # the failed epoch left none behind
     it = Loader(StoreTokens(split, [2], False), None, 8, shuffle=False, prefetch=1).epoch()
     next(it)
-    it.close()  # the worker is told to stop and joined
+    assert "heads-prefetch" in workers()  # batches ahead of the consumer
+    it.close()  # the worker is told to stop and joined, and with it the reader
+    assert workers() == []
 
 
 def test_layer_specs():

@@ -37,9 +37,27 @@ def test_export_linear_folds_standardisation(linear_run, stores, tmp_path):
 
 
 def test_export_ytuning_state_dict(ytuning_run, tmp_path):
+    """A Y-Tuning head exports its whole state dict with the metadata that rebuilds it: same outputs."""
+    import json
+
+    from heads import HeadSpec, load_head
+    from heads.models import build_head
+
     run, _ = ytuning_run
-    tensors, meta = load_export(export_head(run, str(tmp_path / "y.safetensors")) and str(tmp_path / "y.safetensors"))
-    assert meta["kind"] == "ytuning" and "queries" in tensors
+    export_head(run, str(tmp_path / "y.safetensors"))
+    tensors, meta = load_export(str(tmp_path / "y.safetensors"))
+    head = load_head(run)
+    state = head.model.state_dict()
+    assert meta["kind"] == "ytuning" and tensors.keys() == state.keys()
+    assert all(torch.equal(tensors[k], state[k]) for k in state)
+    assert json.loads(meta["layers"]) == head.layers and json.loads(meta["label_names"]) == head.label_names
+    assert meta["store_fingerprint"] == head.meta["store"]["fingerprint"]
+    rebuilt = build_head(HeadSpec(**json.loads(meta["architecture"]))).eval()
+    rebuilt.load_state_dict(tensors)
+    x, mask = torch.randn(3, 7, len(head.layers), 16), torch.ones(3, 7, dtype=torch.bool)  # (B, T, L, D), (B, T)
+    mask[2, 5:] = False
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, mask), head.model(x, mask), rtol=0, atol=0)
 
 
 def test_export_bad_name(linear_run, tmp_path):

@@ -12,7 +12,7 @@ import featstore
 from cli.heads_cli import main
 from featstore.extract import ExtractConfig, extract
 from heads import TrainConfig, evaluate, load_head, predict, train
-from heads.errors import InputError
+from heads.errors import HeadError, InputError
 from heads.predict import extract_features, load_backbone
 from tests.conftest import make_rows, write_jsonl
 
@@ -97,6 +97,24 @@ def test_predict_bad_input(real, tmp_path):
         predict(run, [])
     r = CliRunner().invoke(main, ["predict", run, "--text", "x", "--model", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "cannot load the head's backbone" in r.stderr
+
+
+def test_another_backbone_or_tokenizer_is_refused(real, bert_variants):
+    """`heads predict --model` with a backbone whose weights, or whose tokenizer, differ from the ones that
+    made the head's features is refused, naming which; without the checks the same call would run."""
+    run = real["runs"]["ytuning"]
+    with pytest.raises(HeadError, match="its weights differ from those the head's features were extracted with"):
+        predict(run, ["red film"], model=bert_variants["weights"])
+    with pytest.raises(HeadError, match="its tokenizer differs from the one the head's features were extracted"):
+        predict(run, ["red film"], model=bert_variants["tokenizer"])
+    r = CliRunner().invoke(main, ["predict", run, "--text", "red film", "--model", bert_variants["weights"]])
+    assert r.exit_code == 2 and "its weights differ" in r.stderr and "--model with the right backbone" in r.stderr
+    for variant in bert_variants.values():  # the checks, nothing else, stood in the way
+        assert predict(run, ["red film"], model=variant, verify_backbone=False)[0]["label"] in LABELS
+
+
+def test_predict_unpickles_nothing(real, no_unpickling):
+    assert predict(real["runs"]["linear"], ["red film"])[0]["label"] in LABELS
 
 
 def test_pairs_and_regression(bert, tmp_path):

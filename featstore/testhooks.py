@@ -1,0 +1,35 @@
+"""Deterministic pause points for crash tests (inert unless FEATSTORE_TEST_PAUSE is set).
+
+A test that kills a child process at a known point (after the 3rd committed segment, after the 12th transferred
+file) sets `FEATSTORE_TEST_PAUSE=<name>:<n>` and `FEATSTORE_TEST_PAUSE_FILE=<path>`; the n-th call of
+`pause_point(name)` in the child creates that file and then blocks the calling thread for good, so the test
+kills the child exactly there instead of racing it. Later calls with the same name block as well.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+_counts: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def pause_point(name: str) -> None:
+    """Block here forever when FEATSTORE_TEST_PAUSE names this point and its count is reached."""
+    spec = os.environ.get("FEATSTORE_TEST_PAUSE")
+    if not spec:
+        return
+    want, _, n = spec.rpartition(":")
+    if want != name:
+        return
+    with _lock:
+        _counts[name] = _counts.get(name, 0) + 1
+        if _counts[name] < int(n):
+            return
+    marker = os.environ.get("FEATSTORE_TEST_PAUSE_FILE")
+    if marker:
+        with open(marker, "a") as f:
+            f.write(f"{name}:{_counts[name]} pid {os.getpid()}\n")
+    while True:
+        time.sleep(3600)
