@@ -48,7 +48,7 @@ def _segment_arrays(n_tokens: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
 @pytest.fixture(params=["zarr", "hdf5", "remote"])
 def kind(request):
     if request.param == "remote":
-        request.getfixturevalue("s3_server")
+        request.getfixturevalue("s3_env")
     return request.param
 
 

@@ -160,12 +160,12 @@ def test_rank_error_ends_run_with_one_line_no_hang(tmp_path, bert, data, referen
     _assert_same(out, reference)
 
 
-def test_torchrun_two_ranks_straight_to_s3(bert, data, reference, s3_server):
+def test_torchrun_two_ranks_straight_to_s3(bert, data, reference, s3_env):
     """--out s3://...: each rank uploads its own committed segments, the manifest last; a plain reader sees a
     published store equal to the one-process local one."""
     url = f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/store"
-    opts = {"client_kwargs": {"endpoint_url": s3_server}}
-    r = _run(_cmd(bert, data, url, 2) + ["--storage-option", f"client_kwargs.endpoint_url={s3_server}"])
+    opts = {"client_kwargs": {"endpoint_url": s3_env}}
+    r = _run(_cmd(bert, data, url, 2) + ["--storage-option", f"client_kwargs.endpoint_url={s3_env}"])
     assert r.returncode == 0, r.stderr[-3000:]
     _assert_same(url, reference, storage_options=opts)
     assert set(_writers(url, storage_options=opts)) == {0, 1}
