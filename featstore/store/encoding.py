@@ -81,7 +81,18 @@ def row_overhead(encoding: str) -> int:
 
 
 def _fp8_encode(y: np.ndarray) -> np.ndarray:
-    """float -> nearest e4m3fn byte (|y| <= 448 assumed)."""
+    """float -> nearest e4m3fn byte (|y| <= 448 assumed): torch's cast (round to nearest even; several times
+    faster than the table search below, which is kept for machines without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return _fp8_encode_numpy(y)
+    t = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return t.to(torch.float8_e4m3fn).view(torch.uint8).numpy()
+
+
+def _fp8_encode_numpy(y: np.ndarray) -> np.ndarray:
+    """float -> nearest e4m3fn byte (|y| <= 448 assumed), by a search in the table of codes."""
     a = np.abs(y).astype(np.float64)
     hi = np.clip(np.searchsorted(_FP8_POS, a), 1, len(_FP8_POS) - 1)
     lo = hi - 1
