@@ -200,6 +200,8 @@ def export(run, out, seed) -> None:
 
     meta = export_head(run, out, seed)
     click.echo(f"wrote {out}: {meta['kind']} head, layers {meta['layers']}, pooling {meta['pooling']}")
+    if meta.get("backbone_file"):
+        click.echo(f"wrote {meta['backbone_file']}: tuned layers {meta['tuned_layers']} under the full model's names")
 
 
 if __name__ == "__main__":

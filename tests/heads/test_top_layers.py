@@ -163,3 +163,32 @@ def test_cli_refuses_in_one_line(models_dir, data, tmp_path, extra, args, msg):
     assert res.exit_code == 2, res.output
     lines = [x for x in res.output.splitlines() if x.strip()]
     assert len(lines) == 1 and msg in lines[0], res.output
+
+
+def test_export_loads_into_the_full_model(models_dir, data, tmp_path):
+    """`heads export`: the tuned layers under the full model's names; loaded into it, the full model computes
+    the tuned run's features."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = models_dir["bert"]
+    store = _store(model, data, "bert-f32", layers="0,1,2", dtype="float32")
+    run = str(tmp_path / "yt")
+    train(TrainConfig("ytuning", store=store, label_column="label", out=run, tune_top_layers=1, top_lr=1e-3,
+                      layers="1", **FAST))
+    out = str(tmp_path / "export" / "head.safetensors")
+    res = CliRunner().invoke(main, ["export", run, "--out", out])
+    assert res.exit_code == 0, res.output
+    tensors = load_file(out.replace(".safetensors", ".backbone.safetensors"))
+    assert tensors and all(k.startswith("encoder.layer.1.") for k in tensors)
+    net = AutoModel.from_pretrained(model).eval()
+    missing, unexpected = net.load_state_dict(tensors, strict=False)
+    assert not unexpected and not any(k.startswith("encoder.layer.1.") for k in missing)
+    head = load_head(run)
+    tok = AutoTokenizer.from_pretrained(model)
+    enc = tok(["the cat sits on the mat", "goal"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hs = net(**enc, output_hidden_states=True).hidden_states
+        mask = enc["attention_mask"].bool()
+        x = hs[1][:, :, None]  # (B, T, 1, D): the frozen bottom's layer 1, as stored
+        feats = head.model.features(x, mask)  # (B, T, 2, D): stored layer 1, tuned layer 2
+    np.testing.assert_allclose(feats[:, :, 1][mask].numpy(), hs[2][mask].numpy(), atol=1e-5)
