@@ -144,7 +144,7 @@ def report(rows: list[dict], names: list[str], settings: dict) -> None:
     print(f"{'method':<24}{'clean':>8}" + "".join(f"{n[5:]:>16}" for n in names))
     for r in rows:
         print(f"{r['method']:<24}{r['accuracy']['test']:>8.3f}"
-              + "".join(f"{r['accuracy'][n]:>8.3f} ({-r['drop'][n]:+.3f})" for n in names))
+              + "".join(f"{r['accuracy'][n]:>8.3f} ({r['accuracy'][n] - r['accuracy']['test']:+.3f})" for n in names))
 
 
 def main() -> None:
