@@ -144,8 +144,9 @@ ENCODER_KEY = re.compile(r"^(?:.*\.)?encoder\.(?!layer\.)(.+)$")
 
 
 def part_hashes(named: Any) -> dict[str, str]:
-    """sha256 per encoder layer (`layer.i`, 0-based) and of the encoder's shared tensors (`encoder`: DeBERTa's
-    relative-position embeddings and their LayerNorm), over float32 values by name relative to the part.
+    """sha256 per encoder layer (`layer.i`, 0-based) and per module of the encoder's shared tensors
+    (`encoder.rel_embeddings`, `encoder.LayerNorm`, `encoder.conv` of DeBERTa-v2), over float32 values by name
+    relative to the part.
 
     The full weights hash needs every tensor; these let `heads train --tune-top-layers` check the few layers it
     reads from the checkpoint against what extraction ran, without loading the rest.
@@ -160,7 +161,8 @@ def part_hashes(named: Any) -> dict[str, str]:
             continue
         m = ENCODER_KEY.match(name)
         if m:
-            parts.setdefault("encoder", []).append((m.group(1), t))
+            head, _, rest = m.group(1).partition(".")
+            parts.setdefault(f"encoder.{head}", []).append((rest, t))
     out = {}
     for part, items in parts.items():
         h = hashlib.sha256()

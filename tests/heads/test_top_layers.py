@@ -192,3 +192,48 @@ def test_export_loads_into_the_full_model(models_dir, data, tmp_path):
         x = hs[1][:, :, None]  # (B, T, 1, D): the frozen bottom's layer 1, as stored
         feats = head.model.features(x, mask)  # (B, T, 2, D): stored layer 1, tuned layer 2
     np.testing.assert_allclose(feats[:, :, 1][mask].numpy(), hs[2][mask].numpy(), atol=1e-5)
+
+
+def test_weights_are_checked_against_the_store(models_dir, data, capfd, tmp_path):
+    """Per-layer hashes recorded at extraction: a wrong backbone is refused; an older store loads, unverified."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from heads.errors import HeadError
+
+    store = _store(models_dir["deberta"], data, "deberta-f32", layers="0,1,2", dtype="float32")
+    with featstore.open_store(store) as st:
+        manifest = copy.deepcopy(st.manifest)
+    assert {"layer.0", "layer.1", "encoder.rel_embeddings"} <= set(manifest["model"]["part_sha256"])
+    other = str(tmp_path / "other")  # the same model with one weight of layer 1 changed
+    shutil.copytree(models_dir["deberta"], other)
+    t = load_file(os.path.join(other, "model.safetensors"))
+    t["encoder.layer.1.output.dense.bias"] = t["encoder.layer.1.output.dense.bias"] + 1e-3
+    save_file(t, os.path.join(other, "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(HeadError, match="layer.1 weights differ from those the store was extracted with"):
+        load_top_layers(manifest, 1, backbone=other)
+    load_top_layers(manifest, 1)  # the right one
+    bad = copy.deepcopy(manifest)
+    bad["model"]["part_sha256"]["encoder.rel_embeddings"] = "0" * 64
+    with pytest.raises(HeadError, match="encoder.rel_embeddings"):
+        load_top_layers(bad, 1)
+    old = copy.deepcopy(manifest)
+    del old["model"]["part_sha256"]
+    _, read = load_top_layers(old, 1)
+    assert read.verified.startswith("unverified") and "unverified" in capfd.readouterr().err
+
+
+def test_cli_train_and_predict(models_dir, data, tmp_path):
+    store = _store(models_dir["bert"], data, "bert-f32", layers="0,1,2", dtype="float32")
+    run = str(tmp_path / "run")
+    res = CliRunner().invoke(main, ["train", "ytuning", "--store", store, "--label-column", "label", "--out", run,
+                                    "--epochs", "1", "--d-head", "16", "--n-layers", "1", "--n-heads", "2", "--quiet",
+                                    "--tune-top-layers", "1", "--top-lr", "1e-4", "--json"])
+    assert res.exit_code == 0, res.output
+    meta = load_head(run).meta
+    assert meta["training"]["tune_top_layers"] == 1 and meta["top_layers"]["top_lr"] == 1e-4
+    assert meta["top_layers"]["head_layers"] == [0, 1, 2] and meta["layers"] == [0, 1]
+    res = CliRunner().invoke(main, ["predict", run, "--text", "the cat sits on the mat", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"label"' in res.output
