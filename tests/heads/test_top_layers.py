@@ -237,3 +237,28 @@ def test_cli_train_and_predict(models_dir, data, tmp_path):
     res = CliRunner().invoke(main, ["predict", run, "--text", "the cat sits on the mat", "--json"])
     assert res.exit_code == 0, res.output
     assert '"label"' in res.output
+
+
+def test_roberta_family_top_layer(tmp_path):
+    """RoBERTa layers too (no store needed: the manifest's model section is all `load_top_layers` reads)."""
+    from transformers import RobertaConfig, RobertaModel
+
+    from featstore.extract.models import config_dict, part_hashes
+
+    torch.manual_seed(0)
+    net = RobertaModel(RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=64)).eval()
+    net.save_pretrained(str(tmp_path / "roberta"))
+    manifest = {"model": {"config": config_dict(net), "num_layers": 3, "path": str(tmp_path / "roberta"),
+                          "part_sha256": part_hashes(net.state_dict())}}
+    ids = torch.randint(5, 100, (2, 9))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        hs = net(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        top, read = load_top_layers(manifest, 2)
+        outs = top.eval()(hs[1], mask.bool())
+    m = mask.bool()
+    for j, o in enumerate(outs):
+        np.testing.assert_allclose(o[m].numpy(), hs[2 + j][m].numpy(), atol=1e-5)
+    assert all(k.startswith(("encoder.layer.1.", "encoder.layer.2.")) for k in read.keys)
