@@ -182,12 +182,10 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
                          seconds_per_epoch=per_epoch, device=str(device), in_ram=in_ram)
     meta = _head_meta(cfg, store, spec, lt, layers, result)
     if plan is not None:
-        from dataclasses import asdict as _asdict
-
         from .top_layers import TOP_WEIGHTS
 
         meta["layers"] = plan.read_layers  # what eval and predict read from a store or a truncated backbone
-        meta["top_layers"] = {"plan": _asdict(plan), "head_layers": plan.head_layers, "top_lr": cfg.top_lr,
+        meta["top_layers"] = {"plan": asdict(plan), "head_layers": plan.head_layers, "top_lr": cfg.top_lr,
                               "pooling": pooling, "weights": TOP_WEIGHTS,
                               "config": store.manifest["model"]["config"], "checkpoint": read.to_json()}
     metrics = {"primary_metric": primary, "splits": roles,
