@@ -5,13 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO := demo_out
 
-.PHONY: test demo bench bench-quality bench-compact clean help
+.PHONY: test demo bench bench-quality bench-robustness bench-compact clean help
 
 help:
 	@echo "make demo           set up, extract BBC News with the packaged MiniLM, train Y-Tuning + linear, compare"
 	@echo "make test           set up and run the whole test suite (CPU, offline)"
 	@echo "make bench          CPU benchmarks (extraction overhead, naive loop, disk, read-back)"
 	@echo "make bench-quality  Y-Tuning vs full fine-tuning on the embedded default"
+	@echo "make bench-robustness  accuracy on perturbed test copies, per method"
 	@echo "make bench-compact  encodings and projections: bytes per token, throughput, epoch time, accuracy"
 
 # Without a GPU, take the CPU build of torch first (a plain `pip install torch` pulls a multi-GB CUDA build).
@@ -34,6 +35,9 @@ bench: $(STAMP)
 
 bench-quality: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/vs_finetune.py --json benchmarks/vs_finetune.json
+
+bench-robustness: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/robustness.py --json benchmarks/robustness.json
 
 bench-compact: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_compact.py --work bench_out/compact \

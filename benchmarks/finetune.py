@@ -1,7 +1,9 @@
 """Full fine-tuning baselines for vs_finetune.py: backbone + linear head on mean-pooled output, all weights trained.
 
 `init_head` (a file written by `heads export`) starts the classifier from a head trained on the store: head-first
-fine-tuning (LP-FT, Kumar et al. ICLR 2022; EH-FT, EMNLP 2022).
+fine-tuning (LP-FT, Kumar et al. ICLR 2022; EH-FT, EMNLP 2022). `lora=r`: LoRA (PEFT) of rank r on the attention's
+query and value projections through the whole backbone, the backbone's own weights frozen, the head trained.
+Splits beyond train/validation (e.g. robustness.py's perturbed copies of test) are evaluated too (`split_accuracy`).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def accuracy(model, enc, y, batch_size, device) -> float:
 
 def finetune(data: dict[str, str], model_name: str, label_column: str, seed: int, epochs: int, max_length: int,
              lr: float = 5e-5, batch_size: int = 16, warmup: float = 0.1, init_head: str | None = None,
-             device: str = "cpu", log=None) -> dict:
+             device: str = "cpu", log=None, lora: int = 0) -> dict:
     """Train backbone + head; select the epoch by dev accuracy; report test accuracy of that epoch's weights."""
     from transformers import AutoModel, AutoTokenizer
 
@@ -58,7 +60,10 @@ def finetune(data: dict[str, str], model_name: str, label_column: str, seed: int
     names = ds.label_columns[0].names
     path = resolve_model_name(model_name)
     tok = AutoTokenizer.from_pretrained(path)
-    model = Classifier(AutoModel.from_pretrained(path), len(names)).to(device)
+    backbone = AutoModel.from_pretrained(path)
+    if lora:
+        backbone = with_lora(backbone, lora)
+    model = Classifier(backbone, len(names)).to(device)
     if init_head:
         from safetensors.torch import load_file
 
@@ -67,10 +72,10 @@ def finetune(data: dict[str, str], model_name: str, label_column: str, seed: int
         model.head.bias.data.copy_(w["bias"])
     enc = {k: tok(s.texts, truncation=True, max_length=max_length) for k, s in ds.splits.items()}
     y = {k: s.targets[label_column] for k, s in ds.splits.items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(y["train"]) / batch_size)
     warm = max(1, int(warmup * steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / (steps - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
     best, best_state, epoch_times = -1.0, None, []
     for epoch in range(epochs):
         model.train()
@@ -91,6 +96,22 @@ def finetune(data: dict[str, str], model_name: str, label_column: str, seed: int
             best, best_state = dev, {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     test = accuracy(model, enc["test"], y["test"], batch_size, device)
+    extra = {k: accuracy(model, enc[k], y[k], batch_size, device) for k in enc if k not in ("train", "validation")}
+    backbone_params = sum(p.numel() for n, p in model.backbone.named_parameters() if "lora_" not in n)
     return {"dev_accuracy": best, "test_accuracy": test, "train_seconds": float(sum(epoch_times)),
-            "epoch_seconds": epoch_times, "trainable_parameters": sum(p.numel() for p in model.parameters()),
-            "backbone_parameters": sum(p.numel() for p in model.backbone.parameters())}
+            "epoch_seconds": epoch_times, "split_accuracy": extra,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "backbone_parameters": backbone_params}
+
+
+LORA_TARGETS = {"deberta-v2": ["query_proj", "value_proj"]}  # BERT family: `query`, `value`
+
+
+def with_lora(backbone, rank: int):
+    """The backbone with LoRA adapters (rank `rank`, alpha 2*rank, dropout 0.1) on the attention's query and
+    value projections; only the adapters train (PEFT's usual setting for encoders)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = LORA_TARGETS.get(backbone.config.model_type, ["query", "value"])
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.1, target_modules=targets, bias="none")
+    return get_peft_model(backbone, cfg)

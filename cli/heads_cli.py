@@ -55,6 +55,12 @@ def main() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--threads", default=None, type=int,
               help="CPU threads for torch (default: all cores but one, which the batch prefetcher uses).")
+@click.option("--tune-top-layers", default=0, show_default=True, type=int, metavar="M",
+              help="Also tune the backbone's top M layers, fed the stored layer N-M (ytuning, linear); only "
+                   "those layers are loaded.")
+@click.option("--top-lr", default=5e-5, show_default=True, type=float,
+              help="Peak learning rate of the tuned top layers (0: frozen).")
+@click.option("--backbone", default=None, help="Backbone directory for --tune-top-layers, when the store's moved.")
 @click.option("--out", required=True, help="Head directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing head directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -65,7 +71,8 @@ def main() -> None:
 @user_errors
 def train(head, store, label_column, task, train_split, dev_split, test_split, layers, epochs, batch_size, lr,
           weight_decay, warmup, schedule, grad_clip, patience, seeds, d_head, n_layers, n_heads, dropout, label_init,
-          pooling, max_memory, device, threads, out, overwrite, quiet, as_json, storage_options, cache_dir) -> None:
+          pooling, max_memory, device, threads, tune_top_layers, top_lr, backbone, out, overwrite, quiet, as_json,
+          storage_options, cache_dir) -> None:
     """Train a HEAD (ytuning, linear or mlp) on a store's features; write it to --out.
 
     The dev split selects the best epoch; the test split is evaluated once, on that checkpoint.
@@ -83,7 +90,8 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
                       n_layers=n_layers, n_heads=n_heads, dropout=dropout, label_init=label_init, pooling=pooling,
                       max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
                       threads=threads, overwrite=overwrite, progress=not quiet,
-                      storage_options=parse_storage_options(list(storage_options)), cache_dir=cache_dir)
+                      storage_options=parse_storage_options(list(storage_options)), cache_dir=cache_dir,
+                      tune_top_layers=tune_top_layers, top_lr=top_lr, backbone=backbone)
     result = run(cfg)
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_train(result))
 
@@ -192,6 +200,8 @@ def export(run, out, seed) -> None:
 
     meta = export_head(run, out, seed)
     click.echo(f"wrote {out}: {meta['kind']} head, layers {meta['layers']}, pooling {meta['pooling']}")
+    if meta.get("backbone_file"):
+        click.echo(f"wrote {meta['backbone_file']}: tuned layers {meta['tuned_layers']} under the full model's names")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def save_run(out: str, meta: dict[str, Any], states: dict[int, dict[str, torch.Tensor]], metrics: dict[str, Any],
-             log: list[dict[str, Any]], overwrite: bool, projection: dict[str, torch.Tensor] | None = None) -> None:
+             log: list[dict[str, Any]], overwrite: bool, projection: dict[str, torch.Tensor] | None = None,
+             extra: dict[int, dict[str, dict[str, torch.Tensor]]] | None = None) -> None:
     """Write the whole head directory to a temporary sibling, then rename it into place."""
     from safetensors.torch import save_file
 
@@ -87,6 +88,11 @@ def save_run(out: str, meta: dict[str, Any], states: dict[int, dict[str, torch.T
             save_file(tensors, os.path.join(tmp, "seeds", str(seed), WEIGHTS), metadata=md)
             if seed == meta["best_seed"]:
                 save_file(tensors, os.path.join(tmp, WEIGHTS), metadata=md)
+            for fname, part in ((extra or {}).get(seed) or {}).items():  # e.g. tuned top layers beside the head
+                part = {k: v.detach().cpu().contiguous() for k, v in part.items()}
+                save_file(part, os.path.join(tmp, "seeds", str(seed), fname), metadata=md)
+                if seed == meta["best_seed"]:
+                    save_file(part, os.path.join(tmp, fname), metadata=md)
         if projection:
             save_file({k: v.contiguous() for k, v in projection.items()}, os.path.join(tmp, PROJECTION),
                       metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
@@ -194,7 +200,10 @@ def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedH
 
     meta = read_meta(run)
     spec = HeadSpec.from_json(meta["architecture"], os.path.join(run, HEAD_JSON))
-    if spec.n_layers_in != len(meta["layers"]) or spec.hidden_size != meta["store"]["hidden_size"]:
+    top = meta.get("top_layers")
+    n_in = len(top["head_layers"]) if isinstance(top, dict) and isinstance(top.get("head_layers"), list) \
+        else len(meta["layers"])
+    if spec.n_layers_in != n_in or spec.hidden_size != meta["store"]["hidden_size"]:
         raise HeadError(f"{run}: architecture disagrees with its layers/hidden size; the head is damaged")
     if spec.task == "classification" and (meta["label_names"] is None or len(meta["label_names"]) != spec.n_outputs):
         raise HeadError(f"{run}: {HEAD_JSON} names {len(meta['label_names'] or [])} labels for a head of "
@@ -224,5 +233,9 @@ def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedH
         first = str(e).strip().splitlines()[0]
         raise HeadError(f"{path}: weights do not fit the architecture in {HEAD_JSON} ({first[:160]}); "
                         "the head is damaged")
+    if top is not None:  # tuned top layers: the saved model runs them on the stored layer N-m
+        from .top_layers import load_saved
+
+        model = load_saved(meta, os.path.join(os.path.dirname(path), top.get("weights", "")), model)
     model.to(device).eval()
     return LoadedHead(run, meta, spec, model, seed)

@@ -110,6 +110,9 @@ class TrainConfig:
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)  # for a store URL (s3://...)
     cache_dir: str | None = None  # local cache of a remote store (default: the user cache directory)
+    tune_top_layers: int = 0  # >0: also tune the backbone's top m layers, fed the stored layer N-m (heads.top_layers)
+    top_lr: float = 5e-5  # their peak learning rate (a fine-tuning one); 0 keeps them frozen
+    backbone: str | None = None  # the backbone's directory when the one named in the store moved
 
     def __post_init__(self) -> None:
         if self.layers is None and self.head in DEFAULT_LAYERS:
@@ -154,6 +157,12 @@ class TrainConfig:
             p.append(f"--d-head {self.d_head} is not divisible by --n-heads {self.n_heads}")
         if not 0 <= self.dropout < 1:
             p.append(f"--dropout {self.dropout!r}: must be in [0, 1)")
+        if not _nonneg_int(self.tune_top_layers):
+            p.append(f"--tune-top-layers {self.tune_top_layers!r}: must be a non-negative integer")
+        elif self.tune_top_layers and self.head not in ("ytuning", "linear"):
+            p.append(f"--tune-top-layers works with ytuning and linear heads, not {self.head}")
+        if not isinstance(self.top_lr, (int, float)) or not 0 <= self.top_lr < float("inf"):
+            p.append(f"--top-lr {self.top_lr!r}: must be >= 0 (0 keeps the top layers frozen)")
         if self.label_init not in ("random", "prior"):
             p.append(f"--label-init {self.label_init!r}: use random or prior")
         elif self.label_init == "prior" and self.head != "ytuning":

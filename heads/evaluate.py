@@ -85,7 +85,9 @@ def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: in
             raise HeadError(f"store {st.path}: labels of column {lt.column!r} are {lt.label_names}, the head's are "
                             f"{head.label_names}; they must be the same, in the same order")
         budget = max_memory if max_memory is not None else default_max_memory()
-        sources, _ = make_sources(st, [split], head.spec.kind, head.layers, head.spec.pooling, budget)
+        tuned = "top_layers" in head.meta  # tuned top layers read tokens of the stored layer N-m, for any head
+        sources, _ = make_sources(st, [split], "ytuning" if tuned else head.spec.kind, head.layers,
+                                  None if tuned else head.spec.pooling, budget)
         y = lt.targets(sp)
         loader = Loader(sources[split], y, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype))
         out = infer(head.model, head.spec, loader, dev)

@@ -4,6 +4,10 @@ A `linear` head on one layer's pooled vector becomes a plain `weight` (Y, D) and
 standardisation folded in, so `logits = pool(backbone(x)) @ weight.T + bias` on top of the backbone gives the
 head's predictions (head-first fine-tuning: LP-FT, EH-FT). Other heads are exported as their state dict; the
 metadata carries the architecture to rebuild them with `heads.models.build_head`.
+
+A head trained with `--tune-top-layers` also writes `<out>.backbone.safetensors`: the tuned layers under the full
+model's state-dict names (as a saved `AutoModel`), so `model.load_state_dict(tensors, strict=False)` puts them in
+place for head-first fine-tuning of the whole backbone.
 """
 from __future__ import annotations
 
@@ -19,29 +23,46 @@ from .artifacts import load_head
 FORMAT = "heads-export"
 
 
+def backbone_path(out: str) -> str:
+    """Where the tuned top layers of an exported head go, beside `out`."""
+    return out[:-len(".safetensors")] + ".backbone.safetensors"
+
+
 def export_head(run: str, out: str, seed: int | None = None) -> dict[str, str]:
-    """Write `out` (.safetensors); returns its metadata."""
+    """Write `out` (.safetensors), and the tuned top layers beside it for such a head; returns its metadata."""
     from safetensors.torch import save_file
 
     if not out.endswith(".safetensors"):
         raise InputError(f"--out {out}: use a .safetensors file name")
     head = load_head(run, seed)
     spec = head.spec
+    tuned = "top_layers" in head.meta
+    net = head.model.head if tuned else head.model  # a tuned run's model wraps the head and its top layers
     meta = {"format": FORMAT, "kind": spec.kind, "task": spec.task, "layers": json.dumps(head.layers),
             "label_names": json.dumps(head.label_names), "pooling": str(spec.pooling),
             "architecture": json.dumps(spec.to_json()), "store_fingerprint": head.meta["store"]["fingerprint"],
             "backbone": str(head.meta.get("backbone", {}).get("name"))}
     if spec.kind == "linear":
-        lin = head.model.net[-1]
-        std, mean = head.model.in_std, head.model.in_mean  # (L*D,)
+        lin = net.net[-1]
+        std, mean = net.in_std, net.in_mean  # (L*D,)
         weight = lin.weight / std  # (Y, L*D)
         bias = lin.bias - (lin.weight * (mean / std)).sum(1)  # (Y,)
         if spec.task == "regression":  # outputs are standardised targets: undo it here
             weight, bias = weight * spec.target_std, bias * spec.target_std + spec.target_mean
         tensors = {"weight": weight, "bias": bias}
     else:
-        tensors = dict(head.model.state_dict())
+        tensors = dict(net.state_dict())
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if tuned:
+        from .top_layers import export_full_keys
+
+        t = head.meta["top_layers"]
+        meta["layers"] = json.dumps(t["head_layers"])
+        meta["tuned_layers"] = json.dumps(list(range(t["plan"]["input_layer"] + 1, t["plan"]["num_layers"] + 1)))
+        top = export_full_keys(head.meta, head.model.top.state_dict())
+        save_file({k: v.detach().cpu().contiguous() for k, v in top.items()}, backbone_path(out),
+                  metadata={**meta, "content": "tuned top layers, full-model state-dict names"})
+        meta["backbone_file"] = backbone_path(out)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, out, metadata=meta)
     return meta
 

@@ -73,7 +73,7 @@ def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Seq
     projection = _projection(head, layers, device)
     for a in range(0, len(order), batch_size):
         parts.append(forward_batch(lm, tok, split, order[a:a + batch_size], layers, dtype, device, {}, projection))
-    if head.spec.kind == "ytuning":
+    if head.spec.kind == "ytuning" or "top_layers" in head.meta:  # tuned top layers run on tokens
         flat = np.stack([from_stored(np.concatenate([p[f"L{k}/tokens"] for p in parts]), dtype) for k in layers],
                         axis=1)  # (N_tokens, L, D)
         return ArrayTokens(flat, tok.lengths[order]), order

@@ -123,6 +123,13 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     check_splits(store, cfg.train_split, cfg.dev_split, cfg.test_split)
     lt = resolve_task(store, cfg.label_column, cfg.task)
     layers = select_stored_layers(cfg.layers, store.layers)
+    plan = top0 = read = None
+    if cfg.tune_top_layers:  # the head reads tuned top layers fed the stored layer N-m (heads.top_layers)
+        from .top_layers import load_top_layers, plan_top
+
+        plan = plan_top(store.manifest, store.layers, cfg.tune_top_layers, cfg.head, layers)
+        layers = plan.head_layers
+        top0, read = load_top_layers(store.manifest, plan.m, cfg.backbone)
     if cfg.label_init == "prior" and lt.task != "classification":
         raise InputError("--label-init prior needs a classification task (label names); use --label-init random")
     prior = _prior(store, lt, layers) if cfg.label_init == "prior" else None
@@ -130,7 +137,10 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     names = [n for n in (cfg.train_split, cfg.dev_split, cfg.test_split) if n is not None]
     max_memory = cfg.max_memory if cfg.max_memory is not None else default_max_memory()
     pooling = cfg.pooling if cfg.head != "ytuning" else None
-    sources, in_ram = make_sources(store, names, cfg.head, layers, pooling, max_memory)
+    if plan is None:
+        sources, in_ram = make_sources(store, names, cfg.head, layers, pooling, max_memory)
+    else:  # token features of the stored layers the tuned model reads, for either head
+        sources, in_ram = make_sources(store, names, "ytuning", plan.read_layers, None, max_memory)
     targets = {n: lt.targets(store.split(n)) for n in names}
 
     ytrain = targets[cfg.train_split]
@@ -144,18 +154,22 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     spec = HeadSpec(kind=cfg.head, task=lt.task, n_outputs=lt.n_outputs, hidden_size=store.width,
                     n_layers_in=len(layers), d_head=cfg.d_head, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                     dropout=cfg.dropout, pooling=pooling, target_mean=t_mean, target_std=t_std)
-    stats = _input_stats(sources[cfg.train_split]) if cfg.head != "ytuning" else None
+    stats = _input_stats(sources[cfg.train_split]) if cfg.head != "ytuning" and plan is None else None
     primary = PRIMARY[lt.task]
     dtype = batch_dtype(device, store.dtype)
 
     log: list[dict[str, Any]] = []
-    results, states = [], {}
+    results, states, tops = [], {}, {}
     for seed in cfg.seeds:
         loaders = {n: Loader(sources[n], targets[n], cfg.batch_size, shuffle=False, dtype=dtype) for n in names}
         loaders["_train"] = Loader(sources[cfg.train_split], ytrain, cfg.batch_size, shuffle=True, seed=seed,
                                    dtype=dtype)
-        res, state, n_params = _train_seed(seed, cfg, spec, lt, loaders, prior, stats, device, primary, log)
+        res, state, n_params = _train_seed(seed, cfg, spec, lt, loaders, prior, stats, device, primary, log,
+                                           top=(top0, plan) if plan is not None else None)
         results.append(res)
+        if plan is not None:  # the wrapper's state: head.* and top.* -> two files
+            tops[seed] = {k[4:]: v for k, v in state.items() if k.startswith("top.")}
+            state = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
         states[seed] = state
 
     select = cfg.dev_split or cfg.train_split  # best seed by the dev metric (train when there is no dev split)
@@ -167,6 +181,13 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
                          trainable_parameters=n_params, backbone_parameters=store.manifest["model"].get("num_parameters"),
                          seconds_per_epoch=per_epoch, device=str(device), in_ram=in_ram)
     meta = _head_meta(cfg, store, spec, lt, layers, result)
+    if plan is not None:
+        from .top_layers import TOP_WEIGHTS
+
+        meta["layers"] = plan.read_layers  # what eval and predict read from a store or a truncated backbone
+        meta["top_layers"] = {"plan": asdict(plan), "head_layers": plan.head_layers, "top_lr": cfg.top_lr,
+                              "pooling": pooling, "weights": TOP_WEIGHTS,
+                              "config": store.manifest["model"]["config"], "checkpoint": read.to_json()}
     metrics = {"primary_metric": primary, "splits": roles,
                "seeds": {str(r.seed): {**r.metrics, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
                                        "seconds_per_epoch": r.seconds_per_epoch} for r in results},
@@ -176,13 +197,15 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
         p = store.projection(k)
         if p is not None:
             projection[f"L{k}.mean"], projection[f"L{k}.basis"] = (torch.from_numpy(a) for a in p)
-    save_run(cfg.out, meta, states, metrics, log, cfg.overwrite, projection or None)
+    extra = {seed: {meta["top_layers"]["weights"]: t} for seed, t in tops.items()} if plan is not None else None
+    save_run(cfg.out, meta, states, metrics, log, cfg.overwrite, projection or None, extra)
     return result
 
 
 def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, loaders: dict[str, Loader],
                 prior: np.ndarray | None, stats: Any, device: torch.device, primary: str,
-                log: list[dict[str, Any]]) -> tuple[SeedResult, dict[str, torch.Tensor], int]:
+                log: list[dict[str, Any]], top: tuple[Any, Any] | None = None
+                ) -> tuple[SeedResult, dict[str, torch.Tensor], int]:
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
@@ -191,9 +214,24 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
         model.init_queries_from(prior)
     if stats is not None:
         model.set_input_stats(*stats)
+    groups = param_groups(model, cfg.weight_decay)
+    frozen_top = False
+    if top is not None:  # tuned top layers under the head, with their own (smaller) learning rate
+        import copy
+
+        from .top_layers import TunedModel, pooled_stats
+
+        head, layers_top = model, copy.deepcopy(top[0])
+        model = TunedModel(layers_top, head, top[1], spec.pooling if spec.kind != "ytuning" else None).to(device)
+        if spec.kind != "ytuning":
+            head.set_input_stats(*pooled_stats(model, loaders[cfg.train_split], device))
+        frozen_top = cfg.top_lr == 0
+        layers_top.requires_grad_(not frozen_top)
+        if not frozen_top:
+            groups += [{**g, "lr": cfg.top_lr} for g in param_groups(layers_top, cfg.weight_decay)]
     model.to(device)
     n_params = count_trainable(model)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
     train_loader = loaders["_train"]
     total = cfg.epochs * len(train_loader)
     warmup = int(cfg.warmup * total)
@@ -204,6 +242,8 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
     epoch = 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
+        if frozen_top:  # a frozen backbone part runs as at extraction: no dropout
+            model.top.eval()
         t0, loss_sum, n = time.perf_counter(), 0.0, 0
         for batch in train_loader.epoch(epoch):
             x, mask = to_device(batch, device)

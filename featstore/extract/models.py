@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,42 @@ def weights_hash(model: Any) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(dtype=_byte_dtype()).numpy().tobytes())
     return h.hexdigest()
+
+
+LAYER_KEY = re.compile(r"^(?:.*\.)?encoder\.layer\.(\d+)\.(.+)$")
+ENCODER_KEY = re.compile(r"^(?:.*\.)?encoder\.(?!layer\.)(.+)$")
+
+
+def part_hashes(named: Any) -> dict[str, str]:
+    """sha256 per encoder layer (`layer.i`, 0-based) and per module of the encoder's shared tensors
+    (`encoder.rel_embeddings`, `encoder.LayerNorm`, `encoder.conv` of DeBERTa-v2), over float32 values by name
+    relative to the part.
+
+    The full weights hash needs every tensor; these let `heads train --tune-top-layers` check the few layers it
+    reads from the checkpoint against what extraction ran, without loading the rest.
+    """
+    import torch
+
+    parts: dict[str, list[tuple[str, Any]]] = {}
+    for name, t in named.items():
+        m = LAYER_KEY.match(name)
+        if m:
+            parts.setdefault(f"layer.{int(m.group(1))}", []).append((m.group(2), t))
+            continue
+        m = ENCODER_KEY.match(name)
+        if m:
+            head, _, rest = m.group(1).partition(".")
+            parts.setdefault(f"encoder.{head}", []).append((rest, t))
+    out = {}
+    for part, items in parts.items():
+        h = hashlib.sha256()
+        for rel, t in sorted(items, key=lambda kv: kv[0]):
+            t = t.detach().to("cpu", torch.float32).contiguous()
+            h.update(rel.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+        out[part] = h.hexdigest()
+    return out
 
 
 def _byte_dtype():

@@ -24,8 +24,8 @@ from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, f
 from ..store.projection import array_names as projection_arrays, fit_pca, sample_rows
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
-from .models import LoadedModel, config_dict, load_model, resolve_model_layers, tokenizer_hash, truncate_after, \
-    weights_hash
+from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_model_layers, tokenizer_hash, \
+    truncate_after, weights_hash
 from .plan import Segment, Tokenized, assign_shares, plan_batches, plan_segments, storage_order, tokenize
 from .writer import SegmentJob, SegmentWriter
 
@@ -331,6 +331,7 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
         "bfloat16" if device.startswith("cuda") else "float32")
     model = {"name": cfg.model, "path": lm.path, "revision": getattr(lm.model.config, "_commit_hash", None),
              "config": config_dict(lm.model), "weights_sha256": weights_hash(lm.model),
+             "part_sha256": part_hashes(lm.model.state_dict()),
              "num_layers": lm.num_layers, "hidden_size": lm.hidden_size, "num_parameters": lm.num_parameters,
              "architecture": type(lm.model).__name__}
     tokenizer = {"name": lm.path, "sha256": tokenizer_hash(lm.tokenizer), "class": type(lm.tokenizer).__name__}
