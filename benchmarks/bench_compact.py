@@ -107,6 +107,31 @@ def table(task: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+# GLUE training sets: examples and a rough mean of DeBERTa-v2 tokens per example (pairs joined); an estimate
+# to size stores, not a measurement.
+GLUE_TRAIN = {"MNLI": (392_702, 41), "QQP": (363_846, 30), "QNLI": (104_743, 50), "SST-2": (67_349, 13),
+              "CoLA": (8_551, 11), "STS-B": (5_749, 31), "MRPC": (3_668, 53), "RTE": (2_490, 70)}
+
+
+def glue_estimate(hidden: int = 1536, layers: int = 4) -> str:
+    """Store sizes for DeBERTa-v2-xxlarge (hidden 1536), `layers` kept layers, per GLUE training set: token
+    features (value bytes + the 4-byte row scale of 8-bit codes) plus the two pooled vectors per example."""
+    variants = [("float16", 2 * hidden, 0), ("int8 / fp8", hidden, 4), (f"pca{hidden // 2} float16", hidden, 0),
+                (f"pca{hidden // 2} + int8", hidden // 2, 4), (f"pca{hidden // 4} float16", hidden // 2, 0),
+                (f"pca{hidden // 4} + int8", hidden // 4, 4)]
+    head = "| task | examples | tokens (est.) | " + " | ".join(v[0] for v in variants) + " |"
+    lines = [head, "|" + "---|" * (3 + len(variants))]
+    for task, (n, per) in GLUE_TRAIN.items():
+        tokens = n * per
+        sizes = [layers * ((tokens + 2 * n) * (b + extra)) for _, b, extra in variants]
+        lines.append(f"| {task} | {n:,} | {tokens / 1e6:.1f} M | " + " | ".join(_gb(x) for x in sizes) + " |")
+    return "\n".join(lines)
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.1f} GB" if x >= 1e9 else f"{x / 1e6:.0f} MB"
+
+
 def _n(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
@@ -120,7 +145,12 @@ def main() -> None:
     ap.add_argument("--extract-encodings", default="float16,int8,fp8")
     ap.add_argument("--json", default=None)
     ap.add_argument("--report", default=None, help="print the tables of an earlier --json and exit")
+    ap.add_argument("--estimate-glue", action="store_true", help="print estimated DeBERTa-v2-xxlarge store sizes "
+                    "for the GLUE training sets per encoding (4 layers) and exit")
     a = ap.parse_args()
+    if a.estimate_glue:
+        print(glue_estimate())
+        return
     if a.report:
         res = json.load(open(a.report))
         print("\n\n".join(table(t, r) for t, r in res["tasks"].items()))
