@@ -53,12 +53,20 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 @click.option("--allow-empty-text", is_flag=True,
               help="Keep empty or whitespace-only texts (refused by default: they are almost always a data bug).")
+@click.option("--task", default="sentence", show_default=True, type=click.Choice(["sentence", "token", "span"]),
+              help="token: a tag per word (CoNLL files, or JSONL/Parquet list columns); span: extractive QA "
+                   "(SQuAD JSON v1.1/v2, or JSONL with context, question, answers).")
+@click.option("--tokens-column", default="tokens", show_default=True, help="Token task, JSONL/Parquet: the words.")
+@click.option("--tags-column", default="tags", show_default=True, help="Token task, JSONL/Parquet: the tags.")
+@click.option("--tag-scheme", default="auto", show_default=True, type=click.Choice(["auto", "IOB2", "IOBES", "none"]),
+              help="Entity scheme of the tags (IOB2 = BIO); none for plain tag sets such as POS.")
+@click.option("--repair-tags", is_flag=True, help="Start an entity at an I- tag without its B- instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
             dtype, encoding, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
-            allow_empty_text, quiet, as_json) -> None:
+            allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, quiet, as_json) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.
@@ -72,7 +80,9 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         format=fmt,
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
-                        allow_empty_text=allow_empty_text, progress=not quiet)
+                        allow_empty_text=allow_empty_text, progress=not quiet, task=task,
+                        tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
+                        repair_tags=repair_tags)
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports
