@@ -21,9 +21,11 @@ def main() -> None:
 @main.command()
 @click.argument("head", type=click.Choice(["ytuning", "linear", "mlp"]))
 @click.option("--store", required=True, help="Store written by `featstore extract` (directory or .h5).")
-@click.option("--label-column", required=True, help="Label column of the store to predict.")
-@click.option("--task", default="auto", show_default=True, type=click.Choice(["auto", "classification", "regression"]),
-              help="auto: from the column (classes or numbers); regression also takes classes named by numbers.")
+@click.option("--label-column", default=None, help="Label column of the store to predict (sentence tasks).")
+@click.option("--task", default="auto", show_default=True,
+              type=click.Choice(["auto", "classification", "regression", "token", "span"]),
+              help="auto: from the store (token/span stores) or the column (classes or numbers); regression also "
+                   "takes classes named by numbers.")
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--dev-split", default="validation", show_default=True,
               help="Split for model selection and early stopping; 'none' keeps the last epoch.")
