@@ -25,7 +25,7 @@ from .data import Loader, default_max_memory
 from .errors import InputError, StoreError
 from .metrics import higher_is_better, mean_std
 from .models import build_head, count_trainable, loss_fn
-from .seqmodels import build_seq_head, seq_loss
+from .seqmodels import seq_loss
 from .seqtask import SeqTask, resolve_seq_task, token_input_stats
 from .task import (LabelTask, autocast, batch_dtype, check_splits, make_sources, resolve_task, to_device,
                    torch_threads)
@@ -194,7 +194,7 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask | Seq
 
     torch.manual_seed(seed)
     seq = spec.task in ("token", "span")
-    model = build_seq_head(spec) if seq else build_head(spec)
+    model = build_head(spec)
     if prior is not None:
         model.init_queries_from(prior)
     if stats is not None:
