@@ -61,12 +61,15 @@ def main() -> None:
 @click.option("--tag-scheme", default="auto", show_default=True, type=click.Choice(["auto", "IOB2", "IOBES", "none"]),
               help="Entity scheme of the tags (IOB2 = BIO); none for plain tag sets such as POS.")
 @click.option("--repair-tags", is_flag=True, help="Start an entity at an I- tag without its B- instead of refusing.")
+@click.option("--repair-answers", is_flag=True,
+              help="Span task: move an answer whose text is not at its answer_start to the nearest place it occurs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
             dtype, encoding, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out, overwrite,
-            allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, quiet, as_json) -> None:
+            allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers, quiet,
+            as_json) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.
@@ -82,7 +85,7 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         allow_empty_text=allow_empty_text, progress=not quiet, task=task,
                         tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
-                        repair_tags=repair_tags)
+                        repair_tags=repair_tags, repair_answers=repair_answers)
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports

@@ -62,6 +62,7 @@ class ExtractConfig:
     tags_column: str = "tags"
     tag_scheme: str = "auto"  # auto | IOB2 | IOBES | none
     repair_tags: bool = False  # start entities whose I- has no B- instead of refusing the data
+    repair_answers: bool = False  # move answers not at their offsets to the nearest occurrence of their text
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -179,7 +180,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         ds, task = load_token_dataset(cfg.data, cfg.tokens_column, cfg.tags_column, cfg.id_column, cfg.tag_scheme,
                                       cfg.repair_tags)
     elif cfg.task == "span":
-        ds, task = load_span_dataset(cfg.data)
+        ds, task = load_span_dataset(cfg.data, cfg.repair_answers)
     else:
         ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
                           allow_empty_text=cfg.allow_empty_text)

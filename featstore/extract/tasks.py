@@ -34,13 +34,14 @@ class TaskInfo:
     kind: str  # token | span
     scheme: str | None = None  # token: IOB2 | IOBES | none
     tag_names: list[str] | None = None  # token: vocabulary, index = tag id
-    repaired: int = 0  # token: tags changed by --repair-tags
+    repaired: int = 0  # tags changed by --repair-tags / answers moved by --repair-answers
     splits: dict[str, dict[str, int]] = field(default_factory=dict)  # per split alignment counts
 
     def to_json(self) -> dict[str, Any]:
         d = {"kind": self.kind, "splits": self.splits}
+        d["repaired"] = self.repaired
         if self.kind == "token":
-            d.update(scheme=self.scheme, tag_names=self.tag_names, repaired=self.repaired)
+            d.update(scheme=self.scheme, tag_names=self.tag_names)
         return d
 
 
@@ -176,9 +177,19 @@ def _span_rows(name: str, path: str) -> list[dict[str, Any]]:
     return rows
 
 
-def load_span_dataset(data: dict[str, str]) -> tuple[Dataset, TaskInfo]:
-    """Read and validate span splits; an answer whose text is not at its offsets is an error."""
-    splits = {}
+def _nearest(context: str, text: str, start: int) -> int | None:
+    """Start of the occurrence of `text` in `context` closest to `start`, or None."""
+    found, i = [], context.find(text)
+    while i >= 0:
+        found.append(i)
+        i = context.find(text, i + 1)
+    return min(found, key=lambda j: abs(j - start)) if found else None
+
+
+def load_span_dataset(data: dict[str, str], repair: bool = False) -> tuple[Dataset, TaskInfo]:
+    """Read and validate span splits; an answer whose text is not at its offsets is an error, unless `repair`
+    moves it to the nearest place its text occurs (SQuAD's own dev set has a few answers off by some characters)."""
+    splits, repaired = {}, 0
     for name, path in data.items():
         rows = _span_rows(name, path)
         if not rows:
@@ -194,14 +205,18 @@ def load_span_dataset(data: dict[str, str]) -> tuple[Dataset, TaskInfo]:
             r["answers"] = _answers(r["answers"], where)
             for a in r["answers"]:
                 got = r["context"][a["answer_start"]:a["answer_start"] + len(a["text"])]
-                if got != a["text"] or a["answer_start"] < 0:
+                fixed = _nearest(r["context"], a["text"], a["answer_start"]) if repair and a["text"] else None
+                if (got != a["text"] or a["answer_start"] < 0) and fixed is not None:
+                    a["answer_start"], repaired = fixed, repaired + 1
+                elif got != a["text"] or a["answer_start"] < 0:
                     raise InputError(f"{where}: answer {a['text'][:40]!r} is not at character {a['answer_start']} "
-                                     f"of its context (found {got[:40]!r}); fix answer_start")
+                                     f"of its context (found {got[:40]!r}); fix answer_start, or pass --repair-answers to "
+                                     "move it to where its text occurs")
         s = SplitData(name, path, [r["question"] for r in rows], [r["context"] for r in rows],
                       [r["id"] for r in rows])
         s.extra = {"answers": [r["answers"] for r in rows]}
         splits[name] = s
-    return Dataset(splits, [], "question", "context", "id"), TaskInfo("span")
+    return Dataset(splits, [], "question", "context", "id"), TaskInfo("span", repaired=repaired)
 
 
 # -- alignment ---------------------------------------------------------------------------------------------

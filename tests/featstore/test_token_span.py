@@ -156,8 +156,13 @@ def test_bad_offsets_one_line(bert, tmp_path):
                              "answers": {"text": ["Berlin"], "answer_start": [3]}}) + "\n")
     out = tmp_path / "st"
     r = _cli(["extract", "--model", bert, "--task", "span", "--data", f"train={p}", "--out", str(out), "--quiet"])
-    _one_line_exit2(r, "'Berlin' is not at character 3")
+    _one_line_exit2(r, "'Berlin' is not at character 3", "--repair-answers")
     assert not out.exists()
+    r = _cli(["extract", "--model", bert, "--task", "span", "--data", f"train={p}", "--out", str(out), "--quiet",
+              "--repair-answers", "--layers", "-1"])
+    assert r.exit_code == 0, r.output
+    st = open_store(str(out))
+    assert st.task_info["repaired"] == 1 and st.split("train").span_targets()[0, 0] > 0
 
 
 def test_span_jsonl_and_plain_tags(tmp_path):
