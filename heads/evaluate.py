@@ -123,7 +123,7 @@ def _evaluate_seq(run: str, store: str, st: Any, sp: Any, head: LoadedHead, batc
     from .seqpredict import seq_task_of
     from .seqtask import infer_tokens, resolve_seq_task
 
-    lt = resolve_seq_task(st, head.spec.task)
+    lt = resolve_seq_task(st, head.spec.task, head.meta.get("label_column"))
     if lt.label_names != head.label_names:
         raise HeadError(f"store {st.path}: tags are {lt.label_names}, the head's are {head.label_names}")
     lt.scheme, lt.null_answers = seq_task_of(head).scheme, seq_task_of(head).null_answers

@@ -67,14 +67,18 @@ class SeqTask:
 
     def alignment(self, split: Split) -> Alignment:
         if split.name not in self._align:
-            self._align[split.name] = Alignment.of(split)
+            align = Alignment.of(split)
+            if self.task == "token" and self.column != "tags":  # a tag column added by `featstore add-labels`
+                for g, tags in zip(align.gold, split.gold_tags(self.column)):
+                    g["tags"] = tags
+            self._align[split.name] = align
         return self._align[split.name]
 
     def targets(self, split: Split) -> np.ndarray:
         """Token: (N, T_max) tag ids padded with -100; span: (N, 2) start/end token positions."""
         if self.task == "span":
             return split.span_targets()
-        flat, off = split.token_targets(), split.offsets
+        flat, off = split.token_targets(self.column), split.offsets
         out = np.full((split.n_examples, int(split.lengths.max(initial=1))), IGNORE, dtype=np.int64)
         for i in range(split.n_examples):
             out[i, :off[i + 1] - off[i]] = flat[off[i]:off[i + 1]]
@@ -130,17 +134,22 @@ def infer_tokens(model: torch.nn.Module, loader: Any, device: torch.device) -> l
     return res  # type: ignore[return-value]
 
 
-def resolve_seq_task(store: Store, task: str = "auto") -> SeqTask:
-    """The store's token or span task; `--task` must agree with it."""
+def resolve_seq_task(store: Store, task: str = "auto", column: str | None = None) -> SeqTask:
+    """The store's token or span task; `--task` must agree with it. `column`: a tag column added to a token
+    store by `featstore add-labels` (default: the extracted tags)."""
     info = store.task_info  # a clear error for a sentence store
     kind = store.task
     if task not in ("auto", kind):
         raise InputError(f"--task {task} but store {store.path} holds a {kind} task; use --task {kind} (or auto)")
     if kind == "token":
-        names = list(info["tag_names"])
+        cols = {"tags": info, **info.get("tag_columns", {})}
+        column = column or "tags"
+        if column not in cols:
+            raise InputError(f"store {store.path} has no tag column {column!r}; it has {', '.join(cols)}")
+        names = list(cols[column]["tag_names"])
         if len(names) < 2:
             raise InputError(f"store {store.path} has {len(names)} tag(s); a token task needs 2 or more")
-        return SeqTask("token", names, info.get("scheme"))
+        return SeqTask("token", names, cols[column].get("scheme"), column=column)
     null = any(s.get("unanswerable", 0) for s in info.get("splits", {}).values())
     return SeqTask("span", ["start", "end"], None, null, column="answer")
 

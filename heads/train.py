@@ -127,7 +127,7 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     if not seq and not cfg.label_column:
         raise InputError(f"--label-column is required: store {store.path} holds sentence labels "
                          f"({', '.join(store.label_columns) or 'none'})")
-    lt: LabelTask | SeqTask = resolve_seq_task(store, cfg.task) if seq else \
+    lt: LabelTask | SeqTask = resolve_seq_task(store, cfg.task, cfg.label_column) if seq else \
         resolve_task(store, cfg.label_column, cfg.task)
     if seq and cfg.head == "mlp":
         raise InputError(f"the mlp head reads pooled vectors; a {lt.task} task needs ytuning or linear")

@@ -143,6 +143,11 @@ def _validate_task(m: dict[str, Any], source: str) -> None:
             raise StoreError(f"{source}: manifest dataset.task.tag_names is not a list of tag strings")
         if task.get("scheme") not in ("IOB2", "IOBES", "none"):
             raise StoreError(f"{source}: manifest dataset.task.scheme {task.get('scheme')!r} unknown")
+    for col, entry in task.get("tag_columns", {}).items():
+        safe_name(col, "tag column")
+        names = entry.get("tag_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise StoreError(f"{source}: manifest tag column {col!r} has no list of tag names")
     if not isinstance(task.get("splits", {}), dict):
         raise StoreError(f"{source}: manifest dataset.task.splits is not an object")
 

@@ -144,7 +144,8 @@ class Store:
         if splits is not None:
             for s in splits:
                 self.split(s)  # a clear error for an unknown split
-            prefixes = [f"{kind}/{s}" for s in splits for kind in ("segments", "labels", "token_labels", "spans", "gold")] + ["label_features"]
+            prefixes = [f"{kind}/{s}" for s in splits for kind in ("segments", "labels", "token_labels", "spans", "gold",
+                                                            "gold_tags")] + ["label_features"]
         return self.backend.prefetch(prefixes, jobs=jobs, progress=progress)
 
     def close(self) -> None:
@@ -277,9 +278,13 @@ class Split:
         self.store.task_info
         return self._concat(name).astype(np.int64)
 
-    def token_targets(self) -> np.ndarray:
+    def token_targets(self, column: str = "tags") -> np.ndarray:
         """(n_tokens,) tag ids on each word's first sub-word, -100 on the others (ignored in the loss)."""
-        return self._checked("token_labels", "tags", self.n_tokens).astype(np.int64)
+        return self._checked("token_labels", column, self.n_tokens).astype(np.int64)
+
+    def gold_tags(self, column: str) -> list[list[str]]:
+        """Word-level tags of a tag column added by `featstore add-labels` (storage order)."""
+        return [r for r in self._json(f"gold_tags/{self.name}/{column}")]
 
     def span_targets(self) -> np.ndarray:
         """(n_examples, 2) answer start/end token positions; (0, 0) = no answer in the window."""
@@ -287,18 +292,21 @@ class Split:
 
     def gold(self) -> list[dict[str, Any]]:
         """Per example (storage order), what scoring needs: words + tags, or context + gold answer texts."""
+        return self._json(f"gold/{self.name}")
+
+    def _json(self, prefix: str) -> list[Any]:
         import json
 
-        raw = self._checked("gold", "json_bytes", None).tobytes()
-        off = self._checked("gold", "json_offsets", self.n_examples + 1).astype(np.int64)
+        raw = self._checked(prefix, "json_bytes", None, full=True).tobytes()
+        off = self._checked(prefix, "json_offsets", self.n_examples + 1, full=True).astype(np.int64)
         if off[0] != 0 or (np.diff(off) < 0).any() or off[-1] != len(raw):
-            raise StoreError(f"store {self.store.path}: gold/{self.name}/json_offsets do not match its bytes; the "
+            raise StoreError(f"store {self.store.path}: {prefix}/json_offsets do not match its bytes; the "
                              "store is damaged")
         return [json.loads(raw[off[i]:off[i + 1]]) for i in range(self.n_examples)]
 
-    def _checked(self, group: str, name: str, n: int | None) -> np.ndarray:
+    def _checked(self, group: str, name: str, n: int | None, full: bool = False) -> np.ndarray:
         self.store.task_info
-        key = f"{group}/{self.name}/{name}"
+        key = f"{group}/{name}" if full else f"{group}/{self.name}/{name}"
         arr = self.store.backend.array(key)
         if n is not None and tuple(arr.shape) != (n,):
             raise StoreError(f"store {self.store.path}: {key} has shape {tuple(arr.shape)}, expected {(n,)}; the "

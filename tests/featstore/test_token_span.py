@@ -188,3 +188,35 @@ def test_manifest_task_validated(bert, tmp_path):
     m["dataset"]["task"]["kind"] = "span"
     with pytest.raises(StoreError, match="inconsistent"):
         validate(m, "x")
+
+
+def test_add_token_labels(bert, tmp_path):
+    from featstore.labels import add_labels
+    from heads import TrainConfig, train
+    from featstore.errors import InputError
+
+    data = write(tmp_path / "train.conll", CONLL)
+    out = str(tmp_path / "st")
+    extract(ExtractConfig(model=bert, data={"train": data}, out=out, task="token", layers="-1", progress=False))
+    fp = open_store(out).fingerprint
+    pos = tmp_path / "pos.jsonl"
+    pos.write_text(json.dumps({"id": "train-0", "pos": ["NNP", "NNP", "NNP", "VBZ", "NN"]}) + "\n"
+                   + json.dumps({"id": "train-1", "pos": ["NNP", "RB", "VBZ", "NNP"]}) + "\n")
+    r = add_labels(out, {"train": str(pos)}, "pos")
+    assert r.kind == "token" and r.names == ["NN", "NNP", "RB", "VBZ"] and r.fingerprint == fp
+    st = open_store(out)
+    sp = st.split("train")
+    assert st.task_info["tag_columns"]["pos"]["scheme"] == "none"
+    t, w = sp.token_targets("pos"), sp.token_array("word_index")
+    k = sp.example_ids.index("train-1")
+    a, b = sp.offsets[k], sp.offsets[k + 1]
+    first = [i for i in range(a, b) if w[i] >= 0 and (i == a or w[i - 1] != w[i])]
+    assert [r.names[t[i]] for i in first] == ["NNP", "RB", "VBZ", "NNP"]
+    assert sp.gold_tags("pos")[k] == ["NNP", "RB", "VBZ", "NNP"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "train-0", "x": ["NN"]}) + "\n" + json.dumps({"id": "train-1", "x": ["NN"]}))
+    with pytest.raises(InputError, match="1 tags for [45] words"):
+        add_labels(out, {"train": str(bad)}, "x")
+    res = train(TrainConfig("linear", store=out, label_column="pos", out=str(tmp_path / "run"), dev_split="none",
+                            test_split="none", epochs=1, progress=False))
+    assert res.label_column == "pos" and res.primary_metric == "accuracy"
