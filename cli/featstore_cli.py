@@ -101,6 +101,9 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                f"{s.bytes_written / 2**20:.1f} MiB in {s.seconds:.1f} s "
                f"({s.tokens_per_second:,.0f} tokens/s on {s.device}); "
                f"{s.segments_total} segments{resumed}; {s.truncated} truncated; fingerprint {s.fingerprint[:16]}")
+    if s.task_counts:  # token/span tasks: what truncation cost, per split
+        click.echo("; ".join(f"{k}: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in v.items())
+                             for k, v in s.task_counts.items()))
 
 
 def storage_options(fn):

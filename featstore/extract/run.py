@@ -122,6 +122,7 @@ class ExtractSummary:
     already_complete: bool = False
     loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
     rank: int = 0  # under torchrun: this process's rank (tokens and bytes are this rank's share)
+    task_counts: dict[str, dict[str, int]] | None = None  # token/span: words / answers lost to truncation per split
 
     @property
     def tokens_per_second(self) -> float:
@@ -168,7 +169,7 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                           truncated=sum(t.truncated for t in prep.toks.values()), bytes_written=bytes_written,
                           seconds=time.perf_counter() - t_start, segments_total=len(prep.segments),
                           segments_resumed=len(prep.done), device=prep.device, loop_seconds=loop_seconds,
-                          rank=prep.rank)
+                          rank=prep.rank, task_counts=prep.task.splits if prep.task is not None else None)
 
 
 # -- step 1: check, load, plan, open ----------------------------------------------------------------------

@@ -148,6 +148,7 @@ def test_bad_tags_one_line(bert, tmp_path):
               "--repair-tags", "--layers", "-1"])
     assert r.exit_code == 0, r.output
     assert open_store(str(out)).split("train").gold()[0]["tags"] == ["B-LOC", "O"]
+    assert "train: 0 truncated words" in r.output
 
 
 def test_bad_offsets_one_line(bert, tmp_path):
