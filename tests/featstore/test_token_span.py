@@ -72,6 +72,9 @@ def test_token_store(bert, tmp_path):
     extract(cfg)
     st = open_store(cfg.out)
     assert st.task == "token" and st.task_info["scheme"] == "IOB2"
+    from featstore.verify import format_info, info
+
+    assert "task         token (" in format_info(info(cfg.out)) and "truncated words" in format_info(info(cfg.out))
     sp = st.split("train")
     tags, words = sp.token_targets(), sp.token_array("word_index")
     assert len(tags) == sp.n_tokens == len(words)
