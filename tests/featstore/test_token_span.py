@@ -65,10 +65,11 @@ def test_answer_positions_truncation_unanswerable():
     assert answer_positions(cs, ce, [{"text": "later", "answer_start": 20}]) == (0, 0, True)
 
 
-def test_token_store(bert, tmp_path):
+@pytest.mark.parametrize("fmt,name", [("zarr", "st"), ("hdf5", "st.h5")])
+def test_token_store(bert, tmp_path, fmt, name):
     data = write(tmp_path / "train.conll", CONLL)
-    cfg = ExtractConfig(model=bert, data={"train": data}, out=str(tmp_path / "st"), task="token", layers="-1",
-                        progress=False)
+    cfg = ExtractConfig(model=bert, data={"train": data}, out=str(tmp_path / name), task="token", layers="-1",
+                        format=fmt, progress=False)
     extract(cfg)
     st = open_store(cfg.out)
     assert st.task == "token" and st.task_info["scheme"] == "IOB2"
