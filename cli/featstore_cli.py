@@ -61,12 +61,23 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 @click.option("--allow-empty-text", is_flag=True,
               help="Keep empty or whitespace-only texts (refused by default: they are almost always a data bug).")
+@click.option("--task", default="sentence", show_default=True, type=click.Choice(["sentence", "token", "span"]),
+              help="token: a tag per word (CoNLL files, or JSONL/Parquet list columns); span: extractive QA "
+                   "(SQuAD JSON v1.1/v2, or JSONL with context, question, answers).")
+@click.option("--tokens-column", default="tokens", show_default=True, help="Token task, JSONL/Parquet: the words.")
+@click.option("--tags-column", default="tags", show_default=True, help="Token task, JSONL/Parquet: the tags.")
+@click.option("--tag-scheme", default="auto", show_default=True, type=click.Choice(["auto", "IOB2", "IOBES", "none"]),
+              help="Entity scheme of the tags (IOB2 = BIO); none for plain tag sets such as POS.")
+@click.option("--repair-tags", is_flag=True, help="Start an entity at an I- tag without its B- instead of refusing.")
+@click.option("--repair-answers", is_flag=True,
+              help="Span task: move an answer whose text is not at its answer_start to the nearest place it occurs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
             dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out,
-            overwrite, allow_empty_text, quiet, as_json, storage_option) -> None:
+            overwrite, allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers, quiet,
+            as_json, storage_option) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.
@@ -81,7 +92,9 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         allow_empty_text=allow_empty_text, progress=not quiet,
-                        storage_options=_options(storage_option))
+                        storage_options=_options(storage_option), task=task,
+                        tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
+                        repair_tags=repair_tags, repair_answers=repair_answers)
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports
@@ -97,6 +110,9 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                f"{s.bytes_written / 2**20:.1f} MiB in {s.seconds:.1f} s "
                f"({s.tokens_per_second:,.0f} tokens/s on {s.device}); "
                f"{s.segments_total} segments{resumed}; {s.truncated} truncated; fingerprint {s.fingerprint[:16]}")
+    if s.task_counts:  # token/span tasks: what truncation cost, per split
+        click.echo("; ".join(f"{k}: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in v.items())
+                             for k, v in s.task_counts.items()))
 
 
 def storage_options(fn):

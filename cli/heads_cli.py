@@ -21,9 +21,11 @@ def main() -> None:
 @main.command()
 @click.argument("head", type=click.Choice(["ytuning", "linear", "mlp"]))
 @click.option("--store", required=True, help="Store written by `featstore extract` (directory or .h5).")
-@click.option("--label-column", required=True, help="Label column of the store to predict.")
-@click.option("--task", default="auto", show_default=True, type=click.Choice(["auto", "classification", "regression"]),
-              help="auto: from the column (classes or numbers); regression also takes classes named by numbers.")
+@click.option("--label-column", default=None, help="Label column of the store to predict (sentence tasks).")
+@click.option("--task", default="auto", show_default=True,
+              type=click.Choice(["auto", "classification", "regression", "token", "span"]),
+              help="auto: from the store (token/span stores) or the column (classes or numbers); regression also "
+                   "takes classes named by numbers.")
 @click.option("--train-split", default="train", show_default=True)
 @click.option("--dev-split", default="validation", show_default=True,
               help="Split for model selection and early stopping; 'none' keeps the last epoch.")
@@ -132,6 +134,8 @@ def evaluate(run, store, split, seed, batch_size, max_memory, device, threads, p
 @click.argument("run")
 @click.option("--text", "texts", multiple=True, help="Text to classify; repeatable.")
 @click.option("--text-pair", "pairs", multiple=True, help="Second text of a pair, one per --text (pair tasks).")
+@click.option("--context", "contexts", multiple=True, help="Span heads: a context to answer from; repeatable.")
+@click.option("--question", "questions", multiple=True, help="Span heads: the question, one per --context.")
 @click.option("--input", "input_path", default=None,
               help="File of texts: .jsonl (the store's text column, or 'text') or plain text, one per line.")
 @click.option("--output", "output_path", default=None, help="Write predictions here (JSON lines).")
@@ -141,12 +145,19 @@ def evaluate(run, store, split, seed, batch_size, max_memory, device, threads, p
 @click.option("--device", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines: text, label, probabilities.")
 @user_errors
-def predict(run, texts, pairs, input_path, output_path, seed, model, batch_size, device, as_json) -> None:
+def predict(run, texts, pairs, contexts, questions, input_path, output_path, seed, model, batch_size, device,
+            as_json) -> None:
     """Label raw texts with the head in RUN: loads its backbone, extracts with the store's settings."""
     from heads.artifacts import read_meta
     from heads.predict import predict as run_predict, read_inputs
     from heads.report import format_prediction
 
+    if contexts or questions:
+        if texts or pairs or input_path:
+            raise click.UsageError("give --context/--question (span heads) or --text, not both")
+        if len(contexts) != len(questions):
+            raise click.UsageError(f"{len(contexts)} --context but {len(questions)} --question; give one of each")
+        texts, pairs = contexts, questions
     if texts and input_path:
         raise click.UsageError("give --text or --input, not both")
     if not texts and not input_path:

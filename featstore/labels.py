@@ -57,6 +57,15 @@ def add_labels(store_path: str, data: dict[str, str], label_column: str, id_colu
             raise InputError(f"--data missing for split(s) {', '.join(missing)}: every split of the store needs "
                              "its labels (give --data SPLIT=PATH for each)")
         splits = {name: _join(store, name, data[name], id_column, column) for name in store.splits}
+        if store.task == "token":  # a tag per word, aligned through the stored word index
+            from .token_labels import add_token_labels
+
+            entry = add_token_labels(store, splits, column, id_column, data)
+            return AddLabelsResult(store=store_path, column=column, kind="token", names=entry["tag_names"],
+                                   examples={k: len(s.ids) for k, s in splits.items()}, fingerprint=store.fingerprint)
+        if store.task != "sentence":
+            raise InputError(f"store {store_path} holds a {store.task} task; add-labels adds sentence labels or "
+                             "token tags")
         col = encode_labels(column, kind, splits)  # same vocabulary rules as extraction
         arrays = {f"labels/{name}/{column}": s.targets[column] for name, s in splits.items()}
         entry = {**col.to_json(), "added": {"id_column": id_column, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",

@@ -37,7 +37,7 @@ def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: st
                               for c in m["dataset"]["label_columns"]},
             "bytes": int(sum(f["size"] for f in files.values())), "files": len(files),
             "compression": m["layout"]["compression"], "created": m.get("created"),
-            "tool_version": m["tool"]["version"],
+            "tool_version": m["tool"]["version"], "task": m["dataset"].get("task"),
         }.items()}
     except (KeyError, TypeError, AttributeError) as e:  # a manifest from elsewhere may lack optional fields
         raise StoreError(f"{path}: manifest lacks or mangles {e}; the store is damaged or from another tool")
@@ -66,6 +66,14 @@ def format_info(d: dict[str, Any]) -> str:
         what = f"{len(c['labels'])} classes: {', '.join(c['labels'][:8])}{' ...' if len(c['labels']) > 8 else ''}" \
             if c["kind"] == "class" else "regression"
         lines.append(f"label        {name} ({what})")
+    task = d.get("task")
+    if task:  # token/span stores: the task, its tags and what truncation cost
+        what = (f"{len(task['tag_names'])} tags, scheme {task['scheme']}" if task["kind"] == "token" else "answer spans")
+        counts = "; ".join(f"{k}: " + ", ".join(f"{n} {w.replace('_', ' ')}" for w, n in v.items())
+                           for k, v in task.get("splits", {}).items())
+        lines.append(f"task         {task['kind']} ({what}); {counts}")
+        for col, c in task.get("tag_columns", {}).items():
+            lines.append(f"tag column   {col} ({len(c['tag_names'])} tags, scheme {c['scheme']})")
     if d.get("created"):
         lines.append(f"created      {d['created']} by featstore {d['tool_version']}")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from .errors import HeadError, InputError
 
 HEADS = ("ytuning", "linear", "mlp")
-TASKS = ("auto", "classification", "regression")
+TASKS = ("auto", "classification", "regression", "token", "span")
 SCHEDULES = ("linear", "cosine", "constant")
 DEFAULT_LR = {"ytuning": 1e-3, "linear": 1e-3, "mlp": 1e-3}
 DEFAULT_LAYERS = {"ytuning": "all", "linear": "-1", "mlp": "-1"}
@@ -23,7 +23,7 @@ class HeadSpec:
     """Everything needed to rebuild a head's modules (saved as head.json's `architecture`)."""
 
     kind: str  # ytuning | linear | mlp
-    task: str  # classification | regression
+    task: str  # classification | regression | token | span
     n_outputs: int  # number of labels; 1 for regression
     hidden_size: int  # D of the stored features
     n_layers_in: int  # L: how many stored layers the head reads
@@ -40,8 +40,8 @@ class HeadSpec:
         problems = []
         if self.kind not in HEADS:
             problems.append(f"head {self.kind!r}: use one of {', '.join(HEADS)}")
-        if self.task not in ("classification", "regression"):
-            problems.append(f"task {self.task!r}: use classification or regression")
+        if self.task not in TASKS[1:]:
+            problems.append(f"task {self.task!r}: use one of {', '.join(TASKS[1:])}")
         for name in ("n_outputs", "hidden_size", "n_layers_in", "d_head", "n_layers", "n_heads", "ffn_mult"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -51,7 +51,8 @@ class HeadSpec:
             problems.append(f"--d-head {self.d_head} is not divisible by --n-heads {self.n_heads}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             problems.append(f"--dropout {self.dropout!r}: must be in [0, 1)")
-        if self.kind != "ytuning" and self.pooling not in ("cls", "mean"):
+        if self.kind != "ytuning" and self.task in ("classification", "regression") and \
+                self.pooling not in ("cls", "mean"):
             problems.append(f"--pooling {self.pooling!r}: use cls or mean")
         if not isinstance(self.target_std, (int, float)) or self.target_std <= 0:
             problems.append(f"target_std {self.target_std!r}: must be positive")
@@ -81,7 +82,7 @@ class TrainConfig:
 
     head: str
     store: str
-    label_column: str
+    label_column: str | None = None  # sentence tasks; token/span stores carry their targets
     out: str | None = None
     train_split: str = "train"
     dev_split: str | None = "validation"  # None: no model selection, the last epoch is kept

@@ -80,6 +80,8 @@ def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: in
     try:
         check_compatible(head, st)
         sp = st.split(split)
+        if head.spec.task in ("token", "span"):
+            return _evaluate_seq(run, store, st, sp, head, batch_size, dev, max_memory)
         lt = resolve_task(st, head.meta["label_column"], head.spec.task)
         if lt.label_names != head.label_names:
             raise HeadError(f"store {st.path}: labels of column {lt.column!r} are {lt.label_names}, the head's are "
@@ -115,3 +117,33 @@ def _predictions(head: LoadedHead, out: np.ndarray, y: np.ndarray, sp: Any) -> l
             r["target"] = float(y[i])
         recs.append(r)
     return recs
+
+
+def _evaluate_seq(run: str, store: str, st: Any, sp: Any, head: LoadedHead, batch_size: int, dev: torch.device,
+                  max_memory: int | None) -> EvalResult:
+    """Token / span heads: word-level tags or answer texts decoded and scored against the store's gold."""
+    from .seqpredict import seq_task_of
+    from .seqtask import infer_tokens, resolve_seq_task
+
+    lt = resolve_seq_task(st, head.spec.task, head.meta.get("label_column"))
+    if lt.label_names != head.label_names:
+        raise HeadError(f"store {st.path}: tags are {lt.label_names}, the head's are {head.label_names}")
+    lt.scheme, lt.null_answers = seq_task_of(head).scheme, seq_task_of(head).null_answers
+    budget = max_memory if max_memory is not None else default_max_memory()
+    sources, _ = make_sources(st, [sp.name], "ytuning", head.layers, None, budget)
+    loader = Loader(sources[sp.name], None, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype))
+    align = lt.alignment(sp)
+    preds = lt.decode(infer_tokens(head.model, loader, dev), align)
+    ids, rows = sp.example_ids, sp.rows
+    recs = []
+    for i in sp.input_order():
+        r: dict[str, Any] = {"id": ids[i], "row": int(rows[i])}
+        if lt.task == "token":
+            r["tags"], r["target"] = preds[i], align.gold[i]["tags"]
+        else:
+            r["answer"], r["start"], r["end"] = preds[i]
+            r["target"] = align.gold[i]["answers"]
+        recs.append(r)
+    return EvalResult(run=run, store=store, split=sp.name, seed=head.seed, task=lt.task,
+                      primary_metric=head.meta["primary_metric"], metrics=lt.score(preds, align),
+                      n_examples=sp.n_examples, predictions=recs)

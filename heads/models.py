@@ -123,6 +123,10 @@ class PooledHead(nn.Module):
 
 
 def build_head(spec: HeadSpec) -> nn.Module:
+    if spec.task in ("token", "span"):  # a logit per tag per token / start and end scores per position
+        from .seqmodels import build_seq_head
+
+        return build_seq_head(spec)
     return YTuningHead(spec) if spec.kind == "ytuning" else PooledHead(spec)
 
 

@@ -96,6 +96,10 @@ def predict(run: str, texts: Sequence[str], pairs: Sequence[str] | None = None, 
         raise InputError(f"--batch-size {batch_size}: must be positive")
     dev = torch.device(pick_device(device))
     head = load_head(run, seed, device=str(dev))
+    if head.spec.task in ("token", "span"):  # texts are sentences, or contexts with `pairs` their questions
+        from .seqpredict import predict_seq
+
+        return predict_seq(head, load_backbone(head, model, verify_backbone), texts, pairs, batch_size, dev)
     pair_column = head.meta["backbone"].get("pair_column")
     if pair_column and pairs is None:
         raise InputError(f"head {run} was trained on text pairs ({pair_column!r}); give a --text-pair for every --text")

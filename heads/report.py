@@ -15,7 +15,7 @@ def _count(n: int | None) -> str:
 
 
 def format_train(r: TrainResult) -> str:
-    metrics = METRICS[r.task]
+    metrics = METRICS.get(r.task) or list(next(iter(r.summary.values())))
     seeds = [s.seed for s in r.seeds]
     role = {v: k for k, v in r.splits.items() if v is not None}
     lines = [f"{r.head} on {r.label_column!r} ({r.task}), layers {r.layers}, seeds {','.join(map(str, seeds))}; "
@@ -46,6 +46,12 @@ def format_eval(r: EvalResult) -> str:
 
 
 def format_prediction(rec: dict[str, Any], top: int = 3) -> str:
+    if "entities" in rec:  # token heads: entities with character offsets (tags when the tag set has no scheme)
+        ents = [f"{e['type']}[{e['start']}:{e['end']}]={e['text']!r}" for e in rec["entities"]]
+        return ("  ".join(ents) if ents else " ".join(rec["tags"]) if rec["tags"] else "-") + f"\t{rec['text']}"
+    if "answer" in rec:  # span heads: the answer and its offsets in the context
+        where = f"[{rec['start']}:{rec['end']}]" if rec["answer"] else "(no answer)"
+        return f"{rec['answer']!r} {where}\t{rec['question']}"
     text = rec["text"] if len(rec["text"]) <= 60 else rec["text"][:57] + "..."
     if "label" in rec:
         probs = sorted(rec["probabilities"].items(), key=lambda kv: -kv[1])[:top]

@@ -31,6 +31,18 @@ class LabelTask:
     def n_outputs(self) -> int:
         return len(self.label_names) if self.task == "classification" else 1
 
+    @property
+    def primary(self) -> str:
+        from .metrics import PRIMARY
+
+        return PRIMARY[self.task]
+
+    def evaluate(self, model: torch.nn.Module, spec: HeadSpec, loader: Loader, device: torch.device) -> dict[str, float]:
+        """Every metric of the task on one split (the loader's targets)."""
+        from .metrics import compute
+
+        return compute(self.task, loader.targets, infer(model, spec, loader, device), self.n_outputs)
+
     def targets(self, split: Split) -> np.ndarray:
         t = split.targets(self.column)
         if self.values is not None:

@@ -23,10 +23,12 @@ from .artifacts import FORMAT, FORMAT_VERSION, check_out, save_run
 from .config import HeadSpec, TrainConfig, select_stored_layers
 from .data import Loader, default_max_memory
 from .errors import InputError, StoreError
-from .metrics import METRICS, PRIMARY, compute, higher_is_better, mean_std
+from .metrics import higher_is_better, mean_std
 from .models import build_head, count_trainable, loss_fn
-from .task import (LabelTask, autocast, batch_dtype, check_splits, infer, make_sources, resolve_task,
-                   to_device, torch_threads)
+from .seqmodels import seq_loss
+from .seqtask import SeqTask, resolve_seq_task, token_input_stats
+from .task import (LabelTask, autocast, batch_dtype, check_splits, make_sources, resolve_task, to_device,
+                   torch_threads)
 
 
 @dataclass(kw_only=True)
@@ -121,7 +123,14 @@ def train(cfg: TrainConfig) -> TrainResult:
 def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     roles = {"train": cfg.train_split, "dev": cfg.dev_split, "test": cfg.test_split}
     check_splits(store, cfg.train_split, cfg.dev_split, cfg.test_split)
-    lt = resolve_task(store, cfg.label_column, cfg.task)
+    seq = store.task != "sentence" or cfg.task in ("token", "span")  # a tag per word / an answer span
+    if not seq and not cfg.label_column:
+        raise InputError(f"--label-column is required: store {store.path} holds sentence labels "
+                         f"({', '.join(store.label_columns) or 'none'})")
+    lt: LabelTask | SeqTask = resolve_seq_task(store, cfg.task, cfg.label_column) if seq else \
+        resolve_task(store, cfg.label_column, cfg.task)
+    if seq and cfg.head == "mlp":
+        raise InputError(f"the mlp head reads pooled vectors; a {lt.task} task needs ytuning or linear")
     layers = select_stored_layers(cfg.layers, store.layers)
     plan = top0 = read = None
     if cfg.tune_top_layers:  # the head reads tuned top layers fed the stored layer N-m (heads.top_layers)
@@ -136,15 +145,17 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     device = torch.device(pick_device(cfg.device))
     names = [n for n in (cfg.train_split, cfg.dev_split, cfg.test_split) if n is not None]
     max_memory = cfg.max_memory if cfg.max_memory is not None else default_max_memory()
-    pooling = cfg.pooling if cfg.head != "ytuning" else None
+    pooling = cfg.pooling if cfg.head != "ytuning" and not seq else None
     if plan is None:
-        sources, in_ram = make_sources(store, names, cfg.head, layers, pooling, max_memory)
+        sources, in_ram = make_sources(store, names, "ytuning" if seq else cfg.head, layers, pooling, max_memory)
     else:  # token features of the stored layers the tuned model reads, for either head
         sources, in_ram = make_sources(store, names, "ytuning", plan.read_layers, None, max_memory)
     targets = {n: lt.targets(store.split(n)) for n in names}
 
     ytrain = targets[cfg.train_split]
-    if lt.task == "classification":
+    if seq:
+        t_mean, t_std = 0.0, 1.0
+    elif lt.task == "classification":
         seen = np.unique(ytrain)
         if len(seen) < 2:
             raise InputError(f"split {cfg.train_split!r} has only one class of {cfg.label_column!r}; nothing to learn")
@@ -154,8 +165,9 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     spec = HeadSpec(kind=cfg.head, task=lt.task, n_outputs=lt.n_outputs, hidden_size=store.width,
                     n_layers_in=len(layers), d_head=cfg.d_head, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                     dropout=cfg.dropout, pooling=pooling, target_mean=t_mean, target_std=t_std)
-    stats = _input_stats(sources[cfg.train_split]) if cfg.head != "ytuning" and plan is None else None
-    primary = PRIMARY[lt.task]
+    stats = None if cfg.head == "ytuning" or plan is not None else (
+        token_input_stats(sources[cfg.train_split]) if seq else _input_stats(sources[cfg.train_split]))
+    primary = lt.primary
     dtype = batch_dtype(device, store.dtype)
 
     log: list[dict[str, Any]] = []
@@ -174,7 +186,7 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
 
     select = cfg.dev_split or cfg.train_split  # best seed by the dev metric (train when there is no dev split)
     best_seed = max(results, key=lambda r: r.metrics[select][primary]).seed
-    summary = {n: {m: mean_std([r.metrics[n][m] for r in results]) for m in METRICS[lt.task]} for n in names}
+    summary = {n: {m: mean_std([r.metrics[n][m] for r in results]) for m in results[0].metrics[n]} for n in names}
     per_epoch = float(np.mean([r.seconds_per_epoch for r in results]))
     result = TrainResult(out=cfg.out, head=cfg.head, task=lt.task, label_column=lt.column, primary_metric=primary,
                          splits=roles, layers=layers, seeds=results, summary=summary, best_seed=best_seed,
@@ -202,13 +214,14 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     return result
 
 
-def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, loaders: dict[str, Loader],
+def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask | SeqTask, loaders: dict[str, Loader],
                 prior: np.ndarray | None, stats: Any, device: torch.device, primary: str,
                 log: list[dict[str, Any]], top: tuple[Any, Any] | None = None
                 ) -> tuple[SeedResult, dict[str, torch.Tensor], int]:
     from tqdm.auto import tqdm
 
     torch.manual_seed(seed)
+    seq = spec.task in ("token", "span")
     model = build_head(spec)
     if prior is not None:
         model.init_queries_from(prior)
@@ -250,7 +263,7 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
             y = torch.from_numpy(batch.y).to(device)
             with autocast(device):
                 out = model(x, mask)
-            loss = loss_fn(spec, out, y)
+            loss = seq_loss(spec, out, y, mask) if seq else loss_fn(spec, out, y)
             if not torch.isfinite(loss):  # a diverged head is never saved as if it had trained
                 raise InputError(f"training diverged (seed {seed}, epoch {epoch}): the loss is {loss.item()}; "
                                  f"lower --lr (now {cfg.lr:g}) or keep --grad-clip on")
@@ -266,8 +279,7 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
         rec: dict[str, Any] = {"seed": seed, "epoch": epoch, "train_loss": loss_sum / max(n, 1),
                                "lr": sched.get_last_lr()[0], "seconds": seconds[-1]}
         if cfg.dev_split is not None:
-            out = infer(model, spec, loaders[cfg.dev_split], device)
-            rec["dev"] = compute(lt.task, loaders[cfg.dev_split].targets, out, lt.n_outputs)
+            rec["dev"] = lt.evaluate(model, spec, loaders[cfg.dev_split], device)
             score = rec["dev"][primary]
             if best_score is None or (not np.isnan(score) and (np.isnan(best_score) or better(score, best_score))):
                 best_score, best_epoch, bad = score, epoch, 0
@@ -287,14 +299,13 @@ def _train_seed(seed: int, cfg: TrainConfig, spec: HeadSpec, lt: LabelTask, load
         best_epoch = epoch  # no dev split: the last epoch is the result
     metrics = {}
     for name in dict.fromkeys(n for n in (cfg.train_split, cfg.dev_split, cfg.test_split) if n is not None):
-        out = infer(model, spec, loaders[name], device)
-        metrics[name] = compute(lt.task, loaders[name].targets, out, lt.n_outputs)
+        metrics[name] = lt.evaluate(model, spec, loaders[name], device)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return SeedResult(seed=seed, metrics=metrics, best_epoch=best_epoch, epochs_run=epoch,
                       seconds_per_epoch=float(np.mean(seconds))), state, n_params
 
 
-def _head_meta(cfg: TrainConfig, store: Any, spec: HeadSpec, lt: LabelTask, layers: list[int],
+def _head_meta(cfg: TrainConfig, store: Any, spec: HeadSpec, lt: LabelTask | SeqTask, layers: list[int],
                r: TrainResult) -> dict[str, Any]:
     """head.json: what rebuilds the head, what it fits (store fingerprint), how to re-extract (backbone)."""
     m = store.manifest
@@ -308,6 +319,7 @@ def _head_meta(cfg: TrainConfig, store: Any, spec: HeadSpec, lt: LabelTask, laye
         "label_column": lt.column, "label_names": lt.label_names,
         "label_values": lt.values.tolist() if lt.values is not None else None,
         "layers": layers, "pooling": spec.pooling,
+        "seq_task": ({"scheme": lt.scheme, "null_answers": lt.null_answers} if isinstance(lt, SeqTask) else None),
         "store": {"path": store.path, "fingerprint": store.fingerprint, "hidden_size": store.width,
                   "layers": store.layers, "dtype": store.dtype, "model": model, "tokenizer": m["tokenizer"],
                   "settings": m["settings"],

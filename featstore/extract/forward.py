@@ -55,6 +55,8 @@ def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, laye
     result["lengths"] = lengths
     result["rows"] = rows
     result["ids"] = [split.ids[r] for r in rows]
+    for k, per in (tok.extra or {}).items():  # (n_tokens,) per-token alignment of token/span tasks
+        result[k] = np.concatenate([per[r] for r in rows]).astype(np.int32)
     result["input_ids"] = np.concatenate([np.asarray(tok.input_ids[r], dtype=np.int32) for r in rows])
     return result
 

@@ -37,6 +37,7 @@ class SplitData:
     ids: list[str]
     raw_labels: dict[str, list[Any]] = field(default_factory=dict)
     targets: dict[str, np.ndarray] = field(default_factory=dict)  # input order
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # token/span tasks (featstore.extract.tasks)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -44,8 +45,11 @@ class SplitData:
     def content_hash(self) -> str:
         """Hash of what determines the features: ids and texts, in input order (labels excluded)."""
         h = hashlib.sha256()
+        words = self.extra.get("words")
         for i, t in enumerate(self.texts):
             rec = [self.ids[i], t, self.pairs[i] if self.pairs is not None else None]
+            if words is not None:  # token tasks: the word boundaries fix the alignment
+                rec.append(words[i])
             h.update(json.dumps(rec, ensure_ascii=False).encode())
             h.update(b"\n")
         return h.hexdigest()

@@ -15,6 +15,7 @@ class Tokenized:
     token_type_ids: list[list[int] | None] | None
     lengths: np.ndarray  # (N,)
     truncated: int  # examples longer than max_length before truncation
+    extra: dict[str, list[np.ndarray]] | None = None  # token/span tasks: per-token word index, char offsets
 
 
 def tokenize(tokenizer, split: SplitData, max_length: int, truncation: str, chunk: int = 4096,

@@ -6,6 +6,7 @@ writer), `_finalize` (labels, label-name features, statistics, then the complete
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -27,6 +28,7 @@ from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_model_layers, tokenizer_hash, \
     truncate_after, weights_hash
 from .plan import Segment, Tokenized, assign_shares, plan_batches, plan_segments, storage_order, tokenize
+from .tasks import TASKS, TaskInfo, gold_records, load_span_dataset, load_token_dataset, tokenize_task
 from .writer import SegmentJob, SegmentWriter
 
 MiB = 1 << 20
@@ -60,6 +62,12 @@ class ExtractConfig:
     allow_empty_text: bool = False
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options when `out` is a URL
+    task: str = "sentence"  # sentence | token (NER, POS) | span (extractive QA)
+    tokens_column: str = "tokens"  # token tasks from JSONL/Parquet: list columns
+    tags_column: str = "tags"
+    tag_scheme: str = "auto"  # auto | IOB2 | IOBES | none
+    repair_tags: bool = False  # start entities whose I- has no B- instead of refusing the data
+    repair_answers: bool = False  # move answers not at their offsets to the nearest occurrence of their text
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -93,6 +101,13 @@ class ExtractConfig:
         codecs = compressions(self.format)
         if codecs and self.compression not in codecs:
             problems.append(f"--compression {self.compression!r} for {self.format}: use one of {', '.join(codecs)}")
+        if self.task not in TASKS:
+            problems.append(f"--task {self.task!r}: use one of {', '.join(TASKS)}")
+        elif self.task != "sentence" and self.label_columns:
+            problems.append(f"--label-column applies to sentence tasks; a {self.task} task's targets come from the "
+                            "data (tags, answers)")
+        if self.task == "span" and self.truncation == "longest_first":
+            self.truncation = "only_second"  # never cut the question: only the context
         if "://" in self.out and self.format != "zarr":
             problems.append(f"--out {self.out}: a URL takes --format zarr (write HDF5 locally, then `featstore push`)")
         if problems:
@@ -114,6 +129,7 @@ class ExtractSummary:
     already_complete: bool = False
     loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
     rank: int = 0  # under torchrun: this process's rank (tokens and bytes are summed over every rank)
+    task_counts: dict[str, dict[str, int]] | None = None  # token/span: words / answers lost to truncation per split
 
     @property
     def tokens_per_second(self) -> float:
@@ -137,6 +153,7 @@ class _Prepared:
     segments: list[Segment]
     done: dict[str, dict]
     projection: dict[int, Any] | None = None  # layer -> (mean, basis) on the device
+    task: TaskInfo | None = None
 
 
 def extract(cfg: ExtractConfig) -> ExtractSummary:
@@ -169,15 +186,22 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                           truncated=sum(t.truncated for t in prep.toks.values()), bytes_written=bytes_written,
                           seconds=time.perf_counter() - t_start, segments_total=len(prep.segments),
                           segments_resumed=len(prep.done), device=prep.device, loop_seconds=loop_seconds,
-                          rank=prep.rank)
+                          rank=prep.rank, task_counts=prep.task.splits if prep.task is not None else None)
 
 
 # -- step 1: check, load, plan, open ----------------------------------------------------------------------
 
 def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     cfg.validate()
-    ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
-                      allow_empty_text=cfg.allow_empty_text)
+    task: TaskInfo | None = None
+    if cfg.task == "token":
+        ds, task = load_token_dataset(cfg.data, cfg.tokens_column, cfg.tags_column, cfg.id_column, cfg.tag_scheme,
+                                      cfg.repair_tags)
+    elif cfg.task == "span":
+        ds, task = load_span_dataset(cfg.data, cfg.repair_answers)
+    else:
+        ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
+                          allow_empty_text=cfg.allow_empty_text)
     backend = writable_backend(cfg.out, cfg.format, cfg.storage_options)
     backend.check_target("--out")
     rank, world = _distributed()
@@ -190,11 +214,15 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     if cfg.project is not None and cfg.project > lm.hidden_size:
         raise InputError(f"--project {cfg.project} exceeds the model's hidden size {lm.hidden_size}; choose a smaller "
                          f"width (e.g. {lm.hidden_size // 4})")
-    toks = {name: _tokenize_share(lm, s, cfg, rank, world) for name, s in ds.splits.items()}
+    if task is not None:  # token/span alignment needs every row's words and offsets: no sliced tokenizing
+        toks = {name: tokenize_task(lm.tokenizer, s, task, cfg.max_length, cfg.truncation)
+                for name, s in ds.splits.items()}
+    else:
+        toks = {name: _tokenize_share(lm, s, cfg, rank, world) for name, s in ds.splits.items()}
     # sized by the host arrays a segment is assembled from (float32 before 8-bit coding): bounded memory
     width = cfg.project or lm.hidden_size
     segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * width * len(layers)))
-    manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device)
+    manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device, task)
 
     # Every rank runs the same read-only checks (so all fail alike); only rank 0 changes the store, after
     # every rank has looked at it.
@@ -234,7 +262,8 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
     done = backend.committed_segments()
     _barrier(world)  # every rank has listed the same committed segments before any rank commits more
-    return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments, done, projection)
+    return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments, done, projection,
+                     task)
 
 
 def _tokenize_share(lm: LoadedModel, split: Any, cfg: ExtractConfig, rank: int, world: int) -> Tokenized:
@@ -326,7 +355,8 @@ def _resolve_max_length(cfg: ExtractConfig, lm: LoadedModel) -> None:
 
 
 def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: list[int],
-                    toks: dict[str, Tokenized], segment_tokens: int, device: str) -> dict:
+                    toks: dict[str, Tokenized], segment_tokens: int, device: str,
+                    task: TaskInfo | None = None) -> dict:
     compute_dtype = cfg.compute_dtype if cfg.compute_dtype != "auto" else (
         "bfloat16" if device.startswith("cuda") else "float32")
     model = {"name": cfg.model, "path": lm.path, "revision": getattr(lm.model.config, "_commit_hash", None),
@@ -341,10 +371,16 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
         settings["encoding"] = cfg.encoding
     if cfg.project:
         settings["project"] = cfg.project
+    if task is not None:  # sentence stores keep the manifest (and fingerprint) they always had
+        settings["task"] = task.kind
     splits = {name: {"source": os.path.abspath(s.source), "sha256": s.content_hash(), "n_examples": len(s),
                      "n_tokens": int(toks[name].lengths.sum()), "truncated": toks[name].truncated}
               for name, s in ds.splits.items()}
     fp = fingerprint(model, tokenizer, settings, {k: v["sha256"] for k, v in splits.items()})
+    dataset = {"text_column": ds.text_column, "pair_column": ds.pair_column, "id_column": ds.id_column,
+               "splits": splits, "label_columns": [c.to_json() for c in ds.label_columns]}
+    if task is not None:
+        dataset["task"] = task.to_json()
     return {
         "format_version": FORMAT_VERSION, "tool": {"name": "featstore", "version": __version__},
         "format": cfg.format, "fingerprint": fp, "complete": False, "model": model, "tokenizer": tokenizer,
@@ -352,8 +388,7 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
         "layout": {"segment_tokens": segment_tokens, "chunk_bytes": int(cfg.chunk_mb * MiB),
                    "compression": cfg.compression},
         "runtime": {"device": device, "compute_dtype": compute_dtype, "batch_tokens": cfg.batch_tokens},
-        "dataset": {"text_column": ds.text_column, "pair_column": ds.pair_column, "id_column": ds.id_column,
-                    "splits": splits, "label_columns": [c.to_json() for c in ds.label_columns]},
+        "dataset": dataset,
     }
 
 
@@ -461,6 +496,8 @@ def _finalize(prep: _Prepared) -> None:
         rows = storage_order(prep.toks[name].lengths)  # segments are consecutive slices of it
         for col, target in split.targets.items():
             arrays[f"labels/{name}/{col}"] = target[rows]
+        if prep.task is not None:
+            arrays.update(task_arrays(name, split, prep.task, rows))
     label_names = {c.name: c.names for c in prep.ds.label_columns if c.kind == "class"}
     arrays.update(label_name_features(prep.lm, label_names, prep.layers, prep.device, prep.projection))
     projection_files = {n: f for n, f in manifest.get("files", {}).items() if n.startswith("projection/")}
@@ -469,6 +506,25 @@ def _finalize(prep: _Prepared) -> None:
     backend.finalize(complete_manifest(manifest, list(backend.committed_segments().values()), prep.layers,
                                        list(label_names)))
     backend.close()
+
+
+def task_arrays(name: str, split, task: TaskInfo, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Targets and gold records of a token/span split, in storage order: per-token tag ids (-100 off first
+    sub-words) or per-example answer start/end tokens, and each example's gold record as JSON bytes."""
+    targets = split.extra["targets"]
+    out = {}
+    if task.kind == "token":
+        out[f"token_labels/{name}/tags"] = np.concatenate([targets[r] for r in rows]).astype(np.int32)
+    else:
+        pos = np.stack([targets[r] for r in rows]).astype(np.int32)  # (N, 2)
+        out[f"spans/{name}/start"], out[f"spans/{name}/end"] = pos[:, 0].copy(), pos[:, 1].copy()
+    recs = gold_records(split, task)
+    blobs = [json.dumps(recs[r], ensure_ascii=False).encode() for r in rows]
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in blobs], out=offsets[1:])
+    out[f"gold/{name}/json_bytes"] = np.frombuffer(b"".join(blobs), dtype=np.uint8).copy()
+    out[f"gold/{name}/json_offsets"] = offsets
+    return out
 
 
 def summary_dict(s: ExtractSummary) -> dict[str, Any]:

@@ -21,6 +21,9 @@ from ..store import StorageBackend
 from ..store.encoding import storable
 
 
+TOKEN_ARRAYS = ("word_index", "char_start", "char_end")  # token/span tasks: (n_tokens,) int32, -1 = none
+
+
 @dataclass
 class SegmentJob:
     split: str
@@ -50,6 +53,9 @@ def assemble(job: SegmentJob) -> dict[str, np.ndarray]:
         "id_offsets": id_offsets,
         "input_ids": np.concatenate([x["input_ids"] for x in b]).astype(np.int32),
     }
+    for name in TOKEN_ARRAYS:
+        if name in b[0]:
+            arrays[name] = np.concatenate([x[name] for x in b]).astype(np.int32)
     for k in job.layers:
         for kind in ("tokens", "cls", "mean"):
             rows = np.concatenate([x[f"L{k}/{kind}"] for x in b])  # (R, D)

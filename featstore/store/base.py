@@ -23,6 +23,9 @@ DIMENSIONS = {
     "tokens": ("token", "hidden"), "cls": ("example", "hidden"), "mean": ("example", "hidden"),
     "offsets": ("example_edge",), "length": ("example",), "row": ("example",), "id_bytes": ("byte",),
     "id_offsets": ("example_edge",), "input_ids": ("token",),
+    # token/span tasks: per-token alignment (-1 = special token / not context), gold records as JSON
+    "word_index": ("token",), "char_start": ("token",), "char_end": ("token",),
+    "json_bytes": ("byte",), "json_offsets": ("example_edge",),
     # side arrays of 8-bit codes (featstore.store.encoding)
     "tokens_scale": ("token",), "cls_scale": ("example",), "mean_scale": ("example",),
     **{f"{kind}_{side}": ("hidden",) for kind in ("tokens", "cls", "mean") for side in ("shift", "gain")},
@@ -32,8 +35,10 @@ DIMENSIONS = {
 def dimension_names(name: str, ndim: int) -> tuple[str, ...] | None:
     """Names for array `name` (e.g. `segments/train/s00000/L6/tokens`), or None when unknown."""
     parts = name.split("/")
-    if parts[0] == "labels":
+    if parts[0] in ("labels", "spans"):
         dims: tuple[str, ...] = ("example",)
+    elif parts[0] == "token_labels":
+        dims = ("token",)
     elif parts[0] == "label_features":
         dims = ("label", "hidden")
     else:

@@ -35,6 +35,8 @@ def fingerprint(model: dict[str, Any], tokenizer: dict[str, Any], settings: dict
         payload["settings"]["encoding"] = settings["encoding"]
     if settings.get("project") is not None:  # likewise: only projected stores hash their width
         payload["settings"]["project"] = settings["project"]
+    if "task" in settings:  # token/span stores: the task decides the tokenizer call and the alignment
+        payload["settings"]["task"] = settings["task"]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -96,6 +98,7 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
     if project is not None and (not isinstance(project, int) or isinstance(project, bool)
                                 or not 1 <= project <= hidden):
         raise StoreError(f"{source}: manifest project {project!r} is not a width between 1 and {hidden}")
+    _validate_task(m, source)
     for split, meta in m["dataset"].get("splits", {}).items():
         safe_name(split, "split")
         _count(meta.get("n_examples"), f"split {split} n_examples")
@@ -128,6 +131,32 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
         safe_path(path)
         _count(meta.get("size"), f"size of {path}")
     return m
+
+
+TASK_KINDS = ("token", "span")
+
+
+def _validate_task(m: dict[str, Any], source: str) -> None:
+    """`settings.task` and `dataset.task` (token/span stores) agree, and the tag vocabulary is strings."""
+    kind, task = m["settings"].get("task"), m["dataset"].get("task")
+    if kind is None and task is None:
+        return
+    if kind not in TASK_KINDS or not isinstance(task, dict) or task.get("kind") != kind:
+        raise StoreError(f"{source}: manifest task {kind!r} / dataset.task {str(task)[:80]!r} are inconsistent "
+                         f"(one of {', '.join(TASK_KINDS)}, recorded in both); refusing the store")
+    if kind == "token":
+        names = task.get("tag_names")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise StoreError(f"{source}: manifest dataset.task.tag_names is not a list of tag strings")
+        if task.get("scheme") not in ("IOB2", "IOBES", "none"):
+            raise StoreError(f"{source}: manifest dataset.task.scheme {task.get('scheme')!r} unknown")
+    for col, entry in task.get("tag_columns", {}).items():
+        safe_name(col, "tag column")
+        names = entry.get("tag_names")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise StoreError(f"{source}: manifest tag column {col!r} has no list of tag names")
+    if not isinstance(task.get("splits", {}), dict):
+        raise StoreError(f"{source}: manifest dataset.task.splits is not an object")
 
 
 def validate_published(m: Any, source: str) -> dict[str, Any]:
@@ -229,7 +258,7 @@ def diff_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         out.append(f"model ({old['model'].get('name')} vs {new['model'].get('name')})")
     if old["tokenizer"].get("sha256") != new["tokenizer"].get("sha256"):
         out.append("tokenizer")
-    for k in ("layers", "max_length", "truncation", "dtype", "encoding", "project", "pooling"):
+    for k in ("layers", "max_length", "truncation", "dtype", "encoding", "project", "pooling", "task"):
         if old["settings"].get(k, old["settings"].get("dtype") if k == "encoding" else None) != \
                 new["settings"].get(k, new["settings"].get("dtype") if k == "encoding" else None):
             out.append(f"{k} ({old['settings'].get(k)} vs {new['settings'].get(k)})")

@@ -94,6 +94,19 @@ class Store:
         return out[0], out[1]
 
     @property
+    def task(self) -> str:
+        """`sentence` (one label per example), `token` (a tag per word) or `span` (an answer span per example)."""
+        return self.manifest["settings"].get("task", "sentence")
+
+    @property
+    def task_info(self) -> dict[str, Any]:
+        """The manifest's `dataset.task` of a token/span store: tag names and scheme, alignment counts."""
+        if self.task == "sentence":
+            raise StoreError(f"store {self.path} holds a sentence task; token and span heads need a store extracted "
+                             "with `featstore extract --task token|span`")
+        return self.manifest["dataset"]["task"]
+
+    @property
     def splits(self) -> list[str]:
         return list(self.manifest["dataset"]["splits"])
 
@@ -146,7 +159,8 @@ class Store:
         if splits is not None:
             for s in splits:
                 self.split(s)  # a clear error for an unknown split
-            prefixes = [f"{kind}/{s}" for s in splits for kind in ("segments", "labels")] + ["label_features"]
+            prefixes = [f"{kind}/{s}" for s in splits for kind in ("segments", "labels", "token_labels", "spans", "gold",
+                                                            "gold_tags")] + ["label_features"]
         return self.backend.prefetch(prefixes, jobs=jobs, progress=progress)
 
     def close(self) -> None:
@@ -194,7 +208,7 @@ class Split:
             return (n,)
         if name in ("offsets", "id_offsets"):
             return (n + 1,)
-        if name == "input_ids":
+        if name in ("input_ids", "word_index", "char_start", "char_end"):
             return (t,)
         kind = name.rsplit("/", 1)[-1]
         if name.startswith("L") and "_" in kind:  # side arrays of 8-bit codes
@@ -269,6 +283,49 @@ class Split:
         if tuple(arr.shape) != (self.n_examples,):
             raise StoreError(f"store {self.store.path}: labels/{self.name}/{column} has shape {tuple(arr.shape)}, "
                              f"the split has {self.n_examples} examples; the store is damaged")
+        return np.asarray(arr[:])
+
+    # -- token and span tasks ------------------------------------------------------------------------------
+    def token_array(self, name: str) -> np.ndarray:
+        """(n_tokens,) per-token alignment in storage order: `word_index`, `char_start` or `char_end`."""
+        if name not in ("word_index", "char_start", "char_end"):
+            raise StoreError(f"unknown per-token array {name!r}")
+        self.store.task_info
+        return self._concat(name).astype(np.int64)
+
+    def token_targets(self, column: str = "tags") -> np.ndarray:
+        """(n_tokens,) tag ids on each word's first sub-word, -100 on the others (ignored in the loss)."""
+        return self._checked("token_labels", column, self.n_tokens).astype(np.int64)
+
+    def gold_tags(self, column: str) -> list[list[str]]:
+        """Word-level tags of a tag column added by `featstore add-labels` (storage order)."""
+        return [r for r in self._json(f"gold_tags/{self.name}/{column}")]
+
+    def span_targets(self) -> np.ndarray:
+        """(n_examples, 2) answer start/end token positions; (0, 0) = no answer in the window."""
+        return np.stack([self._checked("spans", k, self.n_examples) for k in ("start", "end")], 1).astype(np.int64)
+
+    def gold(self) -> list[dict[str, Any]]:
+        """Per example (storage order), what scoring needs: words + tags, or context + gold answer texts."""
+        return self._json(f"gold/{self.name}")
+
+    def _json(self, prefix: str) -> list[Any]:
+        import json
+
+        raw = self._checked(prefix, "json_bytes", None, full=True).tobytes()
+        off = self._checked(prefix, "json_offsets", self.n_examples + 1, full=True).astype(np.int64)
+        if off[0] != 0 or (np.diff(off) < 0).any() or off[-1] != len(raw):
+            raise StoreError(f"store {self.store.path}: {prefix}/json_offsets do not match its bytes; the "
+                             "store is damaged")
+        return [json.loads(raw[off[i]:off[i + 1]]) for i in range(self.n_examples)]
+
+    def _checked(self, group: str, name: str, n: int | None, full: bool = False) -> np.ndarray:
+        self.store.task_info
+        key = f"{group}/{name}" if full else f"{group}/{self.name}/{name}"
+        arr = self.store.backend.array(key)
+        if n is not None and tuple(arr.shape) != (n,):
+            raise StoreError(f"store {self.store.path}: {key} has shape {tuple(arr.shape)}, expected {(n,)}; the "
+                             "store is damaged")
         return np.asarray(arr[:])
 
     def pooled(self, kind: str, layer: int) -> np.ndarray:

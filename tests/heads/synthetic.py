@@ -7,6 +7,7 @@ settings, layout, runtime, dataset, segments, files, stats, label features), so 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -24,12 +25,16 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
                 label_columns: list[dict[str, Any]], dtype: str = "float16", fmt: str = "zarr",
                 label_features: dict[str, np.ndarray] | None = None, segment_tokens: int = 4096,
                 model_name: str = "synthetic-encoder", num_parameters: int = 1_000_000, salt: str = "",
-                encoding: str | None = None, tamper: Callable[[dict[str, np.ndarray]], None] | None = None) -> str:
+                encoding: str | None = None, tamper: Callable[[dict[str, np.ndarray]], None] | None = None,
+                task: dict[str, Any] | None = None) -> str:
     """Write a complete store.
 
     splits[name] = {"features": list of (T_i, L, D) float arrays (input order), "targets": {column: array}}
     label_columns: [{"name", "kind": "class"|"regression", "names": [...] | None}]
     label_features: {column: (n_labels, L, D)} - the "backbone's" features of the label names
+    task: the manifest's dataset.task of a token/span store; its splits then also carry "per_token"
+      ({word_index|char_start|char_end: list of (T_i,) arrays}), "gold" (list of records) and "token_tags"
+      (list of (T_i,) tag ids, -100 off first sub-words) or "spans" ((N, 2) start/end tokens)
     encoding: int8 / fp8 code the features (dtype becomes float32, as extraction records it)
     tamper: called on each segment's arrays before they are written and checksummed (a buggy writer)
     """
@@ -53,6 +58,8 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
                 "dtype": dtype}
     if encoding not in (None, dtype):
         settings["encoding"] = encoding
+    if task is not None:
+        settings["task"] = task["kind"]
     split_meta = {}
     for name, s in splits.items():
         sh = hashlib.sha256(name.encode() + weights.encode()).hexdigest()
@@ -69,6 +76,8 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
         "dataset": {"text_column": "text", "pair_column": None, "id_column": None, "splits": split_meta,
                     "label_columns": label_columns},
     }
+    if task is not None:
+        manifest["dataset"]["task"] = task
     layout = local_backend(path, fmt)
     layout.create()
     layout.write_manifest(manifest)
@@ -82,6 +91,8 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
             batch: dict[str, Any] = {"lengths": lengths[seg.examples], "rows": seg.examples,
                                      "ids": [f"{name}-{r}" for r in seg.examples],
                                      "input_ids": np.zeros(int(lengths[seg.examples].sum()), dtype=np.int32)}
+            for key, per in s.get("per_token", {}).items():
+                batch[key] = np.concatenate([per[r] for r in seg.examples]).astype(np.int32)
             for j, k in enumerate(layers):
                 per = [np.asarray(feats[r][:, j], dtype=np.float32) for r in seg.examples]
                 flat = np.concatenate(per).astype(store_dt)
@@ -102,6 +113,15 @@ def write_store(path: str, splits: dict[str, dict[str, Any]], *, layers: Sequenc
         order = storage_order(lengths)
         for col, t in s["targets"].items():
             arrays[f"labels/{name}/{col}"] = np.asarray(t)[order]
+        if "token_tags" in s:
+            arrays[f"token_labels/{name}/tags"] = np.concatenate([s["token_tags"][r] for r in order]).astype(np.int32)
+        if "spans" in s:
+            arrays[f"spans/{name}/start"] = s["spans"][order, 0].astype(np.int32)
+            arrays[f"spans/{name}/end"] = s["spans"][order, 1].astype(np.int32)
+        if "gold" in s:
+            blobs = [json.dumps(s["gold"][r]).encode() for r in order]
+            arrays[f"gold/{name}/json_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])])
+            arrays[f"gold/{name}/json_bytes"] = np.frombuffer(b"".join(blobs), dtype=np.uint8).copy()
     for col, feats in (label_features or {}).items():
         for j, k in enumerate(layers):
             arrays[f"label_features/{col}/L{k}"] = np.asarray(feats[:, j], dtype=np.float32)
@@ -209,3 +229,113 @@ def regression_store(path: str, *, n_train: int = 600, n_dev: int = 150, n_test:
                                       {"name": "word", "kind": "class", "names": ["low", "high"]},
                                       {"name": "stars", "kind": "class", "names": STARS}],
                        segment_tokens=2048)
+
+
+# -- token and span tasks ----------------------------------------------------------------------------------
+
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+def _random_bio(rng: np.random.Generator, n_words: int) -> list[str]:
+    tags, i = [], 0
+    while i < n_words:
+        if rng.random() < 0.35:
+            kind, span = ("PER", "LOC")[int(rng.integers(2))], int(rng.integers(1, 4))
+            for j in range(min(span, n_words - i)):
+                tags.append(("B-" if j == 0 else "I-") + kind)
+            i += span
+        else:
+            tags.append("O")
+            i += 1
+    return tags[:n_words]
+
+
+def planted_tokens(n: int, seed: int, hidden: int = 16, n_layers: int = 2, signal: float = 6.0) -> dict[str, Any]:
+    """Each word's tag is a direction in its *first* sub-word's features (later sub-words: noise only), so
+    only a head that reads every token recovers the entities; pooled vectors mix them all."""
+    rng = np.random.default_rng(seed)
+    u = _directions(len(TAGS), hidden) * signal
+    out: dict[str, Any] = {"features": [], "targets": {}, "token_tags": [], "gold": [],
+                           "per_token": {"word_index": [], "char_start": [], "char_end": []}}
+    for _ in range(n):
+        n_words = int(rng.integers(3, 12))
+        tags = _random_bio(rng, n_words)
+        words = [f"w{int(rng.integers(100))}" for _ in range(n_words)]
+        wi, cs, ce, tt, rows = [-1], [-1], [-1], [-100], [np.zeros(hidden)]  # [CLS]
+        pos = 0
+        for w, (word, tag) in enumerate(zip(words, tags)):
+            pieces = int(rng.integers(1, 3))
+            cut = [0, len(word) // 2, len(word)] if pieces == 2 else [0, len(word)]
+            for p in range(pieces):
+                wi.append(w)
+                cs.append(pos + cut[p])
+                ce.append(pos + cut[p + 1])
+                tt.append(TAGS.index(tag) if p == 0 else -100)
+                rows.append(u[TAGS.index(tag)] if p == 0 else np.zeros(hidden))
+            pos += len(word) + 1
+        T = len(rows)
+        x = rng.standard_normal((T, n_layers, hidden)).astype(np.float32)  # (T, L, D)
+        x[:, -1] += np.stack(rows).astype(np.float32)
+        out["features"].append(x)
+        out["token_tags"].append(np.asarray(tt))
+        out["gold"].append({"words": words, "tags": tags})
+        for k, v in (("word_index", wi), ("char_start", cs), ("char_end", ce)):
+            out["per_token"][k].append(np.asarray(v))
+    return out
+
+
+def planted_spans(n: int, seed: int, hidden: int = 16, n_layers: int = 2, signal: float = 6.0,
+                  unanswerable: float = 0.0) -> dict[str, Any]:
+    """[CLS] question tokens, then context words (one token each); the answer's first and last tokens carry a
+    start and an end direction. Unanswerable questions (a fraction) mark [CLS] with both instead."""
+    rng = np.random.default_rng(seed)
+    u_s, u_e = _directions(2, hidden) * signal
+    out: dict[str, Any] = {"features": [], "targets": {}, "spans": [], "gold": [],
+                           "per_token": {"word_index": [], "char_start": [], "char_end": []}}
+    for _ in range(n):
+        n_q, n_c = int(rng.integers(2, 5)), int(rng.integers(5, 20))
+        words = [f"c{int(rng.integers(1000))}" for _ in range(n_c)]
+        context = " ".join(words)
+        starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])
+        T = 1 + n_q + 1 + n_c
+        wi, cs, ce = np.full(T, -1), np.full(T, -1), np.full(T, -1)
+        base = n_q + 2
+        wi[base:] = np.arange(n_c)
+        cs[base:] = starts
+        ce[base:] = starts + np.array([len(w) for w in words])
+        x = rng.standard_normal((T, n_layers, hidden)).astype(np.float32)  # (T, L, D)
+        if rng.random() < unanswerable:
+            s = e = 0
+            answers: list[str] = []
+        else:
+            a = int(rng.integers(n_c))
+            b = min(n_c - 1, a + int(rng.integers(0, 4)))
+            s, e = base + a, base + b
+            answers = [context[cs[s]:ce[e]]]
+        x[s, -1] += u_s
+        x[e, -1] += u_e
+        out["features"].append(x)
+        out["spans"].append((s, e))
+        out["gold"].append({"context": context, "question": "q", "answers": answers})
+        for k, v in (("word_index", wi), ("char_start", cs), ("char_end", ce)):
+            out["per_token"][k].append(v)
+    out["spans"] = np.asarray(out["spans"], dtype=np.int64)
+    return out
+
+
+def token_store(path: str, *, n_train: int = 400, n_dev: int = 100, n_test: int = 150, hidden: int = 16,
+                **kw: Any) -> str:
+    data = {name: planted_tokens(n, seed=300 + i, hidden=hidden, **kw)
+            for i, (name, n) in enumerate({"train": n_train, "validation": n_dev, "test": n_test}.items())}
+    task = {"kind": "token", "scheme": "IOB2", "tag_names": TAGS, "repaired": 0,
+            "splits": {k: {"truncated_words": 0} for k in data}}
+    return write_store(path, data, layers=[1, 2], hidden=hidden, label_columns=[], segment_tokens=2048, task=task)
+
+
+def span_store(path: str, *, n_train: int = 400, n_dev: int = 100, n_test: int = 150, hidden: int = 16,
+               unanswerable: float = 0.0, **kw: Any) -> str:
+    data = {name: planted_spans(n, seed=400 + i, hidden=hidden, unanswerable=unanswerable, **kw)
+            for i, (name, n) in enumerate({"train": n_train, "validation": n_dev, "test": n_test}.items())}
+    task = {"kind": "span", "splits": {k: {"answers_lost": 0, "unanswerable": sum(not g["answers"] for g in v["gold"])}
+                                       for k, v in data.items()}}
+    return write_store(path, data, layers=[1, 2], hidden=hidden, label_columns=[], segment_tokens=2048, task=task)
