@@ -8,6 +8,7 @@ kills the child exactly there instead of racing it. Later calls with the same na
 from __future__ import annotations
 
 import os
+from typing import Callable
 import threading
 import time
 
@@ -33,3 +34,22 @@ def pause_point(name: str) -> None:
             f.write(f"{name}:{_counts[name]} pid {os.getpid()}\n")
     while True:
         time.sleep(3600)
+
+
+def fail_at_segment(rank: int, n: int, committed: Callable[[], int]) -> None:
+    """FEATSTORE_TEST_FAIL=RANK:N:raise|kill: that rank fails before its segment N, once exactly N of its
+    segments are committed (`committed()` counts them; deterministic, no race). `kill` is SIGKILL, as the OOM
+    killer does."""
+    spec = os.environ.get("FEATSTORE_TEST_FAIL")
+    if not spec:
+        return
+    r, at, mode = spec.split(":")
+    if int(r) != rank or int(at) != n:
+        return
+    while committed() < n:
+        time.sleep(0.01)
+    if mode == "kill":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"FEATSTORE_TEST_FAIL after {n} committed segments")

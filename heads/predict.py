@@ -70,7 +70,7 @@ def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Seq
     order = storage_order(tok.lengths)
     dtype = settings["dtype"]
     parts: list[dict[str, np.ndarray]] = []
-    projection = _projection(head, layers, device)
+    projection = head_projection(head, layers, device)
     for a in range(0, len(order), batch_size):
         parts.append(forward_batch(lm, tok, split, order[a:a + batch_size], layers, dtype, device, {}, projection))
     if head.spec.kind == "ytuning" or "top_layers" in head.meta:  # tuned top layers run on tokens
@@ -161,7 +161,7 @@ def read_inputs(path: str, text_column: str | None, pair_column: str | None) -> 
     return texts, (pairs if pair_column else None)
 
 
-def _projection(head: LoadedHead, layers: list[int], device: str) -> dict[int, Any] | None:
+def head_projection(head: LoadedHead, layers: list[int], device: str) -> dict[int, Any] | None:
     """The store's projection of each layer (saved beside the head), or None for an unprojected store."""
     if not head.meta["store"]["settings"].get("project"):
         return None

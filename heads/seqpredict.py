@@ -19,6 +19,7 @@ from featstore.store.encoding import from_stored
 from .artifacts import LoadedHead
 from .data import ArrayTokens, Loader
 from .errors import HeadError, InputError
+from .predict import head_projection
 from .seqmetrics import entities
 from .seqtask import Alignment, SeqTask, infer_tokens
 from .task import batch_dtype
@@ -46,7 +47,8 @@ def _features(head: LoadedHead, lm: Any, split: SplitData, info: TaskInfo, batch
         if device.startswith("cuda") else "float32"
     lm.model.to(device=device, dtype=getattr(torch, compute))
     order = storage_order(tok.lengths)
-    parts = [forward_batch(lm, tok, split, order[a:a + batch_size], layers, settings["dtype"], device, {})
+    projection = head_projection(head, layers, device)  # a projected store: the same map for new texts
+    parts = [forward_batch(lm, tok, split, order[a:a + batch_size], layers, settings["dtype"], device, {}, projection)
              for a in range(0, len(order), batch_size)]
     flat = np.stack([from_stored(np.concatenate([p[f"L{k}/tokens"] for p in parts]), settings["dtype"])
                      for k in layers], axis=1)  # (N_tokens, L, D)

@@ -1,6 +1,7 @@
 """`featstore extract`: run a frozen encoder once and write the requested layers into a store.
 
-Three steps, each readable on its own: `_prepare` (read and check everything, load the model, plan, open or
+Three steps, each readable on its own (options and summary: `config.py`; torchrun: `ranks.py`; the
+`--project` fit: `projection_fit.py`): `_prepare` (read and check everything, load the model, plan, open or
 resume the store: all before any forward pass), `_write_segments` (forward passes feeding the background
 writer), `_finalize` (labels, label-name features, statistics, then the complete manifest, last).
 """
@@ -8,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
-from datetime import timedelta
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,121 +18,23 @@ import numpy as np
 from .. import __version__
 from ..device import pick_device
 from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
-from ..store import FORMATS, StorageBackend, compressions, writable_backend
-from ..store.encoding import CODED, DTYPES, ENCODINGS, itemsize
+from ..store import StorageBackend, writable_backend
+from ..store.encoding import itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
-from ..store.projection import array_names as projection_arrays, fit_pca, sample_rows
+from ..store.projection import array_names as projection_arrays
+from ..testhooks import fail_at_segment
+from .config import ExtractConfig, ExtractSummary
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_model_layers, tokenizer_hash, \
     truncate_after, weights_hash
 from .plan import Segment, Tokenized, assign_shares, plan_batches, plan_segments, storage_order, tokenize
-from .tasks import TASKS, TaskInfo, gold_records, load_span_dataset, load_token_dataset, tokenize_task
+from .projection_fit import fit_projection, load_projection
+from .ranks import barrier, distributed, sum_over_ranks
+from .tasks import TaskInfo, gold_records, load_span_dataset, load_token_dataset, tokenize_task
 from .writer import SegmentJob, SegmentWriter
 
 MiB = 1 << 20
-
-
-@dataclass
-class ExtractConfig:
-    """Everything `featstore extract` takes; validated before any expensive work."""
-
-    model: str
-    data: dict[str, str]
-    out: str
-    text_column: str = "text"
-    pair_column: str | None = None
-    label_columns: list[str] = field(default_factory=list)
-    id_column: str | None = None
-    layers: str = "-1"
-    max_length: int | None = None  # default: the model's limit, at most 512
-    truncation: str = "longest_first"
-    dtype: str | None = None  # default float16; a float encoding and this are one setting
-    encoding: str | None = None  # default: the dtype; int8 / fp8 store 8-bit codes decoded to float32
-    project: int | None = None  # keep N principal directions per layer (PCA fitted on a sample of train)
-    format: str = "zarr"
-    compression: str = "none"
-    batch_tokens: int = 16384
-    segment_mb: float = 256
-    chunk_mb: float = 4.0
-    device: str = "auto"
-    compute_dtype: str = "auto"
-    overwrite: bool = False
-    allow_empty_text: bool = False
-    progress: bool = True
-    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options when `out` is a URL
-    task: str = "sentence"  # sentence | token (NER, POS) | span (extractive QA)
-    tokens_column: str = "tokens"  # token tasks from JSONL/Parquet: list columns
-    tags_column: str = "tags"
-    tag_scheme: str = "auto"  # auto | IOB2 | IOBES | none
-    repair_tags: bool = False  # start entities whose I- has no B- instead of refusing the data
-    repair_answers: bool = False  # move answers not at their offsets to the nearest occurrence of their text
-
-    def validate(self) -> None:
-        """Every problem at once, as one line."""
-        problems = []
-        if self.dtype is not None and self.dtype not in DTYPES:
-            problems.append(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
-        elif self.encoding is not None and self.encoding not in ENCODINGS:
-            problems.append(f"--encoding {self.encoding!r}: use one of {', '.join(ENCODINGS)}")
-        elif self.encoding in CODED and self.dtype not in (None, "float32"):
-            problems.append(f"--dtype {self.dtype} with --encoding {self.encoding}: 8-bit codes are computed from "
-                            "float32 and decode to float32; drop --dtype")
-        elif self.encoding in DTYPES and self.dtype not in (None, self.encoding):
-            problems.append(f"--dtype {self.dtype} contradicts --encoding {self.encoding}; give one of them")
-        else:  # resolved: `dtype` is what forward passes hand over and readers return
-            self.encoding = self.encoding or self.dtype or "float16"
-            self.dtype = "float32" if self.encoding in CODED else self.encoding
-        if self.format not in FORMATS:
-            problems.append(f"--format {self.format!r}: use {' or '.join(FORMATS)}")
-        if self.max_length is not None and self.max_length < 2:
-            problems.append("--max-length must be at least 2")
-        if self.project is not None and self.project < 1:
-            problems.append(f"--project {self.project}: give a positive width (e.g. a quarter of the hidden size)")
-        if self.batch_tokens < 1:
-            problems.append("--batch-tokens must be positive")
-        if self.segment_mb <= 0 or self.chunk_mb <= 0:
-            problems.append("--segment-mb and --chunk-mb must be positive")
-        if self.truncation not in ("longest_first", "only_first", "only_second"):
-            problems.append(f"--truncation {self.truncation!r}: use longest_first, only_first or only_second")
-        if self.compute_dtype not in ("auto",) + DTYPES:
-            problems.append(f"--compute-dtype {self.compute_dtype!r}: use auto or one of {', '.join(DTYPES)}")
-        codecs = compressions(self.format)
-        if codecs and self.compression not in codecs:
-            problems.append(f"--compression {self.compression!r} for {self.format}: use one of {', '.join(codecs)}")
-        if self.task not in TASKS:
-            problems.append(f"--task {self.task!r}: use one of {', '.join(TASKS)}")
-        elif self.task != "sentence" and self.label_columns:
-            problems.append(f"--label-column applies to sentence tasks; a {self.task} task's targets come from the "
-                            "data (tags, answers)")
-        if self.task == "span" and self.truncation == "longest_first":
-            self.truncation = "only_second"  # never cut the question: only the context
-        if "://" in self.out and self.format != "zarr":
-            problems.append(f"--out {self.out}: a URL takes --format zarr (write HDF5 locally, then `featstore push`)")
-        if problems:
-            raise InputError("; ".join(problems))
-
-
-@dataclass(kw_only=True)
-class ExtractSummary:
-    out: str
-    fingerprint: str
-    examples: dict[str, int]
-    tokens: int
-    truncated: int
-    bytes_written: int
-    seconds: float
-    segments_total: int
-    segments_resumed: int
-    device: str
-    already_complete: bool = False
-    loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
-    rank: int = 0  # under torchrun: this process's rank (tokens and bytes are summed over every rank)
-    task_counts: dict[str, dict[str, int]] | None = None  # token/span: words / answers lost to truncation per split
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -168,11 +69,11 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         t_loop = time.perf_counter()
         tokens, bytes_written = _write_segments(prep, todo, global_tokens)
         loop_seconds = time.perf_counter() - t_loop
-        _barrier(prep.world)
-        tokens, bytes_written = _sum_over_ranks(prep.world, tokens, bytes_written)
+        barrier(prep.world)
+        tokens, bytes_written = sum_over_ranks(prep.world, tokens, bytes_written)
         if prep.rank == 0:  # every rank's segments are committed: rank 0 writes the manifest
             _finalize(prep)
-        _barrier(prep.world)
+        barrier(prep.world)
         prep.backend.close()
     except Exception as e:  # noqa: BLE001 - under torchrun: one line naming the rank that failed
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, PeerFailed):
@@ -204,7 +105,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
                           allow_empty_text=cfg.allow_empty_text)
     backend = writable_backend(cfg.out, cfg.format, cfg.storage_options)
     backend.check_target("--out")
-    rank, world = _distributed()
+    rank, world = distributed()
     device = pick_device(cfg.device)
     if world > 1 and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -240,7 +141,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
                                   segments_resumed=n, device=device, already_complete=True, rank=rank)
         manifest["layout"] = old["layout"]  # resume with the recorded segmentation
         segment_tokens = old["layout"]["segment_tokens"]
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         if old is not None and cfg.overwrite:
             backend.remove()
@@ -255,13 +156,13 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     projection = None
     if cfg.project:
         if rank == 0 and not all(n in manifest.get("files", {}) for k in layers for n in projection_arrays(k)):
-            _fit_projection(cfg, ds, lm, toks, layers, device, backend, manifest)
-        _barrier(world)
-        projection = _load_projection(backend, layers, device)
-    _barrier(world)
+            fit_projection(cfg, ds, lm, toks, layers, device, backend, manifest)
+        barrier(world)
+        projection = load_projection(backend, layers, device)
+    barrier(world)
     segments = [seg for name in ds.splits for seg in plan_segments(name, toks[name].lengths, segment_tokens)]
     done = backend.committed_segments()
-    _barrier(world)  # every rank has listed the same committed segments before any rank commits more
+    barrier(world)  # every rank has listed the same committed segments before any rank commits more
     return _Prepared(cfg, ds, lm, layers, toks, manifest, backend, device, rank, world, segments, done, projection,
                      task)
 
@@ -275,7 +176,7 @@ def _tokenize_share(lm: LoadedModel, split: Any, cfg: ExtractConfig, rank: int, 
     n = len(split)
     tok = tokenize(lm.tokenizer, split, cfg.max_length, cfg.truncation,
                    rows=np.arange(n * rank // world, n * (rank + 1) // world))
-    summed = _sum_over_ranks(world, *tok.lengths.tolist(), tok.truncated)
+    summed = sum_over_ranks(world, *tok.lengths.tolist(), tok.truncated)
     tok.lengths, tok.truncated = np.asarray(summed[:-1], dtype=np.int64), summed[-1]
     return tok
 
@@ -300,46 +201,6 @@ def _to_device(lm: LoadedModel, layers: list[int], device: str, manifest: dict) 
 
     truncate_after(lm.model, max(layers))
     lm.model.to(device=device, dtype=getattr(torch, manifest["runtime"]["compute_dtype"]))
-
-
-def _fit_projection(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, toks: dict[str, Tokenized],
-                    layers: list[int], device: str, backend: StorageBackend, manifest: dict) -> None:
-    """PCA per layer on a sample of the training split (the first split without one), before any segment is
-    written; kept in the store (and recorded in the working manifest) so a resumed run reuses it exactly."""
-    name = "train" if "train" in ds.splits else next(iter(ds.splits))
-    lengths = toks[name].lengths
-    rows = sample_rows(lengths)
-    missing = [int(r) for r in rows if toks[name].input_ids[r] is None]  # under torchrun: other ranks' rows
-    if missing:
-        tokenize(lm.tokenizer, ds.splits[name], cfg.max_length, cfg.truncation, rows=np.asarray(missing),
-                 into=toks[name])
-    seg = Segment(name, -1, rows[np.lexsort((rows, -lengths[rows]))])  # longest first, as plan_batches wants
-    plan_batches(seg, lengths, cfg.batch_tokens)
-    feats: dict[int, list[np.ndarray]] = {k: [] for k in layers}
-    for batch in seg.batches:
-        out = forward_batch(lm, toks[name], ds.splits[name], batch, layers, "float32", device, {})
-        for k in layers:
-            feats[k].append(out[f"L{k}/tokens"])
-    arrays = {}
-    for k in layers:
-        mean, basis = fit_pca(np.concatenate(feats[k]), cfg.project)
-        arrays.update(zip(projection_arrays(k), (mean, basis)))
-    manifest.setdefault("files", {}).update(backend.write_arrays(arrays, manifest["layout"]["chunk_bytes"]))
-    manifest["projection"] = {"fitted_on": {"split": name, "examples": int(len(rows)),
-                                            "tokens": int(lengths[rows].sum())}}
-    backend.write_manifest(manifest)
-
-
-def _load_projection(backend: StorageBackend, layers: list[int], device: str) -> dict[int, Any]:
-    import torch
-
-    out = {}
-    for k in layers:
-        mean, basis = (torch.from_numpy(np.asarray(backend.array(n)[:], dtype=np.float32)).to(device)
-                       for n in projection_arrays(k))
-        out[k] = (mean, basis)
-    backend.close()
-    return out
 
 
 def _resolve_max_length(cfg: ExtractConfig, lm: LoadedModel) -> None:
@@ -409,7 +270,7 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
     with _progress(global_tokens, cfg.progress and prep.rank == 0, desc) as bar, \
             SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"], rank=prep.rank) as writer:
         for n, seg in enumerate(todo):
-            _test_failure(prep.rank, n, writer)
+            fail_at_segment(prep.rank, n, writer.committed)
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
@@ -418,67 +279,6 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
                 bar.update(int(toks[seg.split].lengths[rows].sum()) * scale)
             writer.put(job)
     return total_tokens, writer.bytes_written
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) under torchrun; (0, 1) otherwise. No home-made launcher: torch.distributed only."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        # A bounded wait: a rank that dies without torchrun noticing (e.g. launched by srun) cannot leave the
-        # others in a barrier forever. Under torchrun a failed rank ends the group within seconds anyway.
-        timeout = timedelta(seconds=float(os.environ.get("FEATSTORE_DIST_TIMEOUT", "1800")))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
-    return dist.get_rank(), world
-
-
-def _sum_over_ranks(world: int, *values: int) -> tuple[int, ...]:
-    """Totals over every rank (one all-reduce of a small tensor at the end: no objects, no pickle)."""
-    if world <= 1:
-        return values
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    try:
-        dist.all_reduce(t)
-    except Exception as e:  # noqa: BLE001
-        raise PeerFailed(f"rank {dist.get_rank()} of {world}: stopped, another rank failed ({type(e).__name__})") from e
-    return tuple(int(v) for v in t.tolist())
-
-
-def _test_failure(rank: int, n: int, writer: SegmentWriter) -> None:
-    """Test hook, FEATSTORE_TEST_FAIL=RANK:N:raise|kill: that rank fails before its segment N, once exactly
-    N of its segments are committed (deterministic, no race). `kill` is SIGKILL, as the OOM killer does."""
-    spec = os.environ.get("FEATSTORE_TEST_FAIL")
-    if not spec:
-        return
-    r, at, mode = spec.split(":")
-    if int(r) != rank or int(at) != n:
-        return
-    while len(writer.records) < n:
-        writer.check()
-        time.sleep(0.01)
-    if mode == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    raise RuntimeError(f"FEATSTORE_TEST_FAIL after {n} committed segments")
-
-
-def _barrier(world: int) -> None:
-    """Wait for every rank. A rank that died makes the others fail here (connection closed, or the timeout):
-    that is reported as PeerFailed, so the failed rank's own error stays the one error line."""
-    if world > 1:
-        import torch.distributed as dist
-
-        try:
-            dist.barrier()
-        except Exception as e:  # noqa: BLE001 - gloo/nccl raise RuntimeError subclasses
-            raise PeerFailed(f"rank {dist.get_rank()} of {world}: stopped, another rank failed "
-                             f"({type(e).__name__}); committed segments are kept") from e
 
 
 def _progress(total: int, enabled: bool, desc: str = "extract"):
@@ -527,7 +327,3 @@ def task_arrays(name: str, split, task: TaskInfo, rows: np.ndarray) -> dict[str,
     return out
 
 
-def summary_dict(s: ExtractSummary) -> dict[str, Any]:
-    d = asdict(s)
-    d["tokens_per_second"] = s.tokens_per_second
-    return d

@@ -99,6 +99,11 @@ class SegmentWriter:
         if self._worker is not None:
             self._worker.check()
 
+    def committed(self) -> int:
+        """Segments committed so far (a write error is raised here)."""
+        self.check()
+        return len(self.records)
+
     def _write(self, job: SegmentJob) -> None:
         t0 = time.perf_counter()
         arrays = assemble(job)
