@@ -105,6 +105,18 @@ class StorageBackend(ABC):
     def __init__(self, root: str):
         self.root = root
 
+    def holds_store(self) -> bool:
+        """Whether `root` holds a featstore store (complete or not): a manifest of ours that validates."""
+        from .manifest import validate
+
+        try:
+            m = self.read_manifest()
+            return m is not None and validate(m, self.root) is m
+        except (StoreError, OSError, ValueError):
+            return False
+        finally:
+            self.close()
+
     def _refuse_write(self) -> None:
         if self.read_only:
             raise StoreError(f"{self.root} is a published store and read-only; pull it to change it")

@@ -15,7 +15,7 @@ from ..errors import InputError, StoreError
 from ..io.files import check_can_create, load_json, sha256_array, sha256_file, write_json_atomic
 from .base import ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, root_attributes
 from .local import committed_records, partial_name, remove_partials
-from .manifest import MANIFEST, validate, validate_published
+from .manifest import MANIFEST, validate_published
 
 CODECS = ("none", "lzf", "gzip")
 PUBLISHED_NAME = "store.h5"  # the one data file of a published HDF5 store
@@ -71,20 +71,11 @@ class HDF5Backend(StorageBackend):
         p = self.root
         if os.path.isdir(p):
             raise InputError(f"{flag} {p} is a directory; --format hdf5 writes one file, e.g. {flag} {p}.h5")
-        if os.path.isfile(p) and not self._holds_store():
+        if os.path.isfile(p) and not self.holds_store():
             raise InputError(f"{flag} {p} exists and is not a featstore store; choose another path (nothing there "
                              "is touched, not even with --overwrite)")
         if not os.path.exists(p):
             check_can_create(p, flag)
-
-    def _holds_store(self) -> bool:
-        try:
-            m = self.read_manifest()
-            return m is not None and validate(m, self.root) is m
-        except (StoreError, OSError, ValueError):
-            return False
-        finally:
-            self.close()
 
     def create(self) -> None:
         os.makedirs(self.parts, exist_ok=True)

@@ -18,7 +18,7 @@ from ..io.files import check_can_create, load_json, sha256_file, write_json_atom
 from .base import SEGMENT_RECORD, ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, \
     dimension_names, root_attributes
 from .local import committed_records, partial_name, remove_partials
-from .manifest import MANIFEST, transfer_files, validate, validate_published
+from .manifest import MANIFEST, transfer_files, validate_published
 
 CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4")
 
@@ -165,18 +165,11 @@ class ZarrBackend(StorageBackend):
         p = self.root
         if os.path.isfile(p):
             raise InputError(f"{flag} {p} exists and is a file, not a featstore store; choose another path")
-        if os.path.isdir(p) and os.listdir(p) and not self._holds_store():
+        if os.path.isdir(p) and os.listdir(p) and not self.holds_store():
             raise InputError(f"{flag} {p} exists and is not a featstore store; choose another path (nothing there "
                              "is touched, not even with --overwrite)")
         if not os.path.exists(p):
             check_can_create(p, flag)
-
-    def _holds_store(self) -> bool:
-        try:
-            m = self.read_manifest()
-            return m is not None and validate(m, self.root) is m
-        except (StoreError, OSError, ValueError):
-            return False
 
     def create(self) -> None:
         _ensure_groups(self.root, "segments")
