@@ -38,7 +38,8 @@ def variants() -> list[tuple[str, str, int | None]]:
     return out
 
 
-def run_task(task: str, work: str, seeds: list[int], epochs: int, encodings_for_extract: list[str]) -> dict:
+def run_task(task: str, work: str, seeds: list[int], epochs: int, encodings_for_extract: list[str],
+             only: list[str] | None = None) -> dict:
     from bbc import make_splits
 
     tdir = os.path.join(work, task)
@@ -63,6 +64,8 @@ def run_task(task: str, work: str, seeds: list[int], epochs: int, encodings_for_
         n_tokens = sum(st.split(n).n_tokens for n in st.splits)
     rows = []
     for name, enc, width in variants():
+        if only and name not in only:
+            continue
         store = base
         convert_rate = None
         if name != "float16":
@@ -142,7 +145,9 @@ def main() -> None:
     ap.add_argument("--tasks", default="bbc,bbc-title")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--extract-encodings", default="float16,int8,fp8")
+    ap.add_argument("--extract-encodings", default="float16,int8,fp8", help="'' to skip extraction throughput")
+    ap.add_argument("--variants", default=None, help="only these variants (e.g. pca192,pca96+int8); with --json, "
+                    "their rows are added to the file's rows of the same task")
     ap.add_argument("--json", default=None)
     ap.add_argument("--report", default=None, help="print the tables of an earlier --json and exit")
     ap.add_argument("--estimate-glue", action="store_true", help="print estimated DeBERTa-v2-xxlarge store sizes "
@@ -160,8 +165,18 @@ def main() -> None:
     t0 = time.perf_counter()
     res = {"machine": f"{os.cpu_count()} CPU cores, no GPU" if not _cuda() else "GPU", "model": MODEL,
            "seeds": seeds, "epochs": a.epochs, "tasks": {}}
+    only = a.variants.split(",") if a.variants else None
+    if only and a.json and os.path.isfile(a.json):
+        res = json.load(open(a.json))  # add rows to an earlier run (same settings)
     for task in a.tasks.split(","):
-        res["tasks"][task] = run_task(task, a.work, seeds, a.epochs, a.extract_encodings.split(","))
+        got = run_task(task, a.work, seeds, a.epochs, [e for e in a.extract_encodings.split(",") if e], only)
+        if only and task in res["tasks"]:
+            kept = [r for r in res["tasks"][task]["rows"] if r["variant"] not in only]
+            order = [v[0] for v in variants()]
+            got["rows"] = sorted(kept + got["rows"], key=lambda r: order.index(r["variant"]))
+        res["tasks"][task] = {**res["tasks"].get(task, {}), **got}
+        if {r["variant"] for r in res["tasks"][task]["rows"]} == {v[0] for v in variants()}:
+            res["tasks"][task].pop("partial", None)  # every variant measured now
         if a.json:  # written as it goes: a long run keeps what it measured
             os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
             json.dump(res, open(a.json, "w"), indent=1)
