@@ -22,7 +22,6 @@ import platform
 import random
 import statistics
 import string
-import subprocess
 import sys
 import tempfile
 import time
@@ -175,15 +174,9 @@ def main() -> None:
         json.dump({**data, **extra}, f)
 
     def child(method: str, seed: int) -> dict:
-        cmd = [sys.executable, __file__, "--one", method, str(seed), "--work", a.work, "--model", a.model,
-               "--max-length", str(a.max_length), "--layers", a.layers, "--epochs", str(a.epochs),
-               "--top-lr", str(a.top_lr)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            raise SystemExit(f"{method} seed {seed} failed:\n{r.stderr[-3000:]}")
-        res = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"{method:<24} seed {seed}: {json.dumps(res)}", file=sys.stderr)
-        return res
+        from benchmarks.vs_finetune import run_child
+
+        return run_child(__file__, method, seed, a)
 
     extraction = child("extract", 0)
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -34,6 +34,21 @@ METHODS = ["full fine-tuning", "linear probe (store)", "Y-Tuning (store)", "Y-Tu
 LORA_RANK, LORA_LR = 8, 5e-4  # PEFT's usual rank and a usual LoRA learning rate (10x full fine-tuning's)
 
 
+def run_child(script: str, method: str, seed: int, a: argparse.Namespace) -> dict:
+    """`script --one METHOD SEED ...` in its own process (its peak memory is its own); its last stdout line is
+    the JSON result."""
+    cmd = [sys.executable, script, "--one", method, str(seed), "--work", a.work, "--model", a.model,
+           "--max-length", str(a.max_length), "--layers", a.layers, "--epochs", str(a.epochs),
+           "--top-lr", str(a.top_lr)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{method} seed {seed} failed:\n{r.stderr[-3000:]}")
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"{method:<26} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()
+                                                      if isinstance(v, (int, float))), file=sys.stderr)
+    return res
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -199,16 +214,7 @@ def main() -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
 
     def child(method: str, seed: int) -> dict:
-        cmd = [sys.executable, __file__, "--one", method, str(seed), "--work", a.work, "--model", a.model,
-               "--max-length", str(a.max_length), "--layers", a.layers, "--epochs", str(a.epochs),
-               "--top-lr", str(a.top_lr)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode:
-            raise SystemExit(f"{method} seed {seed} failed:\n{r.stderr[-3000:]}")
-        res = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"{method:<26} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items()
-                                                          if isinstance(v, (int, float))), file=sys.stderr)
-        return res
+        return run_child(__file__, method, seed, a)
 
     methods = [m for m in METHODS if m in a.methods.split(",")]
     ref = None
