@@ -53,29 +53,40 @@ class LabelBlock(nn.Module):
         return q + self.drop(self.ffn(self.ln_ffn(q)))  # (B, Y, d)
 
 
-class YTuningHead(nn.Module):
-    def __init__(self, spec: HeadSpec):
+class LabelModule(nn.Module):
+    """What every Y-Tuning head shares: layer mix + projection of the token features to a memory, and label
+    queries refined by label blocks against it. Heads differ only in how they score the label representations."""
+
+    def __init__(self, spec: HeadSpec, n_queries: int):
         super().__init__()
         self.spec = spec
         d = spec.d_head
         self.mix = LayerMix(spec.n_layers_in)
         self.proj = nn.Sequential(nn.LayerNorm(spec.hidden_size), nn.Linear(spec.hidden_size, d))
-        n_queries = spec.n_outputs if spec.task == "classification" else 1
         self.queries = nn.Parameter(torch.randn(n_queries, d))  # (Y, d), unit scale like an embedding
         self.blocks = nn.ModuleList(LabelBlock(d, spec.n_heads, spec.dropout, spec.ffn_mult)
                                     for _ in range(spec.n_layers))
-        self.ln_out = nn.LayerNorm(d)
-        self.scorer = nn.Linear(d, 1)  # shared by every label
 
     def memory(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.mix(x))  # (B, T, L, D) -> (B, T, D) -> (B, T, d)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x (B, T, L, D) token features; mask (B, T) True on real tokens
-        memory = self.memory(x)  # (B, T, d)
+    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, L, D) token features, mask (B, T) True on real tokens -> (memory (B, T, d), labels (B, Y, d))."""
+        memory = self.memory(x)
         q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, Y, d)
         for block in self.blocks:
             q = block(q, memory, ~mask)
+        return memory, q
+
+
+class YTuningHead(LabelModule):
+    def __init__(self, spec: HeadSpec):
+        super().__init__(spec, spec.n_outputs if spec.task == "classification" else 1)
+        self.ln_out = nn.LayerNorm(spec.d_head)
+        self.scorer = nn.Linear(spec.d_head, 1)  # shared by every label
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        _, q = self.attend(x, mask)  # (B, Y, d)
         scores = self.scorer(self.ln_out(q)).squeeze(-1)  # (B, Y)
         return scores if self.spec.task == "classification" else scores[:, 0]  # (B, Y) or (B,)
 

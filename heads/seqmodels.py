@@ -20,30 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HeadSpec
-from .models import LabelBlock, LayerMix
+from .models import LabelModule
 
 IGNORE = -100
 
 
-class TokenYTuningHead(nn.Module):
+class TokenYTuningHead(LabelModule):
+    """One label representation per tag (span: start and end) scores every position's memory."""
+
     def __init__(self, spec: HeadSpec):
-        super().__init__()
-        self.spec = spec
-        d = spec.d_head
-        self.mix = LayerMix(spec.n_layers_in)
-        self.proj = nn.Sequential(nn.LayerNorm(spec.hidden_size), nn.Linear(spec.hidden_size, d))
-        self.queries = nn.Parameter(torch.randn(spec.n_outputs, d))  # (Y, d); span: (2, d)
-        self.blocks = nn.ModuleList(LabelBlock(d, spec.n_heads, spec.dropout, spec.ffn_mult)
-                                    for _ in range(spec.n_layers))
-        self.ln_label = nn.LayerNorm(d)
-        self.ln_mem = nn.LayerNorm(d)
+        super().__init__(spec, spec.n_outputs)  # queries (Y, d); span: (2, d)
+        self.ln_label = nn.LayerNorm(spec.d_head)
+        self.ln_mem = nn.LayerNorm(spec.d_head)
         self.bias = nn.Parameter(torch.zeros(spec.n_outputs))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        memory = self.proj(self.mix(x))  # (B, T, L, D) -> (B, T, d)
-        q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, Y, d)
-        for block in self.blocks:
-            q = block(q, memory, ~mask)
+        memory, q = self.attend(x, mask)  # (B, T, d), (B, Y, d)
         reps = self.ln_label(q)  # (B, Y, d)
         scores = torch.einsum("btd,byd->bty", self.ln_mem(memory), reps) / math.sqrt(reps.shape[-1])
         return scores + self.bias  # (B, T, Y)
