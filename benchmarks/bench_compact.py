@@ -94,6 +94,87 @@ def run_task(task: str, work: str, seeds: list[int], epochs: int, encodings_for_
     return {"tokens": n_tokens, "rows": rows}
 
 
+def read_pass_seconds(store: str, split: str = "train", batch_size: int = 32) -> float:
+    """One streamed pass over a split's token features, all layers, as training reads them (store read, batch
+    assembly, `to_device` with 8-bit codes decoded there), without a head: what the encoding changes."""
+    import torch
+
+    import featstore
+    from heads.data import Loader, StoreTokens
+    from heads.task import to_device
+
+    with featstore.open_store(store) as st:
+        src = StoreTokens(st.split(split), st.layers, in_ram=False)
+        t0 = time.perf_counter()
+        for batch in Loader(src, None, batch_size, shuffle=True, seed=0).epoch(1):
+            to_device(batch, torch.device("cpu"))
+        return time.perf_counter() - t0
+
+
+def timing_task(task: str, work: str, repeats: int, names: list[str], extract_variants: list[str]) -> dict:
+    """Timing only, medians of `repeats` rounds; inside a round every variant runs once, one after the other, so
+    a change in the machine's load touches all of them alike. Per variant: a streamed read pass (no head), a
+    streamed and an in-RAM Y-Tuning epoch (1 epoch, seed 0); per extraction variant: tokens/s of extracting the
+    validation split (forward + coding/projection + write)."""
+    import statistics
+
+    from bbc import make_splits
+
+    tdir = os.path.join(work, task)
+    data = make_splits(os.path.join(tdir, "data"), text=TASKS[task]["text"])
+    common = dict(model=MODEL, data=data, id_column="id", text_column="text", label_columns=["topic"], layers="all",
+                  max_length=TASKS[task]["max_length"], progress=False)
+    base = os.path.join(tdir, "float16")
+    extract(ExtractConfig(out=base, **common))  # a complete store with the same settings is kept as it is
+    stores = {}
+    for name, enc, width in variants():
+        if name in names:
+            stores[name] = base if name == "float16" else os.path.join(tdir, name)
+            if name != "float16":
+                convert(base, stores[name], enc, project=width, overwrite=True)
+    spec = {name: (enc, width) for name, enc, width in variants()}
+    runs: dict[str, dict[str, list[float]]] = {n: {"read": [], "stream": [], "ram": []} for n in stores}
+    ext: dict[str, list[float]] = {n: [] for n in extract_variants}  # forward + coding/projection + write loop
+    ext_all: dict[str, list[float]] = {n: [] for n in extract_variants}  # end to end: + model load, PCA fit, hashes
+    for rnd in range(repeats):
+        for name, store in stores.items():
+            runs[name]["read"].append(read_pass_seconds(store))
+            for key, mem in (("stream", 0), ("ram", None)):
+                r = train(TrainConfig("ytuning", store=store, label_column="topic", out=os.path.join(tdir, "timing-run"),
+                                      seeds=[0], epochs=1, patience=None, max_memory=mem, progress=False,
+                                      overwrite=True, label_init="prior", layers="all"))
+                runs[name][key].append(r.seconds_per_epoch)
+        for name in extract_variants:
+            enc, width = spec[name]
+            r = extract(ExtractConfig(out=os.path.join(tdir, f"extract-{name}"), encoding=enc, project=width,
+                                      overwrite=True, **dict(common, data={"validation": data["validation"]})))
+            ext[name].append(r.tokens / r.loop_seconds)
+            ext_all[name].append(r.tokens / r.seconds)
+        print(f"[{task}] timing round {rnd + 1}/{repeats}: " + json.dumps({n: {k: round(v[-1], 3) for k, v in d.items()}
+                                                                          for n, d in runs.items()}), flush=True)
+    med = statistics.median
+    return {"repeats": repeats,
+            "rows": [{"variant": n, "read_pass_seconds": med(d["read"]), "streamed_seconds_per_epoch": med(d["stream"]),
+                      "ram_seconds_per_epoch": med(d["ram"]), "extract_tokens_per_s": med(ext[n]) if n in ext else None,
+                      "extract_end_to_end_tokens_per_s": med(ext_all[n]) if n in ext else None,
+                      "raw": {**d, "extract": ext.get(n), "extract_end_to_end": ext_all.get(n)}} for n, d in runs.items()]}
+
+
+def timing_table(task: str, res: dict) -> str:
+    rows = res["rows"]
+    base = rows[0]
+    lines = [f"**{task}**, timing (medians of {res['repeats']} interleaved rounds)", "",
+             "| variant | streamed read pass s (x float16) | streamed Y-Tuning epoch s (x float16) | in-RAM epoch s "
+             "| extract loop tok/s (x float16) | extract end to end tok/s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ext = "-" if r["extract_tokens_per_s"] is None else \
+            f"{r['extract_tokens_per_s']:,.0f} ({r['extract_tokens_per_s'] / base['extract_tokens_per_s']:.2f}x)"
+        lines.append(f"| {r['variant']} | {r['read_pass_seconds']:.2f} ({r['read_pass_seconds'] / base['read_pass_seconds']:.2f}x) "
+                     f"| {r['streamed_seconds_per_epoch']:.2f} ({r['streamed_seconds_per_epoch'] / base['streamed_seconds_per_epoch']:.2f}x) "
+                     f"| {r['ram_seconds_per_epoch']:.2f} | {ext} | {_n(r['extract_end_to_end_tokens_per_s'])} |")
+    return "\n".join(lines)
+
+
 def table(task: str, res: dict) -> str:
     rows = res["rows"]
     base = rows[0]
@@ -148,6 +229,11 @@ def main() -> None:
     ap.add_argument("--extract-encodings", default="float16,int8,fp8", help="'' to skip extraction throughput")
     ap.add_argument("--variants", default=None, help="only these variants (e.g. pca192,pca96+int8); with --json, "
                     "their rows are added to the file's rows of the same task")
+    ap.add_argument("--timing", type=int, default=0, metavar="ROUNDS",
+                    help="timing only (no accuracy): medians of ROUNDS interleaved rounds of read pass, streamed and "
+                         "in-RAM epoch per variant and extraction per --extract-variants; written under 'timing'")
+    ap.add_argument("--extract-variants", default="float16,int8,fp8,pca96+int8",
+                    help="with --timing: the variants whose extraction throughput is measured")
     ap.add_argument("--json", default=None)
     ap.add_argument("--report", default=None, help="print the tables of an earlier --json and exit")
     ap.add_argument("--estimate-glue", action="store_true", help="print estimated DeBERTa-v2-xxlarge store sizes "
@@ -158,9 +244,24 @@ def main() -> None:
         return
     if a.report:
         res = json.load(open(a.report))
-        print("\n\n".join(table(t, r) for t, r in res["tasks"].items()))
+        print("\n\n".join([table(t, r) for t, r in res["tasks"].items()]
+                            + [timing_table(t, r) for t, r in res.get("timing", {}).items()]))
         return
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    if a.timing:
+        names = a.variants.split(",") if a.variants else [v[0] for v in variants()]
+        ext = [e for e in a.extract_variants.split(",") if e]
+        if "float16" not in names or (ext and ext[0] != "float16"):
+            raise SystemExit("--timing compares with float16: list it first in --variants and --extract-variants")
+        res = json.load(open(a.json)) if a.json and os.path.isfile(a.json) else {"tasks": {}}
+        res.setdefault("timing", {})
+        for task in a.tasks.split(","):
+            res["timing"][task] = {**timing_task(task, a.work, a.timing, names, ext),
+                                   "machine": f"{os.cpu_count()} CPU cores" + (", GPU" if _cuda() else ", no GPU")}
+            if a.json:
+                json.dump(res, open(a.json, "w"), indent=1)
+            print(timing_table(task, res["timing"][task]))
+        return
     seeds = [int(s) for s in a.seeds.split(",")]
     t0 = time.perf_counter()
     res = {"machine": f"{os.cpu_count()} CPU cores, no GPU" if not _cuda() else "GPU", "model": MODEL,

@@ -10,19 +10,20 @@ split is held in RAM - so in-RAM and streamed training see the very same batches
 
 A background thread assembles batches into a bounded queue while a second one reads the next window of
 blocks, so reading, batching and training overlap and the device never waits on the store. Stored
-float16 is converted per batch, never for a whole split. No torch here: batches are numpy arrays.
+float16 is converted per batch, never for a whole split; 8-bit codes are held, batched and moved as codes and
+decoded on the device (`heads.task.to_device`). No torch here: batches are numpy arrays.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from featstore.io.background import read_ahead
-from featstore.store import Split
-from featstore.store.encoding import read_itemsize
+from featstore.store import Split, Store
+from featstore.store.encoding import FP8_VALUES, is_coded, read_itemsize
 
 BLOCK_BYTES = 32 << 20  # target bytes of token features read at once when streaming
 MIN_BLOCK_BATCHES = 8  # a block holds at least this many batches, so batches change members every epoch
@@ -34,45 +35,87 @@ JITTER_BATCHES = 2  # how far an example may move inside its block
 
 
 @dataclass
+class Codec:
+    """How 8-bit token codes decode (on the device, `heads.task.to_device`), per layer l:
+    row = codes * scale[row, l] * gain[seg[row], l] + shift[seg[row], l]."""
+    encoding: str  # int8 | fp8
+    shift: np.ndarray  # (S, L, D) float32, one row per segment of the split
+    gain: np.ndarray  # (S, L, D) float32
+    on_device: dict[str, Any] = field(default_factory=dict, repr=False)  # the tables moved to a device, by device
+
+
+@dataclass
+class Coded:
+    """Token rows of an 8-bit store as stored: a quarter of float32's bytes in RAM and on the way to the device."""
+    codes: np.ndarray  # (n, L, D) int8 | uint8
+    scale: np.ndarray  # (n, L) float32
+    seg: np.ndarray  # (n,) int32
+
+    def __getitem__(self, sl: slice) -> "Coded":
+        return Coded(self.codes[sl], self.scale[sl], self.seg[sl])
+
+
+@dataclass
 class Batch:
-    x: np.ndarray  # (B, T, L, D) token features, or (B, L, D) pooled
+    x: np.ndarray  # (B, T, L, D) token features (8-bit codes when `codec` is set), or (B, L, D) pooled
     mask: np.ndarray | None  # (B, T) bool, True on real tokens; None for pooled
     y: np.ndarray | None  # (B,) targets
     index: np.ndarray  # (B,) storage indices
+    scale: np.ndarray | None = None  # (B, T, L) row scales of coded `x`
+    seg: np.ndarray | None = None  # (B, T) segment of each coded row
+    codec: Codec | None = None
 
 
 class TokenSource:
     """Token features of chosen layers of one split, read by contiguous example ranges."""
 
-    def __init__(self, lengths: np.ndarray, n_layers: int, hidden: int, itemsize: int):
+    codec: Codec | None = None  # set when `read` returns `Coded` rows
+
+    def __init__(self, lengths: np.ndarray, n_layers: int, hidden: int, token_bytes: int):
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(self.lengths, out=self.offsets[1:])
-        self.n_layers, self.hidden, self.itemsize = n_layers, hidden, itemsize
+        self.n_layers, self.hidden, self.token_bytes = n_layers, hidden, token_bytes
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     @property
     def nbytes(self) -> int:
-        return int(self.offsets[-1]) * self.n_layers * self.hidden * self.itemsize
+        return int(self.offsets[-1]) * self.token_bytes
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Tokens of examples [start, stop): (n_tokens, L, D) in the stored dtype (bf16 already widened)."""
+    def read(self, start: int, stop: int) -> np.ndarray | Coded:
+        """Tokens of examples [start, stop): (n_tokens, L, D) in the stored dtype (bf16 already widened), or
+        their 8-bit codes."""
         raise NotImplementedError
 
-    def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    def read_float(self, start: int, stop: int) -> np.ndarray:
+        """Tokens of examples [start, stop) as float32 (n_tokens, L, D), codes decoded here on the host."""
+        block = self.read(start, stop)
+        if not isinstance(block, Coded):
+            return np.asarray(block, dtype=np.float32)
+        c = self.codec
+        q = block.codes.astype(np.float32) if c.encoding == "int8" else FP8_VALUES[block.codes.view(np.uint8)]
+        return q * block.scale[..., None] * c.gain[block.seg] + c.shift[block.seg]
+
+    def batch(self, block: np.ndarray | Coded, block_start: int, idx: np.ndarray, dtype: Any) -> Batch:
         """Pad the examples `idx` (storage indices inside the block) to (B, T, L, D) + mask (B, T)."""
         lens = self.lengths[idx]
-        T = int(lens.max())
-        x = np.zeros((len(idx), T, self.n_layers, self.hidden), dtype=dtype)  # (B, T, L, D)
-        mask = np.zeros((len(idx), T), dtype=bool)
+        B, T = len(idx), int(lens.max())
+        coded = isinstance(block, Coded)
+        x = np.zeros((B, T, self.n_layers, self.hidden), dtype=block.codes.dtype if coded else dtype)
+        mask = np.zeros((B, T), dtype=bool)
+        scale = np.zeros((B, T, self.n_layers), dtype=np.float32) if coded else None
+        seg = np.zeros((B, T), dtype=np.int32) if coded else None
         base = self.offsets[block_start]
         for b, (i, n) in enumerate(zip(idx, lens)):
             a = int(self.offsets[i] - base)
-            x[b, :n] = block[a:a + n]  # float16 -> float32 here, one batch at a time
             mask[b, :n] = True
-        return x, mask
+            if coded:  # codes stay codes: decoded on the device
+                x[b, :n], scale[b, :n], seg[b, :n] = block.codes[a:a + n], block.scale[a:a + n], block.seg[a:a + n]
+            else:
+                x[b, :n] = block[a:a + n]  # float16 -> float32 here, one batch at a time
+        return Batch(x, mask, None, idx, scale, seg, self.codec if coded else None)
 
 
 class StoreTokens(TokenSource):
@@ -80,26 +123,32 @@ class StoreTokens(TokenSource):
 
     def __init__(self, split: Split, layers: Sequence[int], in_ram: bool):
         store = split.store
-        itemsize = read_itemsize(store.dtype)  # bf16 is widened when read
-        super().__init__(split.lengths, len(layers), store.width, itemsize)
+        super().__init__(split.lengths, len(layers), store.width, held_token_bytes(store, len(layers)))
         self.split, self.layers, self.in_ram = split, list(layers), in_ram
-        self._ram: np.ndarray | None = None
+        if is_coded(store.encoding):
+            tables = [split.channel_tables(k) for k in self.layers]  # [(shift (S, D), gain (S, D))] per layer
+            self.codec = Codec(store.encoding, np.stack([t[0] for t in tables], axis=1),
+                               np.stack([t[1] for t in tables], axis=1))
+        self._ram: np.ndarray | Coded | None = None
         if in_ram:
             self._ram = self._read_store(0, len(self))  # (N_tokens, L, D)
 
-    def _read_store(self, start: int, stop: int) -> np.ndarray:
+    def _read_store(self, start: int, stop: int) -> np.ndarray | Coded:
         from concurrent.futures import ThreadPoolExecutor
 
         a, b = int(self.offsets[start]), int(self.offsets[stop])
+        read = (lambda k: self.split.token_codes(k, a, b)) if self.codec else (lambda k: self.split.tokens(k, a, b))
         # (n, D) per layer: one contiguous token range each, the layers read side by side
         with ThreadPoolExecutor(min(len(self.layers), 4)) as pool:
-            parts = list(pool.map(lambda k: self.split.tokens(k, a, b), self.layers))
+            parts = list(pool.map(read, self.layers))
+        if self.codec:
+            return Coded(np.stack([p[0] for p in parts], axis=1), np.stack([p[1] for p in parts], axis=1), parts[0][2])
         out = np.empty((b - a, len(self.layers), self.hidden), dtype=parts[0].dtype)  # (n, L, D)
         for j, part in enumerate(parts):
             out[:, j] = part
         return out
 
-    def read(self, start: int, stop: int) -> np.ndarray:
+    def read(self, start: int, stop: int) -> np.ndarray | Coded:
         if self._ram is not None:
             return self._ram[self.offsets[start]:self.offsets[stop]]
         return self._read_store(start, stop)
@@ -109,7 +158,7 @@ class ArrayTokens(TokenSource):
     """Token features already in memory (raw text run through the backbone by `heads predict`)."""
 
     def __init__(self, flat: np.ndarray, lengths: np.ndarray):
-        super().__init__(lengths, flat.shape[1], flat.shape[2], flat.dtype.itemsize)
+        super().__init__(lengths, flat.shape[1], flat.shape[2], flat.shape[1] * flat.shape[2] * flat.dtype.itemsize)
         self.flat = flat  # (N_tokens, L, D)
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -134,8 +183,8 @@ class PooledSource:
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.x[start:stop]
 
-    def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any) -> tuple[np.ndarray, None]:
-        return block[idx - block_start].astype(dtype), None  # (B, L, D)
+    def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any) -> Batch:
+        return Batch(block[idx - block_start].astype(dtype), None, None, idx)  # (B, L, D)
 
 
 Source = TokenSource | PooledSource
@@ -215,9 +264,9 @@ class Loader:
                 order = rng.permutation(len(group)) if rng is not None else range(len(group))
                 for j in order:
                     data, s, idx = group[j]
-                    x, mask = self.source.batch(data, s, idx, self.dtype)
-                    y = self.targets[idx] if self.targets is not None else None
-                    yield Batch(x, mask, y, idx)
+                    batch = self.source.batch(data, s, idx, self.dtype)
+                    batch.y = self.targets[idx] if self.targets is not None else None
+                    yield batch
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """Batches of one pass; a worker thread keeps up to `prefetch` of them ready."""
@@ -242,6 +291,13 @@ def default_max_memory() -> int:
     return available_memory() // 2
 
 
+def held_token_bytes(store: Store, n_layers: int) -> int:
+    """Bytes one token's features of `n_layers` layers take in RAM as a source holds them: 8-bit codes stay
+    codes (1 byte per value, a float32 scale per layer, a segment index), floats as read."""
+    if is_coded(store.encoding):
+        return n_layers * (store.width + 4) + 4
+    return n_layers * store.width * read_itemsize(store.dtype)
+
+
 def token_bytes(split: Split, n_layers: int) -> int:
-    itemsize = read_itemsize(split.store.dtype)
-    return split.n_tokens * n_layers * split.store.width * itemsize
+    return split.n_tokens * held_token_bytes(split.store, n_layers)

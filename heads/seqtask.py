@@ -158,5 +158,5 @@ def token_input_stats(source: Any, max_tokens: int = 200_000) -> tuple[np.ndarra
     """Mean and std of token inputs (L*D,) over up to `max_tokens` training tokens (linear baseline)."""
     n = len(source)
     stop = int(np.searchsorted(source.offsets, min(max_tokens, int(source.offsets[-1])), side="left"))
-    x = source.read(0, max(1, min(stop, n))).reshape(-1, source.n_layers * source.hidden).astype(np.float64)
+    x = source.read_float(0, max(1, min(stop, n))).reshape(-1, source.n_layers * source.hidden).astype(np.float64)
     return x.mean(0), x.std(0)

@@ -12,7 +12,7 @@ import torch
 
 from featstore.errors import InputError, StoreError
 from featstore.store import Split, Store
-from featstore.store.encoding import read_itemsize
+from featstore.store.encoding import FP8_VALUES, read_itemsize
 
 from .config import HeadSpec
 from .data import Loader, PooledSource, Source, StoreTokens, token_bytes
@@ -150,9 +150,32 @@ def autocast(device: torch.device) -> Any:
 
 
 def to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x = torch.from_numpy(batch.x).to(device, non_blocking=True).float()
+    """A batch's features (float32) and mask on `device`; 8-bit codes travel as codes and are decoded there."""
+    x = torch.from_numpy(batch.x).to(device, non_blocking=True)
     mask = torch.from_numpy(batch.mask).to(device) if batch.mask is not None else None
-    return x, mask
+    if batch.codec is not None:
+        return decode_on_device(x, batch, mask, device), mask
+    return x.float(), mask
+
+
+def _device_tables(codec: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The codec's shift/gain tables (and fp8's value table) on `device`, moved once per source and device."""
+    key = str(device)
+    if key not in codec.on_device:
+        fp8 = torch.from_numpy(FP8_VALUES).to(device) if codec.encoding == "fp8" else None
+        codec.on_device[key] = (torch.from_numpy(codec.shift).to(device), torch.from_numpy(codec.gain).to(device), fp8)
+    return codec.on_device[key]
+
+
+def decode_on_device(codes: torch.Tensor, batch: Any, mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, T, L, D) 8-bit codes on `device` -> float32 features, row = codes * scale * gain[seg] + shift[seg];
+    padding decodes to 0, as float batches are padded."""
+    shift, gain, fp8 = _device_tables(batch.codec, device)  # (S, L, D), (S, L, D), (256,) | None
+    scale = torch.from_numpy(batch.scale).to(device, non_blocking=True)  # (B, T, L)
+    seg = torch.from_numpy(batch.seg).to(device, non_blocking=True).long()  # (B, T)
+    q = codes.float() if fp8 is None else fp8[codes.long()]  # fp8: a 256-entry table, exact
+    x = torch.addcmul(shift[seg], q * scale.unsqueeze(-1), gain[seg])  # (B, T, L, D)
+    return x * mask[:, :, None, None]
 
 
 @torch.no_grad()

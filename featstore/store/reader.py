@@ -351,6 +351,37 @@ class Split:
             return np.zeros((0, self.store.width), dtype=np.float32)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
+    def token_codes(self, layer: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token rows [start, stop) of one layer of an 8-bit store, not decoded: codes (n, D) int8/uint8, row
+        scales (n,) float32 and each row's segment (n,) int32 (index into `channel_tables`). A reader that
+        decodes elsewhere (heads: on the device) moves a quarter of float32's bytes."""
+        if not is_coded(self.store.encoding):
+            raise StoreError(f"store {self.store.path} holds {self.store.encoding} values, not 8-bit codes")
+        codes, scales, segs = [], [], []
+        seg = max(int(np.searchsorted(self._seg_token_start, start, side="right") - 1), 0)
+        while start < stop and seg < len(self.segments):
+            base = int(self._seg_token_start[seg])
+            hi = min(stop, int(self._seg_token_start[seg + 1]))
+            if hi > start:
+                name = f"L{layer}/tokens"
+                codes.append(np.asarray(self.segment_array(seg, name)[start - base:hi - base]))
+                scales.append(np.asarray(self.segment_array(seg, f"{name}_scale")[start - base:hi - base],
+                                         dtype=np.float32))
+                segs.append(np.full(hi - start, seg, dtype=np.int32))
+                start = hi
+            seg += 1
+        if not codes:
+            dtype = np.int8 if self.store.encoding == "int8" else np.uint8
+            return np.zeros((0, self.store.width), dtype), np.zeros(0, np.float32), np.zeros(0, np.int32)
+        return tuple(np.concatenate(p) if len(p) > 1 else p[0] for p in (codes, scales, segs))  # type: ignore
+
+    def channel_tables(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-segment channel shift and gain (S, D) float32 of one layer's 8-bit token codes:
+        row = codes * scale[row] * gain[seg] + shift[seg]."""
+        name = f"L{layer}/tokens"
+        return tuple(np.stack([np.asarray(self.segment_array(i, f"{name}_{side}")[:], dtype=np.float32)
+                               for i in range(len(self.segments))]) for side in ("shift", "gain"))  # type: ignore
+
     def example(self, index: int, layers: Sequence[int] | None = None) -> np.ndarray:
         """Token features of one example: (T, L, D) for the chosen layers (default: all stored)."""
         layers = list(layers) if layers is not None else self.store.layers

@@ -193,3 +193,33 @@ def test_interrupted_convert_resumes(tiny_stores, tmp_path, monkeypatch):
             assert np.array_equal(sa.tokens(2, 0, sa.n_tokens), sb.tokens(2, 0, sb.n_tokens))
     assert verify(dst) == []
     assert convert(tiny_stores["float16"], dst, "fp8").already_complete
+
+
+def test_convert_reads_a_store_from_object_storage(tiny_stores, tmp_path, s3_env):
+    """`featstore convert s3://... DST`, in its own process: the published store is read through the verified
+    cache, and the result equals converting the local original (same derived fingerprint, same arrays)."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from featstore.convert import convert
+    from featstore.share.transfer import push
+
+    from .conftest import BUCKET, ROOT
+
+    url = f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}/tiny"
+    push(tiny_stores["float16"], url)
+    local = convert(tiny_stores["float16"], str(tmp_path / "local"), "int8", layers="2")
+    dst = str(tmp_path / "from-s3")
+    r = subprocess.run([sys.executable, "-m", "cli.featstore_cli", "convert", url, dst, "--encoding", "int8",
+                        "--layers", "2"], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    with featstore.open_store(dst) as c, featstore.open_store(str(tmp_path / "local")) as ref:
+        assert c.fingerprint == local.fingerprint == ref.fingerprint
+        assert c.manifest["derived_from"]["url"] == url
+        for split in ref.splits:
+            a, b = c.split(split), ref.split(split)
+            assert np.array_equal(a.tokens(2, 0, a.n_tokens), b.tokens(2, 0, b.n_tokens))
+    assert verify(dst) == []
