@@ -140,9 +140,9 @@ def timing_task(task: str, work: str, repeats: int, names: list[str], extract_va
         for name, store in stores.items():
             runs[name]["read"].append(read_pass_seconds(store))
             for key, mem in (("stream", 0), ("ram", None)):
-                r = train(TrainConfig("ytuning", store=store, label_column="topic", out=os.path.join(tdir, "timing-run"),
-                                      seeds=[0], epochs=1, patience=None, max_memory=mem, progress=False,
-                                      overwrite=True, label_init="prior", layers="all"))
+                r = train(TrainConfig("ytuning", store=store, label_column="topic", seeds=[0], epochs=1,
+                                      out=os.path.join(tdir, "timing-run"), patience=None, max_memory=mem,
+                                      progress=False, overwrite=True, label_init="prior", layers="all"))
                 runs[name][key].append(r.seconds_per_epoch)
         for name in extract_variants:
             enc, width = spec[name]
@@ -150,12 +150,13 @@ def timing_task(task: str, work: str, repeats: int, names: list[str], extract_va
                                       overwrite=True, **dict(common, data={"validation": data["validation"]})))
             ext[name].append(r.tokens / r.loop_seconds)
             ext_all[name].append(r.tokens / r.seconds)
-        print(f"[{task}] timing round {rnd + 1}/{repeats}: " + json.dumps({n: {k: round(v[-1], 3) for k, v in d.items()}
-                                                                          for n, d in runs.items()}), flush=True)
+        last = {n: {k: round(v[-1], 3) for k, v in d.items()} for n, d in runs.items()}
+        print(f"[{task}] timing round {rnd + 1}/{repeats}: {json.dumps(last)}", flush=True)
     med = statistics.median
     return {"repeats": repeats,
-            "rows": [{"variant": n, "read_pass_seconds": med(d["read"]), "streamed_seconds_per_epoch": med(d["stream"]),
-                      "ram_seconds_per_epoch": med(d["ram"]), "extract_tokens_per_s": med(ext[n]) if n in ext else None,
+            "rows": [{"variant": n, "read_pass_seconds": med(d["read"]),
+                      "streamed_seconds_per_epoch": med(d["stream"]), "ram_seconds_per_epoch": med(d["ram"]),
+                      "extract_tokens_per_s": med(ext[n]) if n in ext else None,
                       "extract_end_to_end_tokens_per_s": med(ext_all[n]) if n in ext else None,
                       "raw": {**d, "extract": ext.get(n), "extract_end_to_end": ext_all.get(n)}} for n, d in runs.items()]}
 
@@ -169,8 +170,9 @@ def timing_table(task: str, res: dict) -> str:
     for r in rows:
         ext = "-" if r["extract_tokens_per_s"] is None else \
             f"{r['extract_tokens_per_s']:,.0f} ({r['extract_tokens_per_s'] / base['extract_tokens_per_s']:.2f}x)"
-        lines.append(f"| {r['variant']} | {r['read_pass_seconds']:.2f} ({r['read_pass_seconds'] / base['read_pass_seconds']:.2f}x) "
-                     f"| {r['streamed_seconds_per_epoch']:.2f} ({r['streamed_seconds_per_epoch'] / base['streamed_seconds_per_epoch']:.2f}x) "
+        read, stream = r["read_pass_seconds"], r["streamed_seconds_per_epoch"]
+        lines.append(f"| {r['variant']} | {read:.2f} ({read / base['read_pass_seconds']:.2f}x) "
+                     f"| {stream:.2f} ({stream / base['streamed_seconds_per_epoch']:.2f}x) "
                      f"| {r['ram_seconds_per_epoch']:.2f} | {ext} | {_n(r['extract_end_to_end_tokens_per_s'])} |")
     return "\n".join(lines)
 

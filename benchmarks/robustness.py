@@ -111,7 +111,7 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
         run = os.path.join(a.work, f"{kind}-top{top}-{seed}")
         heads.train(TrainConfig(head=kind, store=store, label_column="topic", epochs=a.epochs, seeds=[seed],
                                 patience=None, out=run, overwrite=True, progress=False,
-                                label_init="prior" if kind == "ytuning" and not top else "random",
+                                label_init="prior" if kind == "ytuning" else "random",
                                 layers="all" if kind == "ytuning" else "-1", pooling="mean",
                                 tune_top_layers=top, top_lr=a.top_lr))
         acc = {k: heads.evaluate(run, store, k).metrics["accuracy"] for k in evals}

@@ -78,7 +78,7 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
         run = os.path.join(a.work, f"{kind}-top{top}-{seed}")
         r = heads.train(TrainConfig(head=kind, store=store, label_column="topic", epochs=a.epochs, seeds=[seed],
                                     patience=None, out=run, overwrite=True, progress=False,
-                                    label_init="prior" if kind == "ytuning" and not top else "random",
+                                    label_init="prior" if kind == "ytuning" else "random",
                                     layers="all" if kind == "ytuning" else "-1", pooling="mean",
                                     tune_top_layers=top, top_lr=a.top_lr))
         out = {"test_accuracy": r.seeds[0].metrics["test"]["accuracy"], "seconds": time.perf_counter() - t0,

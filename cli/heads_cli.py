@@ -56,7 +56,8 @@ def main() -> None:
               help="RAM for features, e.g. 8GB; larger splits are streamed.  [default: half the available RAM]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--threads", default=None, type=int,
-              help="CPU threads for torch (default: all cores but one, which the batch prefetcher uses).")
+              help="CPU threads for torch (default: all cores but one, which the batch prefetcher uses; all cores "
+                   "with --tune-top-layers).")
 @click.option("--tune-top-layers", default=0, show_default=True, type=int, metavar="M",
               help="Also tune the backbone's top M layers, fed the stored layer N-M (ytuning, linear); only "
                    "those layers are loaded.")

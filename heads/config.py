@@ -106,7 +106,8 @@ class TrainConfig:
     pooling: str = "mean"
     max_memory: int | None = None  # bytes of features held in RAM; None: a safe fraction of available RAM
     device: str = "auto"
-    threads: int | None = None  # CPU threads for torch; None: all cores but one (the prefetcher's)
+    # CPU threads for torch; None: all cores but one (the prefetcher's), every core with tuned top layers
+    threads: int | None = None
     overwrite: bool = False
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)  # for a store URL (s3://...)

@@ -104,12 +104,9 @@ class YTuningHead(LabelModule):
         self.queries.copy_(q / q.std(-1, keepdim=True).clamp_min(1e-6))
 
 
-class PooledHead(nn.Module):
-    """`linear`: one linear map of the standardised pooled vectors; `mlp`: one hidden layer of width d_head.
-
-    Layers are concatenated. Inputs are standardised with training-set statistics held as buffers
-    (saved with the weights, not trained), so raw features with large outlier dimensions train well.
-    """
+class StandardisedInput(nn.Module):
+    """A probe whose concatenated layer inputs (L*D,) are standardised with training-set statistics held as
+    buffers (saved with the weights, not trained), so raw features with large outlier dimensions train well."""
 
     def __init__(self, spec: HeadSpec):
         super().__init__()
@@ -117,19 +114,30 @@ class PooledHead(nn.Module):
         n_in = spec.n_layers_in * spec.hidden_size
         self.register_buffer("in_mean", torch.zeros(n_in))
         self.register_buffer("in_std", torch.ones(n_in))
+
+    def set_input_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.in_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.in_std.copy_(torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+
+    def standardise(self, h: torch.Tensor) -> torch.Tensor:
+        return (h - self.in_mean) / self.in_std
+
+
+class PooledHead(StandardisedInput):
+    """`linear`: one linear map of the standardised pooled vectors; `mlp`: one hidden layer of width d_head.
+    Layers are concatenated."""
+
+    def __init__(self, spec: HeadSpec):
+        super().__init__(spec)
+        n_in = spec.n_layers_in * spec.hidden_size
         if spec.kind == "linear":
             self.net = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(n_in, spec.n_outputs))
         else:
             self.net = nn.Sequential(nn.Dropout(spec.dropout), nn.Linear(n_in, spec.d_head), nn.GELU(),
                                      nn.Dropout(spec.dropout), nn.Linear(spec.d_head, spec.n_outputs))
 
-    def set_input_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.in_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.in_std.copy_(torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
-
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = x.flatten(1)  # (B, L, D) -> (B, L*D)
-        out = self.net((h - self.in_mean) / self.in_std)  # (B, Y)
+        out = self.net(self.standardise(x.flatten(1)))  # (B, L, D) -> (B, L*D) -> (B, Y)
         return out if self.spec.task == "classification" else out[:, 0]
 
 

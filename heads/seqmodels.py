@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HeadSpec
-from .models import LabelModule
+from .models import LabelModule, StandardisedInput
 
 IGNORE = -100
 
@@ -41,25 +41,16 @@ class TokenYTuningHead(LabelModule):
         return scores + self.bias  # (B, T, Y)
 
 
-class TokenLinearHead(nn.Module):
+class TokenLinearHead(StandardisedInput):
     """Linear probe per token on the concatenated layers, inputs standardised with train statistics."""
 
     def __init__(self, spec: HeadSpec):
-        super().__init__()
-        self.spec = spec
-        n_in = spec.n_layers_in * spec.hidden_size
-        self.register_buffer("in_mean", torch.zeros(n_in))
-        self.register_buffer("in_std", torch.ones(n_in))
+        super().__init__(spec)
         self.drop = nn.Dropout(spec.dropout)
-        self.out = nn.Linear(n_in, spec.n_outputs)
-
-    def set_input_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
-        self.in_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
-        self.in_std.copy_(torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32))
+        self.out = nn.Linear(spec.n_layers_in * spec.hidden_size, spec.n_outputs)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = x.flatten(2)  # (B, T, L, D) -> (B, T, L*D)
-        return self.out(self.drop((h - self.in_mean) / self.in_std))  # (B, T, Y)
+        return self.out(self.drop(self.standardise(x.flatten(2))))  # (B, T, L, D) -> (B, T, L*D) -> (B, T, Y)
 
 
 def build_seq_head(spec: HeadSpec) -> nn.Module:
