@@ -10,8 +10,9 @@ split is held in RAM - so in-RAM and streamed training see the very same batches
 
 A background thread assembles batches into a bounded queue while a second one reads the next window of
 blocks, so reading, batching and training overlap and the device never waits on the store. Stored
-float16 is converted per batch, never for a whole split; 8-bit codes are held, batched and moved as codes and
-decoded on the device (`heads.task.to_device`). No torch here: batches are numpy arrays.
+float16 is converted per batch, never for a whole split. 8-bit codes are held in RAM as codes (a quarter of
+float32) and decoded per batch: on this thread for a CPU, or moved as codes and decoded on a GPU
+(`codes_out`, `heads.task.to_device`). No torch here: batches are numpy arrays.
 """
 from __future__ import annotations
 
@@ -36,12 +37,20 @@ JITTER_BATCHES = 2  # how far an example may move inside its block
 
 @dataclass
 class Codec:
-    """How 8-bit token codes decode (on the device, `heads.task.to_device`), per layer l:
-    row = codes * scale[row, l] * gain[seg[row], l] + shift[seg[row], l]."""
+    """How 8-bit token codes decode, per layer l: row = codes * scale[row, l] * gain[seg, l] + shift[seg, l],
+    `seg` the segment the row's example was written in (an example never spans segments)."""
     encoding: str  # int8 | fp8
     shift: np.ndarray  # (S, L, D) float32, one row per segment of the split
     gain: np.ndarray  # (S, L, D) float32
     on_device: dict[str, Any] = field(default_factory=dict, repr=False)  # the tables moved to a device, by device
+
+    def decode(self, codes: np.ndarray, scale: np.ndarray, seg: int) -> np.ndarray:
+        """(n, L, D) codes of one example + (n, L) row scales -> float32 rows, on the host."""
+        q = codes.astype(np.float32) if self.encoding == "int8" else FP8_VALUES[codes.view(np.uint8)]
+        q *= scale[..., None]
+        q *= self.gain[seg]
+        q += self.shift[seg]
+        return q
 
 
 @dataclass
@@ -62,7 +71,7 @@ class Batch:
     y: np.ndarray | None  # (B,) targets
     index: np.ndarray  # (B,) storage indices
     scale: np.ndarray | None = None  # (B, T, L) row scales of coded `x`
-    seg: np.ndarray | None = None  # (B, T) segment of each coded row
+    seg: np.ndarray | None = None  # (B,) segment of each example of coded `x`
     codec: Codec | None = None
 
 
@@ -94,28 +103,34 @@ class TokenSource:
         block = self.read(start, stop)
         if not isinstance(block, Coded):
             return np.asarray(block, dtype=np.float32)
-        c = self.codec
-        q = block.codes.astype(np.float32) if c.encoding == "int8" else FP8_VALUES[block.codes.view(np.uint8)]
-        return q * block.scale[..., None] * c.gain[block.seg] + c.shift[block.seg]
+        base = self.offsets[start]
+        parts = [self.codec.decode(block.codes[a:b], block.scale[a:b], int(block.seg[a])) for a, b in
+                 zip(self.offsets[start:stop] - base, self.offsets[start + 1:stop + 1] - base) if b > a]
+        return np.concatenate(parts) if parts else np.zeros((0, self.n_layers, self.hidden), np.float32)
 
-    def batch(self, block: np.ndarray | Coded, block_start: int, idx: np.ndarray, dtype: Any) -> Batch:
-        """Pad the examples `idx` (storage indices inside the block) to (B, T, L, D) + mask (B, T)."""
+    def batch(self, block: np.ndarray | Coded, block_start: int, idx: np.ndarray, dtype: Any,
+              codes_out: bool = False) -> Batch:
+        """Pad the examples `idx` (storage indices inside the block) to (B, T, L, D) + mask (B, T). Coded rows
+        are decoded here (on the loader's thread), or with `codes_out` padded as codes for the device to decode."""
         lens = self.lengths[idx]
         B, T = len(idx), int(lens.max())
         coded = isinstance(block, Coded)
-        x = np.zeros((B, T, self.n_layers, self.hidden), dtype=block.codes.dtype if coded else dtype)
+        keep = coded and codes_out
+        x = np.zeros((B, T, self.n_layers, self.hidden), dtype=block.codes.dtype if keep else dtype)
         mask = np.zeros((B, T), dtype=bool)
-        scale = np.zeros((B, T, self.n_layers), dtype=np.float32) if coded else None
-        seg = np.zeros((B, T), dtype=np.int32) if coded else None
+        scale = np.zeros((B, T, self.n_layers), dtype=np.float32) if keep else None
+        seg = np.zeros(B, dtype=np.int64) if keep else None
         base = self.offsets[block_start]
         for b, (i, n) in enumerate(zip(idx, lens)):
             a = int(self.offsets[i] - base)
             mask[b, :n] = True
-            if coded:  # codes stay codes: decoded on the device
-                x[b, :n], scale[b, :n], seg[b, :n] = block.codes[a:a + n], block.scale[a:a + n], block.seg[a:a + n]
+            if keep:
+                x[b, :n], scale[b, :n], seg[b] = block.codes[a:a + n], block.scale[a:a + n], block.seg[a]
+            elif coded:
+                x[b, :n] = self.codec.decode(block.codes[a:a + n], block.scale[a:a + n], int(block.seg[a]))
             else:
                 x[b, :n] = block[a:a + n]  # float16 -> float32 here, one batch at a time
-        return Batch(x, mask, None, idx, scale, seg, self.codec if coded else None)
+        return Batch(x, mask, None, idx, scale, seg, self.codec if keep else None)
 
 
 class StoreTokens(TokenSource):
@@ -183,7 +198,8 @@ class PooledSource:
     def read(self, start: int, stop: int) -> np.ndarray:
         return self.x[start:stop]
 
-    def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any) -> Batch:
+    def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any,
+              codes_out: bool = False) -> Batch:
         return Batch(block[idx - block_start].astype(dtype), None, None, idx)  # (B, L, D)
 
 
@@ -229,9 +245,10 @@ class Loader:
     """Iterate batches of one split, assembled on a background thread behind a bounded queue."""
 
     def __init__(self, source: Source, targets: np.ndarray | None, batch_size: int, *, shuffle: bool,
-                 seed: int = 0, dtype: Any = np.float32, prefetch: int = 4):
+                 seed: int = 0, dtype: Any = np.float32, prefetch: int = 4, codes_out: bool = False):
         self.source, self.targets, self.batch_size = source, targets, batch_size
         self.shuffle, self.seed, self.dtype, self.prefetch = shuffle, seed, dtype, prefetch
+        self.codes_out = codes_out  # 8-bit stores: batches carry codes, decoded on the device (GPU)
         self.block = block_size(source, batch_size)
         self.window = window_blocks(source, self.block) if shuffle else 1
 
@@ -264,7 +281,7 @@ class Loader:
                 order = rng.permutation(len(group)) if rng is not None else range(len(group))
                 for j in order:
                     data, s, idx = group[j]
-                    batch = self.source.batch(data, s, idx, self.dtype)
+                    batch = self.source.batch(data, s, idx, self.dtype, self.codes_out)
                     batch.y = self.targets[idx] if self.targets is not None else None
                     yield batch
 

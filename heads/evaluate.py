@@ -91,7 +91,8 @@ def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: in
         sources, _ = make_sources(st, [split], "ytuning" if tuned else head.spec.kind, head.layers,
                                   None if tuned else head.spec.pooling, budget)
         y = lt.targets(sp)
-        loader = Loader(sources[split], y, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype))
+        loader = Loader(sources[split], y, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype),
+                        codes_out=dev.type == "cuda")
         out = infer(head.model, head.spec, loader, dev)
         metrics = compute(lt.task, y, out, lt.n_outputs)
         preds = _predictions(head, out, y, sp)
@@ -131,7 +132,8 @@ def _evaluate_seq(run: str, store: str, st: Any, sp: Any, head: LoadedHead, batc
     lt.scheme, lt.null_answers = seq_task_of(head).scheme, seq_task_of(head).null_answers
     budget = max_memory if max_memory is not None else default_max_memory()
     sources, _ = make_sources(st, [sp.name], "ytuning", head.layers, None, budget)
-    loader = Loader(sources[sp.name], None, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype))
+    loader = Loader(sources[sp.name], None, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype),
+                    codes_out=dev.type == "cuda")
     align = lt.alignment(sp)
     preds = lt.decode(infer_tokens(head.model, loader, dev), align)
     ids, rows = sp.example_ids, sp.rows

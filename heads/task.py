@@ -172,9 +172,9 @@ def decode_on_device(codes: torch.Tensor, batch: Any, mask: torch.Tensor, device
     padding decodes to 0, as float batches are padded."""
     shift, gain, fp8 = _device_tables(batch.codec, device)  # (S, L, D), (S, L, D), (256,) | None
     scale = torch.from_numpy(batch.scale).to(device, non_blocking=True)  # (B, T, L)
-    seg = torch.from_numpy(batch.seg).to(device, non_blocking=True).long()  # (B, T)
+    seg = torch.from_numpy(batch.seg).to(device, non_blocking=True)  # (B,): an example's rows share a segment
     q = codes.float() if fp8 is None else fp8[codes.long()]  # fp8: a 256-entry table, exact
-    x = torch.addcmul(shift[seg], q * scale.unsqueeze(-1), gain[seg])  # (B, T, L, D)
+    x = torch.addcmul(shift[seg][:, None], q * scale.unsqueeze(-1), gain[seg][:, None])  # (B, T, L, D)
     return x * mask[:, :, None, None]
 
 

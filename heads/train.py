@@ -178,9 +178,11 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     log: list[dict[str, Any]] = []
     results, states, tops = [], {}, {}
     for seed in cfg.seeds:
-        loaders = {n: Loader(sources[n], targets[n], cfg.batch_size, shuffle=False, dtype=dtype) for n in names}
+        gpu = device.type == "cuda"  # 8-bit codes travel to a GPU as codes and are decoded there
+        loaders = {n: Loader(sources[n], targets[n], cfg.batch_size, shuffle=False, dtype=dtype, codes_out=gpu)
+                   for n in names}
         loaders["_train"] = Loader(sources[cfg.train_split], ytrain, cfg.batch_size, shuffle=True, seed=seed,
-                                   dtype=dtype)
+                                   dtype=dtype, codes_out=gpu)
         res, state, n_params = _train_seed(seed, cfg, spec, lt, loaders, prior, stats, device, primary, log,
                                            top=(top0, plan) if plan is not None else None)
         results.append(res)

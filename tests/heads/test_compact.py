@@ -40,9 +40,10 @@ def test_ytuning_on_8bit_store(tmp_path, encoding):
 
 @pytest.mark.parametrize("encoding", ["int8", "fp8"])
 @pytest.mark.parametrize("in_ram", [True, False])
-def test_codes_travel_as_codes_and_decode_on_the_device(tmp_path, encoding, in_ram):
-    """Batches of an 8-bit store carry the codes (a quarter of float32's bytes, held so in RAM too); decoded
-    by `to_device` they equal the reader's host decoding row for row, across segments, with zero padding."""
+def test_codes_stay_codes_until_decoded_per_batch(tmp_path, encoding, in_ram):
+    """A split of an 8-bit store is held as codes (a quarter of float32's bytes); batches are decoded on the
+    loader's thread (CPU) or carry the codes to be decoded by `to_device` (GPU). Both equal the reader's
+    decoding row for row, across segments, with zero padding."""
     import torch
 
     from heads.data import Loader, StoreTokens
@@ -56,15 +57,18 @@ def test_codes_travel_as_codes_and_decode_on_the_device(tmp_path, encoding, in_r
         assert src.nbytes == sp.n_tokens * (2 * (16 + 4) + 4)  # vs 2 * 16 * 4 bytes decoded to float32
         want = np.stack([sp.tokens(2, 0, sp.n_tokens), sp.tokens(1, 0, sp.n_tokens)], axis=1)  # (N, L, D)
         assert np.allclose(src.read_float(0, len(src)), want, atol=1e-5)
-        seen = 0
-        for batch in Loader(src, None, 16, shuffle=True, seed=3).epoch(1):
-            assert batch.x.dtype == (np.int8 if encoding == "int8" else np.uint8) and batch.codec is not None
-            x, mask = to_device(batch, torch.device("cpu"))
-            assert x.dtype == torch.float32 and x.shape == batch.x.shape
-            for b, i in enumerate(batch.index):
-                n = int(sp.lengths[i])
-                a = int(sp.offsets[i])
-                assert np.allclose(x[b, :n].numpy(), want[a:a + n], atol=1e-5)
-                assert not x[b, n:].any()  # padding decodes to 0, as float batches are padded
-            seen += len(batch.index)
-        assert seen == len(sp)
+        for codes_out in (False, True):
+            seen = 0
+            for batch in Loader(src, None, 16, shuffle=True, seed=3, codes_out=codes_out).epoch(1):
+                if codes_out:
+                    assert batch.x.dtype == (np.int8 if encoding == "int8" else np.uint8) and batch.codec is not None
+                else:
+                    assert batch.x.dtype == np.float32 and batch.codec is None
+                x, mask = to_device(batch, torch.device("cpu"))
+                assert x.dtype == torch.float32 and x.shape == batch.x.shape
+                for b, i in enumerate(batch.index):
+                    n, a = int(sp.lengths[i]), int(sp.offsets[i])
+                    assert np.allclose(x[b, :n].numpy(), want[a:a + n], atol=1e-5)
+                    assert not x[b, n:].any()  # padding is 0, as float batches are padded
+                seen += len(batch.index)
+            assert seen == len(sp)
