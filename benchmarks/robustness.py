@@ -122,7 +122,18 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
         r = finetune(data, a.model, "topic", seed, a.epochs, a.max_length, device=device, lora=lora,
                      **({"lr": 5e-4} if lora else {}))
         acc = r["split_accuracy"]
-    return {"accuracy": acc, "seconds": time.perf_counter() - t0}
+    out = {"accuracy": acc, "seconds": time.perf_counter() - t0}
+    os.makedirs(os.path.join(a.work, "results"), exist_ok=True)  # kept: a re-run with the same --work resumes
+    tmp = result_path(a.work, method, seed) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f)
+    os.replace(tmp, result_path(a.work, method, seed))
+    return out
+
+
+def result_path(work: str, method: str, seed: int) -> str:
+    slug = "".join(c if c.isalnum() else "-" for c in method.lower())
+    return os.path.join(work, "results", f"{slug}-{seed}.json")
 
 
 def make_rows(results: dict[str, list[dict]], names: list[str]) -> list[dict]:
@@ -158,6 +169,8 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", default=None)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--collect", action="store_true",
+                    help="run nothing: report what the (method, seed) runs kept under --work/results measured so far")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
@@ -173,17 +186,24 @@ def main() -> None:
     with open(os.path.join(d, "splits.json"), "w") as f:
         json.dump({**data, **extra}, f)
 
-    def child(method: str, seed: int) -> dict:
+    def child(method: str, seed: int) -> dict | None:
         from benchmarks.vs_finetune import run_child
 
-        return run_child(__file__, method, seed, a)
+        path = result_path(a.work, method, seed)
+        if os.path.isfile(path):  # measured by an earlier run with this --work
+            with open(path) as f:
+                return json.load(f)
+        return None if a.collect else run_child(__file__, method, seed, a)
 
-    extraction = child("extract", 0)
+    extraction = None if a.collect else child("extract", 0)
     seeds = [int(s) for s in a.seeds.split(",")]
     methods = [m for m in METHODS if m in a.methods.split(",")]
-    results = {m: [child(m, s) for s in seeds] for m in methods}
+    results = {m: [r for r in (child(m, s) for s in seeds) if r is not None] for m in methods}
+    results = {m: rs for m, rs in results.items() if rs}
     names = list(extra)
     rows = make_rows(results, names)
+    for r in rows:
+        r["seeds"] = len(results[r["method"]])
     report(rows, names, vars(a))
     if a.json:
         with open(a.json, "w") as f:
