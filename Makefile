@@ -37,7 +37,7 @@ bench-quality: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/vs_finetune.py --json benchmarks/vs_finetune.json
 
 bench-robustness: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/robustness.py --json benchmarks/robustness.json
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/robustness.py --work bench_out/robustness --json benchmarks/robustness.json
 
 bench-compact: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_compact.py --work bench_out/compact \
