@@ -24,7 +24,7 @@ import numpy as np
 
 from featstore.io.background import read_ahead
 from featstore.store import Split, Store
-from featstore.store.encoding import FP8_VALUES, is_coded, read_itemsize
+from featstore.store.encoding import decode, is_coded, read_itemsize
 
 BLOCK_BYTES = 32 << 20  # target bytes of token features read at once when streaming
 MIN_BLOCK_BATCHES = 8  # a block holds at least this many batches, so batches change members every epoch
@@ -46,11 +46,7 @@ class Codec:
 
     def decode(self, codes: np.ndarray, scale: np.ndarray, seg: int) -> np.ndarray:
         """(n, L, D) codes of one example + (n, L) row scales -> float32 rows, on the host."""
-        q = codes.astype(np.float32) if self.encoding == "int8" else FP8_VALUES[codes.view(np.uint8)]
-        q *= scale[..., None]
-        q *= self.gain[seg]
-        q += self.shift[seg]
-        return q
+        return decode(codes, self.encoding, scale, self.shift[seg], self.gain[seg])
 
 
 @dataclass

@@ -127,13 +127,14 @@ def encode(x: np.ndarray, encoding: str, standardise: bool = True) -> dict[str, 
 
 
 def decode(codes: np.ndarray, encoding: str, scale: np.ndarray, shift: np.ndarray, gain: np.ndarray) -> np.ndarray:
-    """(R, D) codes + side arrays -> float32 rows."""
+    """(..., D) codes + side arrays -> float32 rows: scale has the codes' shape without D (one per row), shift
+    and gain broadcast against the codes' trailing axes ((D,), or (L, D) for rows of several layers)."""
     if encoding == "int8":
         q = codes.astype(np.float32)
     else:
         q = FP8_VALUES[codes.view(np.uint8)]
-    return q * (np.asarray(scale, np.float32)[:, None] * np.asarray(gain, np.float32)[None, :]) \
-        + np.asarray(shift, np.float32)[None, :]
+    return q * (np.asarray(scale, np.float32)[..., None] * np.asarray(gain, np.float32)) \
+        + np.asarray(shift, np.float32)
 
 
 def cast_float(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -335,18 +335,22 @@ class Split:
         self.store.check_layers([layer])
         return np.concatenate([self.decoded(i, f"L{layer}/{kind}") for i in range(len(self.segments))])
 
-    def tokens(self, layer: int, start: int, stop: int) -> np.ndarray:
-        """Token features [start, stop) of one layer from the flat split array (may span segments)."""
-        parts = []
-        first = int(np.searchsorted(self._seg_token_start, start, side="right") - 1)
-        seg = max(first, 0)
+    def _segment_ranges(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """(segment, first, last) row ranges inside each segment that flat token rows [start, stop) cover."""
+        out = []
+        seg = max(int(np.searchsorted(self._seg_token_start, start, side="right") - 1), 0)
         while start < stop and seg < len(self.segments):
             base = int(self._seg_token_start[seg])
             hi = min(stop, int(self._seg_token_start[seg + 1]))
             if hi > start:
-                parts.append(self.decoded(seg, f"L{layer}/tokens", start - base, hi - base))
+                out.append((seg, start - base, hi - base))
                 start = hi
             seg += 1
+        return out
+
+    def tokens(self, layer: int, start: int, stop: int) -> np.ndarray:
+        """Token features [start, stop) of one layer from the flat split array (may span segments)."""
+        parts = [self.decoded(seg, f"L{layer}/tokens", a, b) for seg, a, b in self._segment_ranges(start, stop)]
         if not parts:
             return np.zeros((0, self.store.width), dtype=np.float32)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -358,18 +362,11 @@ class Split:
         if not is_coded(self.store.encoding):
             raise StoreError(f"store {self.store.path} holds {self.store.encoding} values, not 8-bit codes")
         codes, scales, segs = [], [], []
-        seg = max(int(np.searchsorted(self._seg_token_start, start, side="right") - 1), 0)
-        while start < stop and seg < len(self.segments):
-            base = int(self._seg_token_start[seg])
-            hi = min(stop, int(self._seg_token_start[seg + 1]))
-            if hi > start:
-                name = f"L{layer}/tokens"
-                codes.append(np.asarray(self.segment_array(seg, name)[start - base:hi - base]))
-                scales.append(np.asarray(self.segment_array(seg, f"{name}_scale")[start - base:hi - base],
-                                         dtype=np.float32))
-                segs.append(np.full(hi - start, seg, dtype=np.int32))
-                start = hi
-            seg += 1
+        name = f"L{layer}/tokens"
+        for seg, a, b in self._segment_ranges(start, stop):
+            codes.append(np.asarray(self.segment_array(seg, name)[a:b]))
+            scales.append(np.asarray(self.segment_array(seg, f"{name}_scale")[a:b], dtype=np.float32))
+            segs.append(np.full(b - a, seg, dtype=np.int32))
         if not codes:
             dtype = np.int8 if self.store.encoding == "int8" else np.uint8
             return np.zeros((0, self.store.width), dtype), np.zeros(0, np.float32), np.zeros(0, np.int32)
