@@ -258,8 +258,12 @@ def main() -> None:
         res = json.load(open(a.json)) if a.json and os.path.isfile(a.json) else {"tasks": {}}
         res.setdefault("timing", {})
         for task in a.tasks.split(","):
-            res["timing"][task] = {**timing_task(task, a.work, a.timing, names, ext),
-                                   "machine": f"{os.cpu_count()} CPU cores" + (", GPU" if _cuda() else ", no GPU")}
+            got = timing_task(task, a.work, a.timing, names, ext)
+            old = res["timing"].get(task, {}).get("rows", [])  # rows of other variants, from an earlier run
+            got["rows"] = [r for r in old if r["variant"] not in names and r["variant"] != "float16"] + got["rows"]
+            order = [v[0] for v in variants()]
+            got["rows"].sort(key=lambda r: order.index(r["variant"]))
+            res["timing"][task] = {**got, "machine": f"{os.cpu_count()} CPU cores" + (", GPU" if _cuda() else ", no GPU")}
             if a.json:
                 json.dump(res, open(a.json, "w"), indent=1)
             print(timing_table(task, res["timing"][task]))
