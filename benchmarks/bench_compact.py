@@ -113,9 +113,10 @@ def read_pass_seconds(store: str, split: str = "train", batch_size: int = 32) ->
 
 def timing_task(task: str, work: str, repeats: int, names: list[str], extract_variants: list[str]) -> dict:
     """Timing only, medians of `repeats` rounds; inside a round every variant runs once, one after the other, so
-    a change in the machine's load touches all of them alike. Per variant: a streamed read pass (no head), a
-    streamed and an in-RAM Y-Tuning epoch (1 epoch, seed 0); per extraction variant: tokens/s of extracting the
-    validation split (forward + coding/projection + write)."""
+    a change in the machine's load touches all of them alike. Per variant: tokens/s of converting the float16
+    store into it (every split, no model), a streamed read pass (no head), a streamed and an in-RAM Y-Tuning epoch
+    (1 epoch, seed 0); per extraction variant: tokens/s of extracting the validation split (forward +
+    coding/projection + write)."""
     import statistics
 
     from bbc import make_splits
@@ -126,18 +127,22 @@ def timing_task(task: str, work: str, repeats: int, names: list[str], extract_va
                   max_length=TASKS[task]["max_length"], progress=False)
     base = os.path.join(tdir, "float16")
     extract(ExtractConfig(out=base, **common))  # a complete store with the same settings is kept as it is
-    stores = {}
-    for name, enc, width in variants():
-        if name in names:
-            stores[name] = base if name == "float16" else os.path.join(tdir, name)
-            if name != "float16":
-                convert(base, stores[name], enc, project=width, overwrite=True)
+    with __import__("featstore").open_store(base) as st:
+        n_tokens = sum(st.split(n).n_tokens for n in st.splits)
+    stores = {name: base if name == "float16" else os.path.join(tdir, name) for name, _, _ in variants()
+              if name in names}
     spec = {name: (enc, width) for name, enc, width in variants()}
-    runs: dict[str, dict[str, list[float]]] = {n: {"read": [], "stream": [], "ram": []} for n in stores}
+    runs: dict[str, dict[str, list[float]]] = {n: {"convert": [], "read": [], "stream": [], "ram": []}
+                                               for n in stores}
     ext: dict[str, list[float]] = {n: [] for n in extract_variants}  # forward + coding/projection + write loop
     ext_all: dict[str, list[float]] = {n: [] for n in extract_variants}  # end to end: + model load, PCA fit, hashes
     for rnd in range(repeats):
         for name, store in stores.items():
+            if name != "float16":  # the variant's store is (re)written here, then read by what follows
+                enc, width = spec[name]
+                t0 = time.perf_counter()
+                convert(base, store, enc, project=width, overwrite=True)
+                runs[name]["convert"].append(n_tokens / (time.perf_counter() - t0))
             runs[name]["read"].append(read_pass_seconds(store))
             for key, mem in (("stream", 0), ("ram", None)):
                 r = train(TrainConfig("ytuning", store=store, label_column="topic", seeds=[0], epochs=1,
@@ -150,11 +155,13 @@ def timing_task(task: str, work: str, repeats: int, names: list[str], extract_va
                                       overwrite=True, **dict(common, data={"validation": data["validation"]})))
             ext[name].append(r.tokens / r.loop_seconds)
             ext_all[name].append(r.tokens / r.seconds)
-        last = {n: {k: round(v[-1], 3) for k, v in d.items()} for n, d in runs.items()}
+        last = {n: {k: round(v[-1], 3) for k, v in d.items() if v} for n, d in runs.items()}
         print(f"[{task}] timing round {rnd + 1}/{repeats}: {json.dumps(last)}", flush=True)
     med = statistics.median
     return {"repeats": repeats,
-            "rows": [{"variant": n, "read_pass_seconds": med(d["read"]),
+            "tokens": n_tokens,
+            "rows": [{"variant": n, "convert_tokens_per_s": med(d["convert"]) if d["convert"] else None,
+                      "read_pass_seconds": med(d["read"]),
                       "streamed_seconds_per_epoch": med(d["stream"]), "ram_seconds_per_epoch": med(d["ram"]),
                       "extract_tokens_per_s": med(ext[n]) if n in ext else None,
                       "extract_end_to_end_tokens_per_s": med(ext_all[n]) if n in ext else None,
@@ -165,13 +172,15 @@ def timing_table(task: str, res: dict) -> str:
     rows = res["rows"]
     base = rows[0]
     lines = [f"**{task}**, timing (medians of {res['repeats']} interleaved rounds)", "",
-             "| variant | streamed read pass s (x float16) | streamed Y-Tuning epoch s (x float16) | in-RAM epoch s "
-             "| extract loop tok/s (x float16) | extract end to end tok/s |", "|---|---|---|---|---|---|"]
+             "| variant | convert tok/s | streamed read pass s (x float16) | streamed Y-Tuning epoch s (x float16) "
+             "| in-RAM epoch s | extract loop tok/s (x float16) | extract end to end tok/s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         ext = "-" if r["extract_tokens_per_s"] is None else \
             f"{r['extract_tokens_per_s']:,.0f} ({r['extract_tokens_per_s'] / base['extract_tokens_per_s']:.2f}x)"
         read, stream = r["read_pass_seconds"], r["streamed_seconds_per_epoch"]
-        lines.append(f"| {r['variant']} | {read:.2f} ({read / base['read_pass_seconds']:.2f}x) "
+        lines.append(f"| {r['variant']} | {_n(r.get('convert_tokens_per_s'))} "
+                     f"| {read:.2f} ({read / base['read_pass_seconds']:.2f}x) "
                      f"| {stream:.2f} ({stream / base['streamed_seconds_per_epoch']:.2f}x) "
                      f"| {r['ram_seconds_per_epoch']:.2f} | {ext} | {_n(r['extract_end_to_end_tokens_per_s'])} |")
     return "\n".join(lines)
