@@ -100,7 +100,13 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
 
         s = extract(ExtractConfig(model=a.model, data=data, out=store, text_column="text", label_columns=["topic"],
                                   id_column="id", layers=a.layers, max_length=a.max_length, progress=False))
-        return {"seconds": time.perf_counter() - t0, "tokens": s.tokens}
+        kept = result_path(a.work, method, seed)
+        if s.tokens:  # a complete store is kept as it is (0 tokens): report the run that wrote it
+            _write_json(kept, {"seconds": time.perf_counter() - t0, "tokens": s.tokens})
+        if not os.path.isfile(kept):
+            return {"seconds": None, "tokens": None}
+        with open(kept) as f:
+            return json.load(f)
     evals = [k for k in data if k not in ("train", "validation")]
     if "(store)" in method:
         import heads
@@ -123,12 +129,15 @@ def run_one(method: str, seed: int, a: argparse.Namespace) -> dict:
                      **({"lr": 5e-4} if lora else {}))
         acc = r["split_accuracy"]
     out = {"accuracy": acc, "seconds": time.perf_counter() - t0}
-    os.makedirs(os.path.join(a.work, "results"), exist_ok=True)  # kept: a re-run with the same --work resumes
-    tmp = result_path(a.work, method, seed) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f)
-    os.replace(tmp, result_path(a.work, method, seed))
+    _write_json(result_path(a.work, method, seed), out)  # kept: a re-run with the same --work resumes
     return out
+
+
+def _write_json(path: str, obj: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)
 
 
 def result_path(work: str, method: str, seed: int) -> str:
