@@ -177,7 +177,8 @@ def main() -> None:
     ap.add_argument("--top-lr", type=float, default=5e-5)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--json", default=None)
-    ap.add_argument("--work", default=None)
+    ap.add_argument("--work", default=None, help="keeps the data, the store and each (method, seed) result; a re-run "
+                    "with the same --work measures only what is missing (use a new one for other settings)")
     ap.add_argument("--collect", action="store_true",
                     help="run nothing: report what the (method, seed) runs kept under --work/results measured so far")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "SEED"), help=argparse.SUPPRESS)
