@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, StoreError
-from .store import FORMATS, Store, local_backend, open_store
+from .store import DEFAULT_FORMAT, FORMATS, Store, local_backend, open_store
 from .store.encoding import CODED, ENCODINGS, cast_float, storable
 from .store.manifest import FORMAT_VERSION, complete_manifest, diff_settings
 from .store.projection import array_names as projection_arrays, fit_pca, project as project_rows, sample_rows
@@ -79,7 +79,7 @@ def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: s
         if project is not None and project > source.hidden_size:
             raise InputError(f"--project {project} exceeds the hidden size {source.hidden_size}; choose a smaller "
                              f"width (e.g. {source.hidden_size // 4})")
-        manifest = _manifest(source, src, encoding, keep, fmt or source.manifest.get("format", "zarr"), project)
+        manifest = _manifest(source, src, encoding, keep, fmt or source.manifest.get("format", DEFAULT_FORMAT), project)
         backend = local_backend(dst, manifest["format"])
         backend.check_target("DST")
         old = backend.read_manifest() if backend.exists() else None

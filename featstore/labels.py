@@ -74,7 +74,7 @@ def add_labels(store_path: str, data: dict[str, str], label_column: str, id_colu
         manifest = store.manifest
         fingerprint = store.fingerprint
         manifest["dataset"]["label_columns"].append(entry)
-        store.backend.add_arrays(arrays, manifest)  # the manifest last: a crash leaves the store as it was
+        store.backend.writable().add_arrays(arrays, manifest)  # the manifest last: a crash leaves the store as it was
     finally:
         store.close()
     return AddLabelsResult(store=store_path, column=column, kind=col.kind, names=col.names,

@@ -65,5 +65,5 @@ def add_token_labels(store: Store, splits: dict[str, Any], column: str, id_colum
                        "sources": {k: os.path.abspath(v) for k, v in data.items()}}}
     manifest = store.manifest
     manifest["dataset"]["task"].setdefault("tag_columns", {})[column] = entry
-    store.backend.add_arrays(arrays, manifest)  # the manifest last: a crash leaves the store as it was
+    store.backend.writable().add_arrays(arrays, manifest)  # the manifest last: a crash leaves the store as it was
     return entry

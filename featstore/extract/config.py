@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import InputError
-from ..store import FORMATS, compressions
+from ..store import DEFAULT_FORMAT, FORMATS, check_url_format, compressions
 from ..store.encoding import CODED, DTYPES, ENCODINGS
 from .tasks import TASKS
 
@@ -27,7 +27,7 @@ class ExtractConfig:
     dtype: str | None = None  # default float16; a float encoding and this are one setting
     encoding: str | None = None  # default: the dtype; int8 / fp8 store 8-bit codes decoded to float32
     project: int | None = None  # keep N principal directions per layer (PCA fitted on a sample of train)
-    format: str = "zarr"
+    format: str = DEFAULT_FORMAT
     compression: str = "none"
     batch_tokens: int = 16384
     segment_mb: float = 256
@@ -84,8 +84,9 @@ class ExtractConfig:
                             "data (tags, answers)")
         if self.task == "span" and self.truncation == "longest_first":
             self.truncation = "only_second"  # never cut the question: only the context
-        if "://" in self.out and self.format != "zarr":
-            problems.append(f"--out {self.out}: a URL takes --format zarr (write HDF5 locally, then `featstore push`)")
+        url_problem = check_url_format(self.out, self.format) if self.format in FORMATS else None
+        if url_problem:
+            problems.append(url_problem)
         if problems:
             raise InputError("; ".join(problems))
 

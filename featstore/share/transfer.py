@@ -59,7 +59,10 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
     if jobs < 1:
         raise InputError("--jobs must be at least 1")
     with open_store(src) as store:
-        publication = store.backend.publication()
+        if store.backend.read_only:
+            raise InputError(f"push takes a store written here, not a published copy ({src}); to copy between "
+                             "locations, pull then push")
+        publication = store.backend.writable().publication()
     m, raw, local = publication.manifest, publication.raw_manifest, publication.local_files
     files = transfer_files(m)
     remote = Remote(url, storage_options)

@@ -8,15 +8,25 @@ from typing import Any
 from ..errors import InputError, StoreError
 from ..io.cache import FileCache
 from ..io.transport import Remote, is_url
-from .base import StorageBackend
+from .base import FORMATS_BY_NAME, StorageBackend, StoreReader
 from .hdf5_backend import PUBLISHED_NAME, HDF5Backend
 from .manifest import MANIFEST
 from .object_backend import ObjectStoreBackend
 from .remote_backend import RemoteBackend
 from .zarr_backend import ZarrBackend
 
-BACKENDS: dict[str, type[StorageBackend]] = {"zarr": ZarrBackend, "hdf5": HDF5Backend}
-FORMATS = tuple(BACKENDS)
+BACKENDS: dict[str, type[StorageBackend]] = FORMATS_BY_NAME  # filled by @register_format on import above
+DEFAULT_FORMAT = ZarrBackend.format  # a directory of chunk files: writes in place to a URL, reads remotely by chunk
+FORMATS = (DEFAULT_FORMAT,) + tuple(f for f in BACKENDS if f != DEFAULT_FORMAT)
+URL_WRITERS: dict[str, type[StorageBackend]] = {ObjectStoreBackend.format: ObjectStoreBackend}
+
+
+def check_url_format(out: str, fmt: str) -> str | None:
+    """The problem with writing format `fmt` straight to `out`, or None: only some formats write to a URL."""
+    if not is_url(out) or fmt in URL_WRITERS:
+        return None
+    return (f"--out {out}: a URL takes --format {' or '.join(URL_WRITERS)} (an {fmt} store is written locally, "
+            "then published with `featstore push`)")
 
 
 def compressions(fmt: str) -> tuple[str, ...]:
@@ -28,7 +38,7 @@ def compressions(fmt: str) -> tuple[str, ...]:
 def local_backend(path: str, fmt: str | None = None) -> StorageBackend:
     """The backend for a local store, by explicit format or by what lies at `path` (a `.h5` file is HDF5)."""
     if fmt is None:
-        fmt = "hdf5" if path.endswith((".h5", ".hdf5")) or os.path.isfile(path) else "zarr"
+        fmt = next((f for f, cls in BACKENDS.items() if cls.single_file and cls.claims_path(path)), DEFAULT_FORMAT)
     if fmt not in BACKENDS:
         raise StoreError(f"unknown format {fmt!r}: use {' or '.join(FORMATS)}")
     return BACKENDS[fmt](path)
@@ -38,10 +48,10 @@ def writable_backend(out: str, fmt: str, storage_options: dict[str, Any] | None 
     """The backend `extract` writes through: local by format, or a Zarr store straight at an fsspec URL."""
     if not is_url(out):
         return local_backend(out, fmt)
-    if fmt != "zarr":
-        raise InputError(f"--out {out}: a URL takes --format zarr (an HDF5 file is one object: write it locally "
-                         "and `featstore push` it)")
-    return ObjectStoreBackend(Remote(out, storage_options))
+    problem = check_url_format(out, fmt)
+    if problem:
+        raise InputError(problem)
+    return URL_WRITERS[fmt](Remote(out, storage_options))
 
 
 def remote_backend(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None,
@@ -55,7 +65,7 @@ def is_published_copy(path: str) -> bool:
 
 
 def open_backend(path: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None,
-                 cache_max_bytes: int | None = None) -> StorageBackend:
+                 cache_max_bytes: int | None = None) -> StoreReader:
     """The backend to read whatever lies at `path`: a URL or a published copy is read through the verified
     cache; a local Zarr directory or HDF5 file directly."""
     if is_url(path):

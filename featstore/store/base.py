@@ -93,14 +93,29 @@ def root_attributes(manifest: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
-class StorageBackend(ABC):
-    """One physical format of a store at `root` (a path or URL)."""
+FORMATS_BY_NAME: dict[str, type["StorageBackend"]] = {}
+
+
+def register_format(cls: type["StorageBackend"]) -> type["StorageBackend"]:
+    """Class decorator: `cls` is the backend that writes and reads stores of `cls.format` locally."""
+    FORMATS_BY_NAME[cls.format] = cls
+    return cls
+
+
+def format_backend(fmt: Any, source: str) -> type["StorageBackend"]:
+    """The registered backend for a manifest's `format`; a clear refusal for anything else."""
+    cls = FORMATS_BY_NAME.get(fmt) if isinstance(fmt, str) else None
+    if cls is None:
+        raise StoreError(f"{source}: manifest format {str(fmt)[:40]!r} unknown ({' or '.join(FORMATS_BY_NAME)})")
+    return cls
+
+
+class StoreReader(ABC):
+    """The read side of a store at `root` (a path or URL): what `open_store`, verify and pull need."""
 
     format: ClassVar[str]
-    read_only: ClassVar[bool] = False
-    supports_append: ClassVar[bool] = True  # segments commit one at a time: resume, distributed writers
+    read_only: ClassVar[bool] = True
     is_remote: ClassVar[bool] = False  # files come through the local cache (prefetch helps)
-    compressions: ClassVar[tuple[str, ...]] = ("none",)
 
     def __init__(self, root: str):
         self.root = root
@@ -117,15 +132,60 @@ class StorageBackend(ABC):
         finally:
             self.close()
 
-    def _refuse_write(self) -> None:
-        if self.read_only:
+    def writable(self) -> "StorageBackend":
+        """This backend, to write through; a published store refuses (it changes by pulling it first)."""
+        if self.read_only or not isinstance(self, StorageBackend):
             raise StoreError(f"{self.root} is a published store and read-only; pull it to change it")
+        return self
 
-    # -- the location -------------------------------------------------------------------------------------
     @abstractmethod
     def exists(self) -> bool:
         """Whether anything of a store (complete or partial) lies at `root`."""
 
+    @abstractmethod
+    def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest as stored (not yet validated), or None when there is none."""
+
+    @abstractmethod
+    def array(self, name: str) -> ArrayLike:
+        """A stored array by name, opened lazily."""
+
+    @abstractmethod
+    def checksum(self, name: str) -> tuple[int, str] | None:
+        """(size, sha256) of a checksummed item as it is now, or None if it is missing."""
+
+    @abstractmethod
+    def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
+        """Fetch files under `prefixes` (default all) ahead of reading; bytes fetched (0 for local stores)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release open files."""
+
+
+class StorageBackend(StoreReader):
+    """A writable physical format of a store at `root`: everything a reader does, plus writing."""
+
+    read_only: ClassVar[bool] = False
+    supports_append: ClassVar[bool] = True  # segments commit one at a time: resume, distributed writers
+    single_file: ClassVar[bool] = False  # published as one file, fetched whole before reading
+    compressions: ClassVar[tuple[str, ...]] = ("none",)
+
+    @classmethod
+    def claims_path(cls, path: str) -> bool:
+        """Whether an existing or named local `path` is a store of this format (by its name or kind)."""
+        return False
+
+    @classmethod
+    def published_files(cls, manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(path, {size, sha256}) of the files a published store of this format consists of, beside its
+        manifest, as the (untrusted) manifest declares them: every segment file plus labels by default."""
+        items = list(manifest.get("files", {}).items())
+        for seg in manifest.get("segments", []):
+            items += list(seg.get("files", {}).items())
+        return items
+
+    # -- the location -------------------------------------------------------------------------------------
     @abstractmethod
     def check_target(self, flag: str = "--out") -> None:
         """Refuse, before any work, a `root` that cannot become this store: a file or directory of something
@@ -140,10 +200,6 @@ class StorageBackend(ABC):
         """Remove the store at `root` (complete or partial) entirely."""
 
     # -- the manifest -------------------------------------------------------------------------------------
-    @abstractmethod
-    def read_manifest(self) -> dict[str, Any] | None:
-        """The manifest as stored (not yet validated), or None when there is none."""
-
     @abstractmethod
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         """Replace the working manifest of a store being written (atomically)."""
@@ -179,23 +235,6 @@ class StorageBackend(ABC):
     def add_arrays(self, arrays: dict[str, np.ndarray], manifest: dict[str, Any]) -> None:
         """Add arrays to a complete store and replace its manifest (its `files` updated) so that a crash
         leaves the store as it was."""
-
-    # -- reading ------------------------------------------------------------------------------------------
-    @abstractmethod
-    def array(self, name: str) -> ArrayLike:
-        """A stored array by name, opened lazily."""
-
-    @abstractmethod
-    def checksum(self, name: str) -> tuple[int, str] | None:
-        """(size, sha256) of a checksummed item as it is now, or None if it is missing."""
-
-    @abstractmethod
-    def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
-        """Fetch files under `prefixes` (default all) ahead of reading; bytes fetched (0 for local stores)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release open files."""
 
     # -- sharing ------------------------------------------------------------------------------------------
     @abstractmethod

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import InputError, StoreError
 from ..io.files import check_can_create, load_json, sha256_array, sha256_file, write_json_atomic
-from .base import ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, root_attributes
+from .base import ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, register_format, root_attributes
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, validate_published
 
@@ -41,11 +41,24 @@ def _write_datasets(f: Any, arrays: dict[str, np.ndarray], compression: str, chu
     return sums
 
 
+@register_format
 class HDF5Backend(StorageBackend):
     """`root` is the final `.h5` path."""
 
     format = "hdf5"
     compressions = CODECS
+    single_file = True  # published as the one .h5 file beside its manifest
+
+    @classmethod
+    def claims_path(cls, path: str) -> bool:
+        return path.endswith((".h5", ".hdf5")) or os.path.isfile(path)
+
+    @classmethod
+    def published_files(cls, manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+        h = manifest.get("hdf5")
+        if not isinstance(h, dict):
+            raise StoreError("manifest of a published hdf5 store lacks its 'hdf5' file entry")
+        return [(h.get("file"), {"size": h.get("size"), "sha256": h.get("sha256")})]
 
     def __init__(self, root: str):
         super().__init__(root)

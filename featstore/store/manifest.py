@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from ..errors import StoreError
+from .base import format_backend
 from .encoding import CODED, DTYPES, ENCODINGS
 
 FORMAT_VERSION = 1
@@ -166,12 +167,11 @@ def validate_published(m: Any, source: str) -> dict[str, Any]:
     validate(m, source)
     if m["complete"] is not True:
         raise StoreError(f"{source}: the store is incomplete; only complete stores are published and read remotely")
-    if m.get("format") not in ("zarr", "hdf5"):
-        raise StoreError(f"{source}: manifest format {m.get('format')!r} unknown (zarr or hdf5)")
+    layout = format_backend(m.get("format"), source)
     if not isinstance(m["fingerprint"], str) or not _HEX64.match(m["fingerprint"]):
         raise StoreError(f"{source}: manifest fingerprint {str(m['fingerprint'])[:80]!r} is not a sha256 hex digest")
     try:
-        items = _declared_files(m)
+        items = layout.published_files(m)
     except (AttributeError, TypeError, KeyError) as e:
         raise StoreError(f"{source}: manifest file list is malformed ({type(e).__name__}: {e})")
     if len(items) > MAX_FILES:
@@ -198,24 +198,9 @@ def validate_published(m: Any, source: str) -> dict[str, Any]:
     return m
 
 
-def _declared_files(m: dict[str, Any]) -> list[tuple[str, Any]]:
-    if m["format"] == "hdf5":
-        h = m.get("hdf5")
-        if not isinstance(h, dict):
-            raise StoreError("manifest of a published hdf5 store lacks its 'hdf5' file entry")
-        return [(h.get("file"), {"size": h.get("size"), "sha256": h.get("sha256")})]
-    items = list(m.get("files", {}).items())
-    for seg in m.get("segments", []):
-        items += list(seg.get("files", {}).items())
-    return items
-
-
 def transfer_files(m: dict[str, Any]) -> dict[str, dict]:
-    """The files a published store consists of, beside its manifest: every zarr file, or the one .h5 file."""
-    if m.get("format") == "hdf5":
-        h = m["hdf5"]
-        return {h["file"]: {"size": h["size"], "sha256": h["sha256"]}}
-    return all_files(m)
+    """The files a published store consists of, beside its manifest (as its format lays them out)."""
+    return dict(format_backend(m.get("format"), "manifest").published_files(m))
 
 
 def split_segments(m: dict[str, Any], split: str) -> list[dict[str, Any]]:

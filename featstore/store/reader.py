@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import StoreError
 from .backends import open_backend
-from .base import ArrayLike, StorageBackend
+from .base import ArrayLike, StoreReader
 from .encoding import SIDE, decode, encoding_of, from_stored, is_coded
 from .manifest import split_segments, validate
 from .projection import array_names as projection_arrays
@@ -45,7 +45,7 @@ def open_store(path: str, *, allow_incomplete: bool = False, storage_options: di
 class Store:
     """A complete store opened for reading: what it holds (from the manifest) and its splits."""
 
-    def __init__(self, path: str, backend: StorageBackend, manifest: dict[str, Any]):
+    def __init__(self, path: str, backend: StoreReader, manifest: dict[str, Any]):
         self.path = path
         self.backend = backend
         self.manifest = manifest

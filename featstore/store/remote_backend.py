@@ -1,8 +1,8 @@
 """Reading a published store in place (read-only): any fsspec URL, through the verified local file cache.
 
 Each file is fetched whole, checked against the manifest's sha256, the first time a chunk of it is needed
-(zarr asks for several chunks at once, so fetches run concurrently). A published HDF5 store is its one file,
-fetched, then read by the HDF5 backend. Remote manifests are untrusted: size-bounded and validated first.
+(zarr asks for several chunks at once, so fetches run concurrently). A single-file format (HDF5) is
+fetched whole, then read by its own backend. Remote manifests are untrusted: size-bounded and validated first.
 """
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
-from ..errors import InputError, StoreError
+from ..errors import StoreError
 from ..io.cache import FileCache, mismatch
 from ..io.transport import Remote
-from .base import ArrayLike, PendingSegment, Publication, StorageBackend
-from .hdf5_backend import HDF5Backend
+from .base import ArrayLike, StorageBackend, StoreReader, format_backend
 from .manifest import EXTRACT_MARKER, MANIFEST, PUSH_MARKER, transfer_files, validate_published
 
 
@@ -45,12 +44,10 @@ def read_published(remote: Remote, unfinished_ok: bool = False) -> tuple[dict[st
     return parse_manifest(raw, remote.url), raw
 
 
-class RemoteBackend(StorageBackend):
+class RemoteBackend(StoreReader):
     """Read-only backend over a published store; every file comes through the verified local cache."""
 
     format = "remote"
-    read_only = True
-    supports_append = False
     is_remote = True
 
     def __init__(self, remote: Remote, cache: FileCache):
@@ -59,31 +56,21 @@ class RemoteBackend(StorageBackend):
         self.cache = cache
         self.manifest: dict[str, Any] | None = None
         self.files: dict[str, dict] = {}
-        self._h5: HDF5Backend | None = None
-        self._h5_checked = False
-        self._h5_lock = threading.Lock()  # verify checks datasets from several threads
+        self._whole: StorageBackend | None = None  # a single-file format's local copy, once fetched
+        self._whole_checked = False
+        self._whole_lock = threading.Lock()  # verify checks datasets from several threads
 
     @property
-    def _published_format(self) -> str | None:
-        return self.manifest["format"] if self.manifest else None
+    def _single_file(self) -> bool:
+        return bool(self.manifest) and format_backend(self.manifest["format"], self.root).single_file
 
     @property
     def fingerprint(self) -> str:
         assert self.manifest is not None
         return self.manifest["fingerprint"]
 
-    # -- the location (read-only) -------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.remote.read_small(MANIFEST) is not None
-
-    def check_target(self, flag: str = "--out") -> None:
-        self._refuse_write()
-
-    def create(self) -> None:
-        self._refuse_write()
-
-    def remove(self) -> None:
-        self._refuse_write()
 
     # -- the manifest -------------------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
@@ -93,35 +80,6 @@ class RemoteBackend(StorageBackend):
         self.manifest = got[0]
         self.files = transfer_files(self.manifest)
         return self.manifest
-
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        self._refuse_write()
-
-    # -- writing (refused) --------------------------------------------------------------------------------
-    def write_segment(self, split, name, arrays, compression, chunk_bytes) -> PendingSegment:
-        self._refuse_write()
-        raise AssertionError
-
-    def commit_segment(self, pending, meta) -> dict[str, Any]:
-        self._refuse_write()
-        raise AssertionError
-
-    def committed_segments(self) -> dict[str, dict[str, Any]]:
-        self._refuse_write()
-        raise AssertionError
-
-    def discard_partial_segments(self) -> None:
-        self._refuse_write()
-
-    def write_arrays(self, arrays, chunk_bytes) -> dict[str, dict[str, Any]]:
-        self._refuse_write()
-        raise AssertionError
-
-    def finalize(self, manifest) -> None:
-        self._refuse_write()
-
-    def add_arrays(self, arrays, manifest) -> None:
-        self._refuse_write()
 
     # -- reading ------------------------------------------------------------------------------------------
     def read_file(self, rel: str) -> bytes | None:
@@ -133,15 +91,15 @@ class RemoteBackend(StorageBackend):
     def fetch(self, rel: str) -> str:
         return self.cache.fetch(self.remote, self.fingerprint, rel, self.files[rel])
 
-    def _local_h5(self) -> HDF5Backend:
-        if self._h5 is None:
+    def _local_copy(self) -> StorageBackend:
+        if self._whole is None:
             (rel,) = self.files
-            self._h5 = HDF5Backend(self.fetch(rel))
-        return self._h5
+            self._whole = format_backend(self.manifest["format"], self.root)(self.fetch(rel))
+        return self._whole
 
     def array(self, name: str) -> ArrayLike:
-        if self._published_format == "hdf5":
-            return self._local_h5().array(name)
+        if self._single_file:
+            return self._local_copy().array(name)
         import zarr
 
         if f"{name}/zarr.json" not in self.files:
@@ -150,15 +108,15 @@ class RemoteBackend(StorageBackend):
 
     def checksum(self, name: str) -> tuple[int, str] | None:
         """Verifies the remote copy itself (not the cache): downloads it again, keeping it when it matches."""
-        if self._published_format == "hdf5":
-            with self._h5_lock:
-                if not self._h5_checked:
+        if self._single_file:
+            with self._whole_lock:
+                if not self._whole_checked:
                     (rel,) = self.files
                     got = self.cache.refresh(self.remote, self.fingerprint, rel, self.files[rel])
                     if got != (self.files[rel]["size"], self.files[rel]["sha256"]):
                         raise mismatch(self.remote.url, rel, self.files[rel], got)
-                    self._h5_checked = True
-                return self._local_h5().checksum(name)
+                    self._whole_checked = True
+                return self._local_copy().checksum(name)
         meta = self.files.get(name)
         if meta is None:
             return None
@@ -169,7 +127,7 @@ class RemoteBackend(StorageBackend):
         from tqdm.auto import tqdm
 
         prefixes = tuple(p.rstrip("/") + "/" for p in prefixes) if prefixes is not None else None
-        todo = [r for r in self.files if prefixes is None or r.startswith(prefixes) or self._published_format == "hdf5"]
+        todo = [r for r in self.files if prefixes is None or r.startswith(prefixes) or self._single_file]
         total = sum(self.files[r]["size"] for r in todo)
         with tqdm(total=total, unit="B", unit_scale=True, desc="fetch", disable=not progress) as bar, \
                 ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -178,18 +136,9 @@ class RemoteBackend(StorageBackend):
         return total
 
     def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
-
-    # -- sharing ------------------------------------------------------------------------------------------
-    def publication(self) -> Publication:
-        raise InputError(f"push takes a local store, not a URL ({self.root}); to copy between locations, "
-                         "pull then push")
-
-    @classmethod
-    def install_pulled(cls, staging, dest, manifest, raw_manifest) -> None:
-        raise StoreError("a pulled store is installed as its own format (zarr or hdf5), never as a remote one")
+        if self._whole is not None:
+            self._whole.close()
+            self._whole = None
 
 
 def _cached_zarr_store(backend: RemoteBackend, prefix: str) -> Any:
@@ -245,10 +194,10 @@ def _cached_store_class() -> type:
             return self._rel(key) in self.backend.files
 
         async def set(self, key: str, value: Any) -> None:
-            self.backend._refuse_write()
+            self.backend.writable()
 
         async def delete(self, key: str) -> None:
-            self.backend._refuse_write()
+            self.backend.writable()
 
         def _keys(self) -> list[str]:
             base = self.prefix + "/"

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import InputError, StoreError
 from ..io.files import check_can_create, load_json, sha256_file, write_json_atomic
 from .base import SEGMENT_RECORD, ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, \
-    dimension_names, root_attributes
+    dimension_names, register_format, root_attributes
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, transfer_files, validate_published
 
@@ -153,6 +153,7 @@ def _file_sums(base: str, prefix: str, known: dict[str, tuple[int, str]] | None 
             for p in paths}
 
 
+@register_format
 class ZarrBackend(StorageBackend):
     format = "zarr"
     compressions = CODECS
@@ -187,7 +188,6 @@ class ZarrBackend(StorageBackend):
 
     # -- segments -----------------------------------------------------------------------------------------
     def write_segment(self, split, name, arrays, compression, chunk_bytes):
-        self._refuse_write()
         rel = f"segments/{split}/{name}"
         parent = os.path.join(self.root, "segments", split)
         _ensure_groups(self.root, f"segments/{split}")

@@ -66,12 +66,37 @@ def complete(kind, tmp_path):
     return url, feats, local
 
 
+def _abstract(cls) -> set[str]:
+    return {n for n, v in vars(cls).items() if getattr(v, "__isabstractmethod__", False)}
+
+
 def test_every_operation_is_abstract_and_implemented():
-    with pytest.raises(TypeError):
-        StorageBackend("x")  # an ABC
-    ops = {n for n, v in vars(StorageBackend).items() if getattr(v, "__isabstractmethod__", False)}
-    assert {"write_segment", "commit_segment", "committed_segments", "read_manifest", "array", "checksum",
-            "finalize", "add_arrays", "publication", "install_pulled", "check_target"} <= ops
+    from featstore.store import StoreReader
+    from featstore.store.backends import BACKENDS, URL_WRITERS
+    from featstore.store.remote_backend import RemoteBackend
+
+    for cls in (StoreReader, StorageBackend):
+        with pytest.raises(TypeError):
+            cls("x")  # an ABC
+    assert {"read_manifest", "array", "checksum", "exists", "prefetch", "close"} <= _abstract(StoreReader)
+    assert {"write_segment", "commit_segment", "committed_segments", "finalize", "add_arrays", "publication",
+            "install_pulled", "check_target"} <= _abstract(StorageBackend)
+    for cls in (*BACKENDS.values(), *URL_WRITERS.values()):
+        assert issubclass(cls, StorageBackend) and not cls.__abstractmethods__, cls
+    # the remote backend is a reader only: no write stubs, and writing through it is refused in one line
+    assert issubclass(RemoteBackend, StoreReader) and not issubclass(RemoteBackend, StorageBackend)
+    assert not RemoteBackend.__abstractmethods__
+    assert not hasattr(RemoteBackend, "write_segment")
+
+
+def test_published_store_refuses_writes(complete):
+    where, _, _ = complete
+    with featstore.open_store(where) as store:
+        if store.backend.read_only:
+            with pytest.raises(StoreError, match="read-only; pull it"):
+                store.backend.writable()
+        else:
+            assert store.backend.writable() is store.backend
 
 
 def test_reads_back_what_was_written(complete):
@@ -98,8 +123,8 @@ def test_capabilities_are_declared(complete, kind):
     where, _, _ = complete
     with featstore.open_store(where) as store:
         b = store.backend
-        assert (b.read_only, b.is_remote, b.supports_append) == ((True, True, False) if kind == "remote"
-                                                                  else (False, False, True))
+        writes = isinstance(b, StorageBackend) and b.supports_append
+        assert (b.read_only, b.is_remote, writes) == ((True, True, False) if kind == "remote" else (False, False, True))
 
 
 def test_remote_refuses_every_write(complete, kind):
@@ -107,12 +132,11 @@ def test_remote_refuses_every_write(complete, kind):
         pytest.skip("local backends are writable")
     where, _, _ = complete
     b = open_backend(where)
-    arrays = _segment_arrays()
-    for call in (lambda: b.write_segment("train", "s9", arrays, "none", 1 << 20), b.create, b.remove,
-                 lambda: b.write_manifest({}), lambda: b.write_arrays(arrays, 1 << 20), lambda: b.finalize({}),
-                 lambda: b.add_arrays(arrays, {}), b.committed_segments, b.check_target):
-        with pytest.raises(StoreError, match="read-only"):
-            call()
+    with pytest.raises(StoreError, match="read-only"):
+        b.writable()  # what every writer of an opened store goes through (add-labels, token labels)
+    for op in ("write_segment", "create", "remove", "write_manifest", "write_arrays", "finalize", "add_arrays",
+               "committed_segments", "check_target", "publication"):
+        assert not hasattr(b, op), op  # a reader has no write operations, not even stubs
 
 
 def _corrupt(kind: str, local: str, where: str, rel: str) -> None:
