@@ -10,7 +10,7 @@ from featstore import __version__
 from featstore.store import FORMATS, compressions
 from featstore.store.encoding import ENCODINGS
 
-from .common import OneLineErrors, RESUMABLE, user_errors
+from .common import OneLineErrors, RESUMABLE, cache_dir, options, storage_options, user_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -92,7 +92,7 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         allow_empty_text=allow_empty_text, progress=not quiet,
-                        storage_options=_options(storage_option), task=task,
+                        storage_options=options(storage_option), task=task,
                         tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
                         repair_tags=repair_tags, repair_answers=repair_answers)
     s = run(cfg)
@@ -115,25 +115,6 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                              for k, v in s.task_counts.items()))
 
 
-def storage_options(fn):
-    """--storage-option KEY=VALUE (repeatable) for commands that take a URL."""
-    return click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
-                        help="fsspec option for a URL (repeatable; JSON values, dotted keys nest), e.g. "
-                             "client_kwargs.endpoint_url=http://localhost:9000 or anon=true.")(fn)
-
-
-def cache_dir(fn):
-    return click.option("--cache-dir", default=None, metavar="DIR",
-                        help="Local cache for stores read from a URL (default: $FEATSTORE_CACHE_DIR or the user "
-                             "cache directory; bound: $FEATSTORE_CACHE_MAX_GB, default 50).")(fn)
-
-
-def _options(pairs) -> dict:
-    from featstore.io.transport import parse_storage_options
-
-    return parse_storage_options(pairs)
-
-
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -144,7 +125,7 @@ def info(store, as_json, storage_option, cache_dir) -> None:
     """Summarise STORE (a path or a URL): splits, examples, tokens, layers, dtype, bytes, model, fingerprint."""
     from featstore.verify import format_info, info as get_info
 
-    d = get_info(store, storage_options=_options(storage_option), cache_dir=cache_dir)
+    d = get_info(store, storage_options=options(storage_option), cache_dir=cache_dir)
     click.echo(json.dumps(d, indent=1) if as_json else format_info(d))
 
 
@@ -161,7 +142,7 @@ def verify(store, no_values, quiet, storage_option, cache_dir) -> None:
     STORE may be a URL: the published copy is verified in place (every file downloaded and checked)."""
     from featstore.verify import verify as run
 
-    problems = run(store, check_values=not no_values, progress=not quiet, storage_options=_options(storage_option),
+    problems = run(store, check_values=not no_values, progress=not quiet, storage_options=options(storage_option),
                    cache_dir=cache_dir)
     if problems:
         for p in problems:
@@ -187,7 +168,7 @@ def push(store, url, storage_option, jobs, quiet, as_json) -> None:
     """
     from featstore.share import push as run
 
-    r = run(store, url, _options(storage_option), jobs=jobs, progress=not quiet)
+    r = run(store, url, options(storage_option), jobs=jobs, progress=not quiet)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=1))
     elif r.already:
@@ -214,7 +195,7 @@ def pull(url, dest, storage_option, jobs, quiet, as_json) -> None:
     """
     from featstore.share import pull as run
 
-    r = run(url, dest, _options(storage_option), jobs=jobs, progress=not quiet)
+    r = run(url, dest, options(storage_option), jobs=jobs, progress=not quiet)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=1))
     elif r.already:
@@ -235,7 +216,7 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
     """List the stores under PREFIX from their manifests alone: name, model, layers, splits, size, fingerprint, date."""
     from featstore.share import format_ls, ls
 
-    entries, problems = ls(prefix, _options(storage_option), max_depth=depth)
+    entries, problems = ls(prefix, options(storage_option), max_depth=depth)
     for p in problems:
         click.echo(f"warning: skipped {p}", err=True)
     if as_json:
@@ -269,7 +250,7 @@ def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storag
 
     from featstore.convert import convert as run
 
-    r = run(src, dst, encoding, layers, fmt, overwrite, storage_options=_options(storage_option),
+    r = run(src, dst, encoding, layers, fmt, overwrite, storage_options=options(storage_option),
             cache_dir=cache_dir, project=project)
     if as_json:
         click.echo(json.dumps(asdict(r), indent=1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from .evaluate import EvalResult
-from .metrics import METRICS
 from .train import TrainResult
 
 
@@ -15,7 +14,7 @@ def _count(n: int | None) -> str:
 
 
 def format_train(r: TrainResult) -> str:
-    metrics = METRICS.get(r.task) or list(next(iter(r.summary.values())))
+    metrics = list(next(iter(r.summary.values())))
     seeds = [s.seed for s in r.seeds]
     role = {v: k for k, v in r.splits.items() if v is not None}
     lines = [f"{r.head} on {r.label_column!r} ({r.task}), layers {r.layers}, seeds {','.join(map(str, seeds))}; "
