@@ -27,8 +27,10 @@ def main() -> None:
               help="Input split: CSV/TSV, JSONL, Parquet or a datasets directory. Repeat per split.")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--text-pair-column", default=None, help="Second text of a pair (e.g. sentence2).")
-@click.option("--label-column", "label_columns", multiple=True, metavar="NAME[:class|:regression]",
-              help="Target column; repeatable. Text/integer labels are classes, fractional numbers regression.")
+@click.option("--label-column", "label_columns", multiple=True, metavar="NAME[:KIND] | NAME=COL,COL,...",
+              help="Target column; repeatable. Text/integer labels are classes, fractional numbers regression, "
+                   "lists of names multi-label (NAME:multilabel for `a|b` text in CSV); NAME=COL1,COL2,... names "
+                   "0/1 columns together as one multi-label column.")
 @click.option("--id-column", default=None, help="Unique example id column (default: SPLIT-ROW).")
 @click.option("--layers", default="-1", show_default=True,
               help="Comma-separated layer indices (negative count from the top, 0 = embeddings) or 'all'.")
@@ -266,7 +268,9 @@ def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storag
 @click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=PATH",
               help="File with the new labels for SPLIT (CSV/TSV, JSONL, Parquet); one per split of the store.")
 @click.option("--id-column", default="id", show_default=True, help="Column holding the store's example ids.")
-@click.option("--label-column", required=True, metavar="NAME[:class|:regression]", help="The new label column.")
+@click.option("--label-column", required=True, metavar="NAME[:KIND] | NAME=COL,COL,...",
+              help="The new label column: NAME[:class|:regression|:multilabel], or NAME=COL1,COL2,... to name 0/1 "
+                   "columns together as one multi-label column.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @user_errors
 def add_labels(store, data, id_column, label_column, as_json) -> None:
@@ -283,7 +287,8 @@ def add_labels(store, data, id_column, label_column, as_json) -> None:
     if as_json:
         click.echo(json.dumps(asdict(r), indent=1))
         return
-    what = f"{len(r.names)} classes" if r.kind == "class" else "regression"
+    what = {"class": f"{len(r.names or [])} classes", "multilabel": f"multi-label, {len(r.names or [])} labels",
+            "token": f"{len(r.names or [])} tags"}.get(r.kind, r.kind)
     click.echo(f"{store}: added label column {r.column!r} ({what}) to "
                f"{', '.join(f'{k} {v:,}' for k, v in r.examples.items())} examples; "
                f"fingerprint unchanged ({r.fingerprint[:16]})")

@@ -150,7 +150,7 @@ def predict(run, texts, pairs, contexts, questions, input_path, output_path, see
     """Label raw texts with the head in RUN: loads its backbone, extracts with the store's settings."""
     from heads.artifacts import read_meta
     from heads.predict import predict as run_predict, read_inputs
-    from heads.report import format_prediction
+    from heads.tasks import task_of_head
 
     if contexts or questions:
         if texts or pairs or input_path:
@@ -164,8 +164,9 @@ def predict(run, texts, pairs, contexts, questions, input_path, output_path, see
         raise click.UsageError("nothing to predict: give --text (repeatable) or --input FILE")
     if output_path:
         check_writable(output_path, "--output")
+    meta = read_meta(run)
     if input_path:
-        bb = read_meta(run)["backbone"]
+        bb = meta["backbone"]
         texts, pair_list = read_inputs(input_path, bb.get("text_column"), bb.get("pair_column"))
     else:
         texts, pair_list = list(texts), (list(pairs) if pairs else None)
@@ -174,8 +175,9 @@ def predict(run, texts, pairs, contexts, questions, input_path, output_path, see
         _write_jsonl(output_path, recs)
         click.echo(f"wrote {len(recs)} predictions to {output_path}", err=True)
         return
+    task = task_of_head(meta)
     for rec in recs:
-        click.echo(json.dumps(rec) if as_json else format_prediction(rec))
+        click.echo(json.dumps(rec) if as_json else task.format_record(rec))
 
 
 def _write_jsonl(path: str, recs: list) -> None:

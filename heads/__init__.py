@@ -11,6 +11,8 @@ The names below are imported on first use, so `import heads` (and `heads --help`
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -21,6 +23,19 @@ _WHERE = {"train": "train", "TrainResult": "train", "SeedResult": "trainer", "ev
           "resolve_task": "tasks", "register_task": "registry", "register_head": "registry"}
 
 __all__ = [*_WHERE, "__version__"]
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule `heads.train` (or `evaluate`, `predict`) would bind it over the function of the
+    same name on this package; the functions keep their names (the submodules stay in sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ from .errors import InputError
 TASKS: dict[str, Any] = {
     "classification": "heads.tasks.classification:Classification",
     "regression": "heads.tasks.regression:Regression",
+    "multilabel": "heads.tasks.multilabel:MultiLabel",
     "token": "heads.tasks.token:TokenTagging",
     "span": "heads.tasks.span:SpanExtraction",
 }

@@ -299,7 +299,7 @@ def _finalize(prep: _Prepared) -> None:
             arrays[f"labels/{name}/{col}"] = target[rows]
         if prep.task is not None:
             arrays.update(task_arrays(name, split, prep.task, rows))
-    label_names = {c.name: c.names for c in prep.ds.label_columns if c.kind == "class"}
+    label_names = {c.name: c.names for c in prep.ds.label_columns if c.names}  # class and multilabel columns
     arrays.update(label_name_features(prep.lm, label_names, prep.layers, prep.device, prep.projection))
     projection_files = {n: f for n, f in manifest.get("files", {}).items() if n.startswith("projection/")}
     manifest["files"] = {**projection_files,

@@ -121,11 +121,31 @@ class Task(ABC):
     def predict_record(self, i: int, j: int, prepared: Any, outputs: Any, preds: list[Any]) -> dict[str, Any]:
         """What `heads predict` returns for input `i`, the `j`-th example in storage order."""
 
+    @abstractmethod
+    def format_record(self, rec: dict[str, Any]) -> str:
+        """One line of `heads predict`'s table for a record of `predict_record`."""
+
+    @staticmethod
+    def short(text: str, width: int = 60) -> str:
+        return text if len(text) <= width else text[:width - 3] + "..."
+
 
 class ExampleTask(Task):
     """One output vector per example, read from a sentence store's label column."""
 
     output = "example"
+    column_kind: ClassVar[str | None] = None  # the label column kind `--task auto` picks this task for
+
+    @classmethod
+    def detect(cls, store: Store, column: str | None) -> bool:
+        return store.task == "sentence" and label_column(store, column)["kind"] == cls.column_kind
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "Task":
+        return cls(meta["label_column"], meta["label_names"])  # type: ignore[call-arg]
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"label_column": self.column, "label_names": self.label_names, "label_values": None, "seq_task": None}
 
     def collect(self, out: torch.Tensor, batch: Any, spec: Any) -> np.ndarray:
         return self.outputs(out, spec).cpu().numpy()

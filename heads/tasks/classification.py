@@ -16,14 +16,11 @@ from .base import ExampleTask, label_column
 
 class Classification(ExampleTask):
     name = "classification"
+    column_kind = "class"
     label_queries_from_names = True
 
     def __init__(self, column: str, label_names: list[str]):
         self.column, self.label_names = column, list(label_names)
-
-    @classmethod
-    def detect(cls, store: Store, column: str | None) -> bool:
-        return store.task == "sentence" and label_column(store, column)["kind"] == "class"
 
     @classmethod
     def from_store(cls, store: Store, column: str | None) -> "Classification":
@@ -35,13 +32,6 @@ class Classification(ExampleTask):
         if not names or len(names) < 2:
             raise InputError(f"label column {column!r} has {len(names or [])} class(es); classification needs 2 or more")
         return cls(column, names)
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "Classification":
-        return cls(meta["label_column"], meta["label_names"])
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"label_column": self.column, "label_names": self.label_names, "label_values": None, "seq_task": None}
 
     @property
     def primary(self) -> str:
@@ -76,3 +66,7 @@ class Classification(ExampleTask):
     def show(self, output: np.ndarray, pred: int) -> dict[str, Any]:
         return {"label": self.label_names[pred],
                 "probabilities": {n: float(p) for n, p in zip(self.label_names, output)}}
+
+    def format_record(self, rec: dict[str, Any], top: int = 3) -> str:
+        probs = sorted(rec["probabilities"].items(), key=lambda kv: -kv[1])[:top]
+        return f"{rec['label']}\t" + "  ".join(f"{k}={v:.3f}" for k, v in probs) + f"\t{self.short(rec['text'])}"

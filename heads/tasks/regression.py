@@ -24,6 +24,7 @@ def _number(s: str) -> float | None:
 
 class Regression(ExampleTask):
     name = "regression"
+    column_kind = "regression"
     named_outputs = False
 
     def __init__(self, column: str, values: np.ndarray | None = None):
@@ -33,10 +34,6 @@ class Regression(ExampleTask):
     @property
     def n_outputs(self) -> int:
         return 1
-
-    @classmethod
-    def detect(cls, store: Store, column: str | None) -> bool:
-        return store.task == "sentence" and label_column(store, column)["kind"] == "regression"
 
     @classmethod
     def from_store(cls, store: Store, column: str | None) -> "Regression":
@@ -90,3 +87,6 @@ class Regression(ExampleTask):
 
     def show(self, output: np.ndarray, pred: float) -> dict[str, Any]:
         return {"prediction": pred}
+
+    def format_record(self, rec: dict[str, Any]) -> str:
+        return f"{rec['prediction']:.4f}\t{self.short(rec['text'])}"

@@ -99,3 +99,8 @@ class SpanExtraction(PositionTask):
         answer, a, b = preds[j]
         return {"context": prepared["texts"][i], "question": prepared["questions"][i], "answer": answer,
                 "start": a if answer else None, "end": b if answer else None}
+
+    def format_record(self, rec: dict[str, Any]) -> str:
+        """The answer and its offsets in the context."""
+        where = f"[{rec['start']}:{rec['end']}]" if rec["answer"] else "(no answer)"
+        return f"{rec['answer']!r} {where}\t{rec['question']}"

@@ -116,3 +116,8 @@ class TokenTagging(PositionTask):
             a, b = spans[w0][0], spans[w1][1]
             ents.append({"type": kind, "text": text[a:b], "start": a, "end": b})
         return {"text": text, "words": prepared["words"][i], "tags": tags, "entities": ents}
+
+    def format_record(self, rec: dict[str, Any]) -> str:
+        """Entities with character offsets (tags when the tag set has no scheme)."""
+        ents = [f"{e['type']}[{e['start']}:{e['end']}]={e['text']!r}" for e in rec["entities"]]
+        return ("  ".join(ents) if ents else " ".join(rec["tags"]) if rec["tags"] else "-") + f"\t{rec['text']}"

@@ -96,8 +96,12 @@ def test_help_does_not_import_torch(args):
 
 def test_public_names_still_import():
     import heads
+    import heads.evaluate
+    import heads.predict
+    import heads.train  # noqa: F401 - the submodules do not replace the functions of the same names
 
     assert heads.train.__module__ == "heads.train" and heads.TrainConfig.__name__ == "TrainConfig"
+    assert callable(heads.evaluate) and callable(heads.predict) and callable(heads.train)
     from heads import EvalResult, HeadSpec, LoadedHead, evaluate, load_head, predict  # noqa: F401
     with pytest.raises(AttributeError):
         heads.no_such_name  # noqa: B018
