@@ -35,9 +35,10 @@ class AddLabelsResult:
 def add_labels(store_path: str, data: dict[str, str], label_column: str, id_column: str = "id") -> AddLabelsResult:
     """Join `label_column` of the files in `data` (split -> path) to the store's examples by `id_column`.
 
-    `label_column` is `NAME`, `NAME:class`, `NAME:regression`, `NAME:multilabel` (a list of label names per row)
-    or `NAME=COL1,COL2,...` (0/1 columns named together into a multi-label column). Every split of the store needs a file; every
-    example needs exactly one label and every id in the files must exist in the store, else nothing changes.
+    `label_column` is `NAME`, `NAME:class`, `NAME:regression`, `NAME:multilabel` (a list of label names per
+    row) or `NAME=COL1,COL2,...` (0/1 columns named together into a multi-label column). Every split of the
+    store needs a file; every example needs exactly one label (list) and every id in the files must exist in
+    the store, else nothing changes.
     """
     if is_url(store_path):
         raise InputError(f"{store_path} is a published store and immutable: pull it (`featstore pull`), add labels "

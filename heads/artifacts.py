@@ -206,6 +206,9 @@ _META_CHECKS = [
     ("store.dtype", lambda m: m["store"]["dtype"] in ("float16", "bfloat16", "float32")),
     ("backbone", lambda m: isinstance(m["backbone"], dict) and isinstance(m["backbone"].get("name") or
                                                                          m["backbone"].get("path"), str)),
+    ("decisions", lambda m: "decisions" not in m or all(
+        isinstance(d, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d.values())
+        for d in m["decisions"].values())),
     ("backbone.settings", lambda m: _is_int(m["backbone"]["settings"]["max_length"])
         and m["backbone"]["settings"]["max_length"] > 0 and isinstance(m["backbone"]["settings"]["truncation"], str)
         and m["backbone"]["settings"]["dtype"] in ("float16", "bfloat16", "float32")),
