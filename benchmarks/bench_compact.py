@@ -101,7 +101,7 @@ def read_pass_seconds(store: str, split: str = "train", batch_size: int = 32) ->
 
     import featstore
     from heads.data import Loader, StoreTokens
-    from heads.task import to_device
+    from heads.runtime import to_device
 
     with featstore.open_store(store) as st:
         src = StoreTokens(st.split(split), st.layers, in_ram=False)

@@ -65,9 +65,10 @@ def streamed_epoch(store, split: str, layers, batch_size: int) -> float:
 def training_wait_fraction(store, split: str, layers, label: str, batch_size: int) -> tuple[float, float]:
     import torch
 
-    from heads.config import HeadSpec
-    from heads.models import build_head, loss_fn
-    from heads.task import torch_threads
+    from heads.nets import build_head
+    from heads.runtime import torch_threads
+    from heads.spec import HeadSpec
+    from heads.tasks.classification import Classification
 
     sp = store.split(split)
     src = StoreTokens(sp, layers, in_ram=True)
@@ -75,6 +76,7 @@ def training_wait_fraction(store, split: str, layers, label: str, batch_size: in
     spec = HeadSpec(kind="ytuning", task="classification", n_outputs=int(y.max()) + 1,
                     hidden_size=store.hidden_size, n_layers_in=len(layers))
     model = build_head(spec)
+    task = Classification(label, [str(k) for k in range(spec.n_outputs)])
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     loader = Loader(src, y, batch_size, shuffle=True, seed=0)
     with torch_threads(None):
@@ -89,7 +91,7 @@ def training_wait_fraction(store, split: str, layers, label: str, batch_size: in
                 break
             wait += time.perf_counter() - tw
             out = model(torch.from_numpy(b.x), torch.from_numpy(b.mask))
-            loss = loss_fn(spec, out, torch.from_numpy(b.y))
+            loss = task.loss(out, torch.from_numpy(b.y), None, spec)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -5,7 +5,7 @@
         --runs ytuning=runs/wnut-ytuning --runs linear=runs/wnut-linear --out benchmarks/results/wnut.json
 
 Fine-tuning uses the same inputs, tokenization and first-sub-word alignment as `featstore extract --task` (the
-same `tokenize_task`), the same decoding and metrics as `heads` (`SeqTask.decode/score`), and the same
+same `tokenize_task`), the same decoding and metrics as `heads` (`TokenTagging` / `SpanExtraction` decode and score), and the same
 protocol: the dev split picks the epoch, the test split is scored once. Backbone + one linear layer on the last
 hidden state (a logit per tag per token, or start/end per position), all weights trained with AdamW.
 Heads' numbers are read from their runs (metrics.json, head.json): nothing is re-trained for them.
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -26,8 +25,10 @@ from featstore.extract.inputs import parse_split_specs
 from featstore.extract.models import load_model
 from featstore.extract.plan import pad_batch
 from featstore.extract.tasks import gold_records, load_span_dataset, load_token_dataset, tokenize_task
-from heads.seqmodels import IGNORE, seq_loss
-from heads.seqtask import Alignment, SeqTask
+from featstore.extract.tasks import IGNORE
+from heads.tasks.positions import Alignment, PositionTask
+from heads.tasks.span import SpanExtraction
+from heads.tasks.token import TokenTagging
 
 
 class TaskModel(nn.Module):
@@ -47,7 +48,7 @@ def batch(tok, rows, device):
     return ids.to(device), mask.to(device), types
 
 
-def evaluate(model, task: SeqTask, tok, align: Alignment, bs: int, device) -> dict[str, float]:
+def evaluate(model, task: PositionTask, tok, align: Alignment, bs: int, device) -> dict[str, float]:
     model.eval()
     logits = []
     with torch.no_grad():
@@ -73,13 +74,12 @@ def finetune(a: argparse.Namespace) -> dict:
                                                                                           "char_end")},
                               gold=gold_records(s, info))
     null = any(not x for s in ds.splits.values() for x in s.extra.get("answers", [[1]]))
-    task = SeqTask(a.task, info.tag_names if a.task == "token" else ["start", "end"], info.scheme, null)
+    task = TokenTagging(info.tag_names, info.scheme) if a.task == "token" else SpanExtraction(null)
     torch.manual_seed(a.seed)
     model = TaskModel(lm.model, task.n_outputs)
     for p in model.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
-    spec = SimpleNamespace(task=a.task)
     train, targets = toks["train"], ds.splits["train"].extra["targets"]
     rng = np.random.default_rng(a.seed)
     best, best_state, per_epoch, log = None, None, [], []
@@ -96,7 +96,7 @@ def finetune(a: argparse.Namespace) -> dict:
                     y[b, :len(targets[r])] = torch.as_tensor(targets[r])
             else:
                 y = torch.as_tensor(np.stack([targets[r] for r in rows]))
-            loss = seq_loss(spec, model(ids, mask, types), y, mask.bool())
+            loss = task.loss(model(ids, mask, types), y, mask.bool(), None)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

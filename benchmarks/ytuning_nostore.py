@@ -14,10 +14,10 @@ from featstore.extract.inputs import load_dataset
 from featstore.extract.forward import label_name_features
 from featstore.extract.models import load_model, resolve_model_layers
 from featstore.extract.plan import pad_batch
-from heads.config import HeadSpec
-from heads.metrics import compute
-from heads.models import build_head, count_trainable, loss_fn
-from heads.train import lr_factor, param_groups
+from heads.nets import build_head, count_trainable
+from heads.spec import HeadSpec
+from heads.tasks.classification import Classification
+from heads.trainer import lr_factor, param_groups
 
 
 def _features(lm, enc, rows, layers):
@@ -59,6 +59,7 @@ def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed
     spec = HeadSpec(kind="ytuning", task="classification", n_outputs=len(col.names), hidden_size=lm.hidden_size,
                     n_layers_in=len(layers))
     model = build_head(spec)
+    task = Classification(label_column, col.names)
     if label_init == "prior":  # as `heads train --label-init prior`: the label names' features, centred
         lf = label_name_features(lm, {label_column: col.names}, layers, device)
         model.init_queries_from(np.stack([lf[f"label_features/{label_column}/L{k}"] for k in layers], axis=1))
@@ -74,19 +75,20 @@ def train_nostore(data: dict[str, str], model_name: str, label_column: str, seed
         for a in range(0, len(order), batch_size):
             rows = order[a:a + batch_size]
             x, m = _features(lm, enc["train"], rows, layers)
-            loss = loss_fn(spec, model(x, m), torch.as_tensor(y["train"][rows], device=device))
+            loss = task.loss(model(x, m), torch.as_tensor(y["train"][rows], device=device), None, spec)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
         seconds.append(time.perf_counter() - t0)
-        dev = compute("classification", y["validation"], _predict(model, lm, enc["validation"], layers, 64),
-                      spec.n_outputs)["accuracy"]
+        probs = _predict(model, lm, enc["validation"], layers, 64)
+        dev = task.metrics(probs, task.decode(probs, None), y["validation"])["accuracy"]
         if dev > best:
             best, best_state = dev, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
-    test = compute("classification", y["test"], _predict(model, lm, enc["test"], layers, 64), spec.n_outputs)
+    probs = _predict(model, lm, enc["test"], layers, 64)
+    test = task.metrics(probs, task.decode(probs, None), y["test"])
     return {"test_accuracy": test["accuracy"], "dev_accuracy": best, "seconds": float(sum(seconds)),
             "epoch_seconds": float(np.mean(seconds)), "trainable_parameters": count_trainable(model),
             "backbone_parameters": lm.num_parameters}

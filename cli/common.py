@@ -50,14 +50,24 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def parse_options(pairs: tuple[str, ...], flag: str) -> dict[str, str]:
-    out = {}
-    for p in pairs:
-        k, sep, v = p.partition("=")
-        if not sep or not k:
-            raise click.BadParameter(f"{p!r}: use KEY=VALUE", param_hint=flag)
-        out[k] = v
-    return out
+def storage_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--storage-option KEY=VALUE (repeatable) for commands that take a URL; parse with `options`."""
+    return click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+                        help="fsspec option for a URL (repeatable; JSON values, dotted keys nest), e.g. "
+                             "client_kwargs.endpoint_url=http://localhost:9000 or anon=true.")(fn)
+
+
+def cache_dir(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--cache-dir", default=None, metavar="DIR",
+                        help="Local cache for stores read from a URL (default: $FEATSTORE_CACHE_DIR or the user "
+                             "cache directory; bound: $FEATSTORE_CACHE_MAX_GB, default 50).")(fn)
+
+
+def options(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """--storage-option values -> fsspec options."""
+    from featstore.io.transport import parse_storage_options
+
+    return parse_storage_options(list(pairs))
 
 
 def check_writable(path: str, flag: str) -> None:

@@ -10,7 +10,7 @@ from featstore import __version__
 from featstore.store import FORMATS, compressions
 from featstore.store.encoding import ENCODINGS
 
-from .common import OneLineErrors, RESUMABLE, user_errors
+from .common import OneLineErrors, RESUMABLE, cache_dir, options, storage_options, user_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -27,8 +27,10 @@ def main() -> None:
               help="Input split: CSV/TSV, JSONL, Parquet or a datasets directory. Repeat per split.")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--text-pair-column", default=None, help="Second text of a pair (e.g. sentence2).")
-@click.option("--label-column", "label_columns", multiple=True, metavar="NAME[:class|:regression]",
-              help="Target column; repeatable. Text/integer labels are classes, fractional numbers regression.")
+@click.option("--label-column", "label_columns", multiple=True, metavar="NAME[:KIND] | NAME=COL,COL,...",
+              help="Target column; repeatable. Text/integer labels are classes, fractional numbers regression, "
+                   "lists of names multi-label (NAME:multilabel for `a|b` text in CSV); NAME=COL1,COL2,... names "
+                   "0/1 columns together as one multi-label column.")
 @click.option("--id-column", default=None, help="Unique example id column (default: SPLIT-ROW).")
 @click.option("--layers", default="-1", show_default=True,
               help="Comma-separated layer indices (negative count from the top, 0 = embeddings) or 'all'.")
@@ -92,7 +94,7 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
                         chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         allow_empty_text=allow_empty_text, progress=not quiet,
-                        storage_options=_options(storage_option), task=task,
+                        storage_options=options(storage_option), task=task,
                         tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
                         repair_tags=repair_tags, repair_answers=repair_answers)
     s = run(cfg)
@@ -115,25 +117,6 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                              for k, v in s.task_counts.items()))
 
 
-def storage_options(fn):
-    """--storage-option KEY=VALUE (repeatable) for commands that take a URL."""
-    return click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
-                        help="fsspec option for a URL (repeatable; JSON values, dotted keys nest), e.g. "
-                             "client_kwargs.endpoint_url=http://localhost:9000 or anon=true.")(fn)
-
-
-def cache_dir(fn):
-    return click.option("--cache-dir", default=None, metavar="DIR",
-                        help="Local cache for stores read from a URL (default: $FEATSTORE_CACHE_DIR or the user "
-                             "cache directory; bound: $FEATSTORE_CACHE_MAX_GB, default 50).")(fn)
-
-
-def _options(pairs) -> dict:
-    from featstore.io.transport import parse_storage_options
-
-    return parse_storage_options(pairs)
-
-
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -144,7 +127,7 @@ def info(store, as_json, storage_option, cache_dir) -> None:
     """Summarise STORE (a path or a URL): splits, examples, tokens, layers, dtype, bytes, model, fingerprint."""
     from featstore.verify import format_info, info as get_info
 
-    d = get_info(store, storage_options=_options(storage_option), cache_dir=cache_dir)
+    d = get_info(store, storage_options=options(storage_option), cache_dir=cache_dir)
     click.echo(json.dumps(d, indent=1) if as_json else format_info(d))
 
 
@@ -161,7 +144,7 @@ def verify(store, no_values, quiet, storage_option, cache_dir) -> None:
     STORE may be a URL: the published copy is verified in place (every file downloaded and checked)."""
     from featstore.verify import verify as run
 
-    problems = run(store, check_values=not no_values, progress=not quiet, storage_options=_options(storage_option),
+    problems = run(store, check_values=not no_values, progress=not quiet, storage_options=options(storage_option),
                    cache_dir=cache_dir)
     if problems:
         for p in problems:
@@ -187,7 +170,7 @@ def push(store, url, storage_option, jobs, quiet, as_json) -> None:
     """
     from featstore.share import push as run
 
-    r = run(store, url, _options(storage_option), jobs=jobs, progress=not quiet)
+    r = run(store, url, options(storage_option), jobs=jobs, progress=not quiet)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=1))
     elif r.already:
@@ -214,7 +197,7 @@ def pull(url, dest, storage_option, jobs, quiet, as_json) -> None:
     """
     from featstore.share import pull as run
 
-    r = run(url, dest, _options(storage_option), jobs=jobs, progress=not quiet)
+    r = run(url, dest, options(storage_option), jobs=jobs, progress=not quiet)
     if as_json:
         click.echo(json.dumps(r.to_json(), indent=1))
     elif r.already:
@@ -235,7 +218,7 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
     """List the stores under PREFIX from their manifests alone: name, model, layers, splits, size, fingerprint, date."""
     from featstore.share import format_ls, ls
 
-    entries, problems = ls(prefix, _options(storage_option), max_depth=depth)
+    entries, problems = ls(prefix, options(storage_option), max_depth=depth)
     for p in problems:
         click.echo(f"warning: skipped {p}", err=True)
     if as_json:
@@ -269,7 +252,7 @@ def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storag
 
     from featstore.convert import convert as run
 
-    r = run(src, dst, encoding, layers, fmt, overwrite, storage_options=_options(storage_option),
+    r = run(src, dst, encoding, layers, fmt, overwrite, storage_options=options(storage_option),
             cache_dir=cache_dir, project=project)
     if as_json:
         click.echo(json.dumps(asdict(r), indent=1))
@@ -285,7 +268,9 @@ def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storag
 @click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=PATH",
               help="File with the new labels for SPLIT (CSV/TSV, JSONL, Parquet); one per split of the store.")
 @click.option("--id-column", default="id", show_default=True, help="Column holding the store's example ids.")
-@click.option("--label-column", required=True, metavar="NAME[:class|:regression]", help="The new label column.")
+@click.option("--label-column", required=True, metavar="NAME[:KIND] | NAME=COL,COL,...",
+              help="The new label column: NAME[:class|:regression|:multilabel], or NAME=COL1,COL2,... to name 0/1 "
+                   "columns together as one multi-label column.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @user_errors
 def add_labels(store, data, id_column, label_column, as_json) -> None:
@@ -302,7 +287,8 @@ def add_labels(store, data, id_column, label_column, as_json) -> None:
     if as_json:
         click.echo(json.dumps(asdict(r), indent=1))
         return
-    what = f"{len(r.names)} classes" if r.kind == "class" else "regression"
+    what = {"class": f"{len(r.names or [])} classes", "multilabel": f"multi-label, {len(r.names or [])} labels",
+            "token": f"{len(r.names or [])} tags"}.get(r.kind, r.kind)
     click.echo(f"{store}: added label column {r.column!r} ({what}) to "
                f"{', '.join(f'{k} {v:,}' for k, v in r.examples.items())} examples; "
                f"fingerprint unchanged ({r.fingerprint[:16]})")

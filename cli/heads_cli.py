@@ -5,8 +5,9 @@ import json
 
 import click
 
-from featstore.io.transport import parse_storage_options
+from heads.registry import HEADS, TASKS
 
+from . import common
 from .common import OneLineErrors, check_writable, user_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -19,11 +20,11 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("head", type=click.Choice(["ytuning", "linear", "mlp"]))
+@click.argument("head", type=click.Choice(list(HEADS)))
 @click.option("--store", required=True, help="Store written by `featstore extract` (directory or .h5).")
 @click.option("--label-column", default=None, help="Label column of the store to predict (sentence tasks).")
 @click.option("--task", default="auto", show_default=True,
-              type=click.Choice(["auto", "classification", "regression", "token", "span"]),
+              type=click.Choice(["auto", *TASKS]),
               help="auto: from the store (token/span stores) or the column (classes or numbers); regression also "
                    "takes classes named by numbers.")
 @click.option("--train-split", default="train", show_default=True)
@@ -68,14 +69,13 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing head directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-              help="fsspec option for a store URL (repeatable), e.g. client_kwargs.endpoint_url=http://host:9000.")
-@click.option("--cache-dir", default=None, help="Local cache for a remote store (default: user cache directory).")
+@common.storage_options
+@common.cache_dir
 @user_errors
 def train(head, store, label_column, task, train_split, dev_split, test_split, layers, epochs, batch_size, lr,
           weight_decay, warmup, schedule, grad_clip, patience, seeds, d_head, n_layers, n_heads, dropout, label_init,
           pooling, max_memory, device, threads, tune_top_layers, top_lr, backbone, out, overwrite, quiet, as_json,
-          storage_options, cache_dir) -> None:
+          storage_option, cache_dir) -> None:
     """Train a HEAD (ytuning, linear or mlp) on a store's features; write it to --out.
 
     The dev split selects the best epoch; the test split is evaluated once, on that checkpoint.
@@ -93,7 +93,7 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
                       n_layers=n_layers, n_heads=n_heads, dropout=dropout, label_init=label_init, pooling=pooling,
                       max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
                       threads=threads, overwrite=overwrite, progress=not quiet,
-                      storage_options=parse_storage_options(list(storage_options)), cache_dir=cache_dir,
+                      storage_options=common.options(storage_option), cache_dir=cache_dir,
                       tune_top_layers=tune_top_layers, top_lr=top_lr, backbone=backbone)
     result = run(cfg)
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_train(result))
@@ -110,12 +110,11 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
 @click.option("--threads", default=None, type=int, help="CPU threads for torch (default: all cores but one).")
 @click.option("--predictions", "predictions_out", default=None, help="Write per-example predictions (JSON lines).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-              help="fsspec option for a store URL (repeatable), e.g. client_kwargs.endpoint_url=http://host:9000.")
-@click.option("--cache-dir", default=None, help="Local cache for a remote store (default: user cache directory).")
+@common.storage_options
+@common.cache_dir
 @user_errors
 def evaluate(run, store, split, seed, batch_size, max_memory, device, threads, predictions_out, as_json,
-             storage_options, cache_dir) -> None:
+             storage_option, cache_dir) -> None:
     """Evaluate the head in RUN on one split of a store."""
     from heads.config import parse_bytes
     from heads.evaluate import evaluate as run_eval
@@ -125,7 +124,7 @@ def evaluate(run, store, split, seed, batch_size, max_memory, device, threads, p
         check_writable(predictions_out, "--predictions")
     r = run_eval(run, store, split, seed=seed, batch_size=batch_size, device=device,
                  max_memory=parse_bytes(max_memory) if max_memory is not None else None, threads=threads,
-                 storage_options=parse_storage_options(list(storage_options)), cache_dir=cache_dir)
+                 storage_options=common.options(storage_option), cache_dir=cache_dir)
     if predictions_out:
         _write_jsonl(predictions_out, r.predictions)
     click.echo(json.dumps(r.to_json(), indent=1) if as_json else format_eval(r))
@@ -151,7 +150,7 @@ def predict(run, texts, pairs, contexts, questions, input_path, output_path, see
     """Label raw texts with the head in RUN: loads its backbone, extracts with the store's settings."""
     from heads.artifacts import read_meta
     from heads.predict import predict as run_predict, read_inputs
-    from heads.report import format_prediction
+    from heads.tasks import task_of_head
 
     if contexts or questions:
         if texts or pairs or input_path:
@@ -165,8 +164,9 @@ def predict(run, texts, pairs, contexts, questions, input_path, output_path, see
         raise click.UsageError("nothing to predict: give --text (repeatable) or --input FILE")
     if output_path:
         check_writable(output_path, "--output")
+    meta = read_meta(run)
     if input_path:
-        bb = read_meta(run)["backbone"]
+        bb = meta["backbone"]
         texts, pair_list = read_inputs(input_path, bb.get("text_column"), bb.get("pair_column"))
     else:
         texts, pair_list = list(texts), (list(pairs) if pairs else None)
@@ -175,8 +175,9 @@ def predict(run, texts, pairs, contexts, questions, input_path, output_path, see
         _write_jsonl(output_path, recs)
         click.echo(f"wrote {len(recs)} predictions to {output_path}", err=True)
         return
+    task = task_of_head(meta)
     for rec in recs:
-        click.echo(json.dumps(rec) if as_json else format_prediction(rec))
+        click.echo(json.dumps(rec) if as_json else task.format_record(rec))
 
 
 def _write_jsonl(path: str, recs: list) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import InputError, StoreError
 from .extract.inputs import SplitData, encode_labels, parse_label_spec, read_table
+from .extract.multilabel import binary_columns
 from .io.transport import is_url
 from .store import Store, open_store
 from .store.manifest import safe_name
@@ -34,13 +35,15 @@ class AddLabelsResult:
 def add_labels(store_path: str, data: dict[str, str], label_column: str, id_column: str = "id") -> AddLabelsResult:
     """Join `label_column` of the files in `data` (split -> path) to the store's examples by `id_column`.
 
-    `label_column` is `NAME`, `NAME:class` or `NAME:regression`. Every split of the store needs a file; every
-    example needs exactly one label and every id in the files must exist in the store, else nothing changes.
+    `label_column` is `NAME`, `NAME:class`, `NAME:regression`, `NAME:multilabel` (a list of label names per
+    row) or `NAME=COL1,COL2,...` (0/1 columns named together into a multi-label column). Every split of the
+    store needs a file; every example needs exactly one label (list) and every id in the files must exist in
+    the store, else nothing changes.
     """
     if is_url(store_path):
         raise InputError(f"{store_path} is a published store and immutable: pull it (`featstore pull`), add labels "
                          "to the copy, and push that under a new name")
-    column, kind = parse_label_spec(label_column)
+    column, kind, sources = parse_label_spec(label_column)
     if not _safe(column):
         raise InputError(f"--label-column {column!r}: use letters, digits, _ . - only")
     store = open_store(store_path)
@@ -56,7 +59,7 @@ def add_labels(store_path: str, data: dict[str, str], label_column: str, id_colu
         if missing:
             raise InputError(f"--data missing for split(s) {', '.join(missing)}: every split of the store needs "
                              "its labels (give --data SPLIT=PATH for each)")
-        splits = {name: _join(store, name, data[name], id_column, column) for name in store.splits}
+        splits = {name: _join(store, name, data[name], id_column, column, sources) for name in store.splits}
         if store.task == "token":  # a tag per word, aligned through the stored word index
             from .token_labels import add_token_labels
 
@@ -66,7 +69,7 @@ def add_labels(store_path: str, data: dict[str, str], label_column: str, id_colu
         if store.task != "sentence":
             raise InputError(f"store {store_path} holds a {store.task} task; add-labels adds sentence labels or "
                              "token tags")
-        col = encode_labels(column, kind, splits)  # same vocabulary rules as extraction
+        col = encode_labels(column, kind, splits, sources)  # same vocabulary rules as extraction
         arrays = {f"labels/{name}/{column}": s.targets[column] for name, s in splits.items()}
         entry = {**col.to_json(), "added": {"id_column": id_column, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime()),
@@ -89,9 +92,13 @@ def _safe(name: str) -> bool:
         return False
 
 
-def _join(store: Store, split: str, path: str, id_column: str, column: str) -> SplitData:
-    """The file's labels in the store's storage order; every mismatch reported at once."""
+def _join(store: Store, split: str, path: str, id_column: str, column: str,
+          sources: list[str] | None = None) -> SplitData:
+    """The file's labels in the store's storage order; every mismatch reported at once. `sources`: 0/1 columns
+    named together into the multi-label `column`."""
     cols = read_table(path)
+    if sources:
+        cols[column] = binary_columns(cols, sources, split, path)
     for c in (id_column, column):
         if c not in cols:
             raise InputError(f"split {split!r} ({path}): column {c!r} not found; columns are {sorted(cols)}")

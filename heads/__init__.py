@@ -6,15 +6,45 @@
     predict("runs/sst2", ["a gripping, beautifully shot film"])   # loads the backbone named in the head
 
 Only `predict` loads a backbone (and imports transformers); training and evaluation read the store alone.
+The names below are imported on first use, so `import heads` (and `heads --help`) does not import torch.
 """
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
 __version__ = "0.1.0"
 
-from .artifacts import LoadedHead, load_head  # noqa: E402
-from .config import HeadSpec, TrainConfig  # noqa: E402
-from .errors import HeadError  # noqa: E402
-from .evaluate import EvalResult, evaluate  # noqa: E402
-from .predict import predict  # noqa: E402
-from .train import SeedResult, TrainResult, train  # noqa: E402
+_WHERE = {"train": "train", "TrainResult": "train", "SeedResult": "trainer", "evaluate": "evaluate",
+          "EvalResult": "evaluate", "predict": "predict", "load_head": "artifacts", "LoadedHead": "artifacts",
+          "TrainConfig": "config", "HeadSpec": "spec", "HeadError": "errors", "Task": "tasks",
+          "resolve_task": "tasks", "register_task": "registry", "register_head": "registry"}
 
-__all__ = ["train", "evaluate", "predict", "load_head", "TrainConfig", "HeadSpec", "TrainResult", "SeedResult",
-           "EvalResult", "LoadedHead", "HeadError", "__version__"]
+__all__ = [*_WHERE, "__version__"]
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule `heads.train` (or `evaluate`, `predict`) would bind it over the function of the
+    same name on this package; the functions keep their names (the submodules stay in sys.modules)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'heads' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -14,16 +14,21 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+import featstore
 from featstore.io.files import check_can_create
 
-from .config import HeadSpec
+from . import __version__
 from .errors import HeadError, InputError
-from .models import build_head
+from .nets import build_head, reads
+from .registry import task_class
+from .spec import HeadSpec
+from .tasks import Task, task_of_head
 
 FORMAT = "heads-head"
 FORMAT_VERSION = 1
@@ -113,6 +118,36 @@ def save_run(out: str, meta: dict[str, Any], states: dict[int, dict[str, torch.T
         raise
 
 
+def head_meta(cfg: Any, store: Any, spec: HeadSpec, task: Task, layers: list[int], r: Any) -> dict[str, Any]:
+    """head.json: what rebuilds the head, what it fits (store fingerprint), how to re-extract (backbone)."""
+    m = store.manifest
+    model = {k: m["model"].get(k) for k in ("name", "path", "revision", "weights_sha256", "num_layers",
+                                            "hidden_size", "num_parameters", "architecture")}
+    decisions = {str(s.seed): s.decision for s in r.seeds if s.decision}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "tool": {"name": "heads", "version": __version__, "featstore_version": featstore.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "head": spec.kind, "task": spec.task, "architecture": spec.to_json(),
+        **task.to_meta(),
+        "layers": layers, "pooling": spec.pooling,
+        **({"decisions": decisions} if decisions else {}),
+        "store": {"path": store.path, "fingerprint": store.fingerprint, "hidden_size": store.width,
+                  "layers": store.layers, "dtype": store.dtype, "model": model, "tokenizer": m["tokenizer"],
+                  "settings": m["settings"],
+                  "dataset": {"splits": {k: {"sha256": v["sha256"], "n_examples": v["n_examples"]}
+                                         for k, v in m["dataset"]["splits"].items()}}},
+        "backbone": {"name": m["model"].get("name"), "path": m["model"].get("path"), "tokenizer": m["tokenizer"],
+                     "settings": m["settings"], "runtime": m.get("runtime", {}),
+                     "text_column": m["dataset"].get("text_column"), "pair_column": m["dataset"].get("pair_column"),
+                     "num_parameters": m["model"].get("num_parameters")},
+        "training": cfg.to_json(), "splits": r.splits, "seeds": list(cfg.seeds), "best_seed": r.best_seed,
+        "primary_metric": r.primary_metric, "trainable_parameters": r.trainable_parameters,
+        "trainable_percent": r.trainable_percent, "seconds_per_epoch": r.seconds_per_epoch,
+        "metrics": r.summary,
+    }
+
+
 def read_meta(run: str) -> dict[str, Any]:
     """head.json of a head directory, checked for format, version and required keys."""
     if not os.path.isdir(run):
@@ -171,6 +206,9 @@ _META_CHECKS = [
     ("store.dtype", lambda m: m["store"]["dtype"] in ("float16", "bfloat16", "float32")),
     ("backbone", lambda m: isinstance(m["backbone"], dict) and isinstance(m["backbone"].get("name") or
                                                                          m["backbone"].get("path"), str)),
+    ("decisions", lambda m: "decisions" not in m or all(
+        isinstance(d, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d.values())
+        for d in m["decisions"].values())),
     ("backbone.settings", lambda m: _is_int(m["backbone"]["settings"]["max_length"])
         and m["backbone"]["settings"]["max_length"] > 0 and isinstance(m["backbone"]["settings"]["truncation"], str)
         and m["backbone"]["settings"]["dtype"] in ("float16", "bfloat16", "float32")),
@@ -184,6 +222,12 @@ class LoadedHead:
     spec: HeadSpec
     model: torch.nn.Module
     seed: int
+    task: Task  # with the decision settings (e.g. threshold) of this seed
+
+    @property
+    def reads(self) -> str:
+        """`tokens` or `pooled`: the features the saved model takes (tuned top layers always take tokens)."""
+        return "tokens" if "top_layers" in self.meta else reads(self.spec.kind, self.spec.task)
 
     @property
     def label_names(self) -> list[str] | None:
@@ -205,7 +249,8 @@ def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedH
         else len(meta["layers"])
     if spec.n_layers_in != n_in or spec.hidden_size != meta["store"]["hidden_size"]:
         raise HeadError(f"{run}: architecture disagrees with its layers/hidden size; the head is damaged")
-    if spec.task == "classification" and (meta["label_names"] is None or len(meta["label_names"]) != spec.n_outputs):
+    if task_class(spec.task).named_outputs and (meta["label_names"] is None
+                                                or len(meta["label_names"]) != spec.n_outputs):
         raise HeadError(f"{run}: {HEAD_JSON} names {len(meta['label_names'] or [])} labels for a head of "
                         f"{spec.n_outputs} outputs; the head is damaged")
     if seed is None:
@@ -238,4 +283,6 @@ def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedH
 
         model = load_saved(meta, os.path.join(os.path.dirname(path), top.get("weights", "")), model)
     model.to(device).eval()
-    return LoadedHead(run, meta, spec, model, seed)
+    task = task_of_head(meta)
+    task.apply((meta.get("decisions") or {}).get(str(seed), {}))
+    return LoadedHead(run, meta, spec, model, seed, task)

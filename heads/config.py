@@ -1,79 +1,15 @@
-"""Typed configuration for training heads, validated before any feature is read.
-
-`TrainConfig` is what `heads train` takes; `HeadSpec` is what builds a head and is saved in head.json so the
-checkpoint carries the config that built it.
-"""
+"""Typed configuration for training heads, validated before any feature is read: `TrainConfig` is what
+`heads train` takes (`HeadSpec`, in heads.spec, is what builds a head)."""
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from .errors import HeadError, InputError
+from .errors import InputError
+from .registry import HEADS, TASKS, head_class
 
-HEADS = ("ytuning", "linear", "mlp")
-TASKS = ("auto", "classification", "regression", "token", "span")
 SCHEDULES = ("linear", "cosine", "constant")
-DEFAULT_LR = {"ytuning": 1e-3, "linear": 1e-3, "mlp": 1e-3}
-DEFAULT_LAYERS = {"ytuning": "all", "linear": "-1", "mlp": "-1"}
-
-
-@dataclass
-class HeadSpec:
-    """Everything needed to rebuild a head's modules (saved as head.json's `architecture`)."""
-
-    kind: str  # ytuning | linear | mlp
-    task: str  # classification | regression | token | span
-    n_outputs: int  # number of labels; 1 for regression
-    hidden_size: int  # D of the stored features
-    n_layers_in: int  # L: how many stored layers the head reads
-    d_head: int = 128  # Y-Tuning width; hidden width of mlp
-    n_layers: int = 2  # Y-Tuning label blocks
-    n_heads: int = 4
-    dropout: float = 0.1
-    ffn_mult: int = 4
-    pooling: str | None = None  # cls | mean for linear/mlp; None for ytuning (reads tokens)
-    target_mean: float = 0.0  # regression targets are standardised with train statistics
-    target_std: float = 1.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.kind not in HEADS:
-            problems.append(f"head {self.kind!r}: use one of {', '.join(HEADS)}")
-        if self.task not in TASKS[1:]:
-            problems.append(f"task {self.task!r}: use one of {', '.join(TASKS[1:])}")
-        for name in ("n_outputs", "hidden_size", "n_layers_in", "d_head", "n_layers", "n_heads", "ffn_mult"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                problems.append(f"{name} = {v!r}: must be a positive integer")
-        if isinstance(self.d_head, int) and isinstance(self.n_heads, int) and self.n_heads > 0 \
-                and self.kind == "ytuning" and self.d_head % self.n_heads:
-            problems.append(f"--d-head {self.d_head} is not divisible by --n-heads {self.n_heads}")
-        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            problems.append(f"--dropout {self.dropout!r}: must be in [0, 1)")
-        if self.kind != "ytuning" and self.task in ("classification", "regression") and \
-                self.pooling not in ("cls", "mean"):
-            problems.append(f"--pooling {self.pooling!r}: use cls or mean")
-        if not isinstance(self.target_std, (int, float)) or self.target_std <= 0:
-            problems.append(f"target_std {self.target_std!r}: must be positive")
-        if problems:
-            raise InputError("; ".join(problems))
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: Any, source: str) -> "HeadSpec":
-        if not isinstance(d, dict):
-            raise HeadError(f"{source}: `architecture` is not an object; the head directory is damaged")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise HeadError(f"{source}: unknown architecture keys {unknown}; written by a newer heads?")
-        try:
-            return cls(**d)
-        except (TypeError, InputError) as e:
-            raise HeadError(f"{source}: invalid architecture ({e}); the head directory is damaged")
 
 
 @dataclass
@@ -117,10 +53,10 @@ class TrainConfig:
     backbone: str | None = None  # the backbone's directory when the one named in the store moved
 
     def __post_init__(self) -> None:
-        if self.layers is None and self.head in DEFAULT_LAYERS:
-            self.layers = DEFAULT_LAYERS[self.head]
-        if self.lr is None and self.head in DEFAULT_LR:
-            self.lr = DEFAULT_LR[self.head]
+        if self.head in HEADS and (self.layers is None or self.lr is None):
+            kind = head_class(self.head)
+            self.layers = kind.default_layers if self.layers is None else self.layers
+            self.lr = kind.default_lr if self.lr is None else self.lr
         self.dev_split = none_if_none(self.dev_split)
         self.test_split = none_if_none(self.test_split)
 
@@ -128,8 +64,8 @@ class TrainConfig:
         p = []
         if self.head not in HEADS:
             p.append(f"head {self.head!r}: use one of {', '.join(HEADS)}")
-        if self.task not in TASKS:
-            p.append(f"--task {self.task!r}: use one of {', '.join(TASKS)}")
+        if self.task != "auto" and self.task not in TASKS:
+            p.append(f"--task {self.task!r}: use auto or one of {', '.join(TASKS)}")
         if not self.out:
             p.append("--out is required: the directory the head is written to")
         if not _pos_int(self.epochs):
@@ -155,20 +91,23 @@ class TrainConfig:
         for name in ("d_head", "n_layers", "n_heads"):
             if not _pos_int(getattr(self, name)):
                 p.append(f"--{name.replace('_', '-')} {getattr(self, name)!r}: must be a positive integer")
-        if self.head == "ytuning" and _pos_int(self.d_head) and _pos_int(self.n_heads) and self.d_head % self.n_heads:
-            p.append(f"--d-head {self.d_head} is not divisible by --n-heads {self.n_heads}")
+        kind = head_class(self.head) if self.head in HEADS else None
+        if kind is not None and _pos_int(self.d_head) and _pos_int(self.n_heads):
+            p += kind.size_problems(self.d_head, self.n_heads)
         if not 0 <= self.dropout < 1:
             p.append(f"--dropout {self.dropout!r}: must be in [0, 1)")
         if not _nonneg_int(self.tune_top_layers):
             p.append(f"--tune-top-layers {self.tune_top_layers!r}: must be a non-negative integer")
-        elif self.tune_top_layers and self.head not in ("ytuning", "linear"):
-            p.append(f"--tune-top-layers works with ytuning and linear heads, not {self.head}")
+        elif self.tune_top_layers and kind is not None and not kind.tunes_top_layers:
+            able = " and ".join(k for k in HEADS if head_class(k).tunes_top_layers)
+            p.append(f"--tune-top-layers works with {able} heads, not {self.head}")
         if not isinstance(self.top_lr, (int, float)) or not 0 <= self.top_lr < float("inf"):
             p.append(f"--top-lr {self.top_lr!r}: must be >= 0 (0 keeps the top layers frozen)")
         if self.label_init not in ("random", "prior"):
             p.append(f"--label-init {self.label_init!r}: use random or prior")
-        elif self.label_init == "prior" and self.head != "ytuning":
-            p.append("--label-init prior applies to ytuning heads only")
+        elif self.label_init == "prior" and kind is not None and not kind.label_queries:
+            able = ", ".join(k for k in HEADS if head_class(k).label_queries)
+            p.append(f"--label-init prior applies to {able} heads only")
         if self.pooling not in ("cls", "mean"):
             p.append(f"--pooling {self.pooling!r}: use cls or mean")
         if self.threads is not None and not _pos_int(self.threads):

@@ -12,7 +12,7 @@ A background thread assembles batches into a bounded queue while a second one re
 blocks, so reading, batching and training overlap and the device never waits on the store. Stored
 float16 is converted per batch, never for a whole split. 8-bit codes are held in RAM as codes (a quarter of
 float32) and decoded per batch: on this thread for a CPU, or moved as codes and decoded on a GPU
-(`codes_out`, `heads.task.to_device`). No torch here: batches are numpy arrays.
+(`codes_out`, `heads.runtime.to_device`). No torch here: batches are numpy arrays.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from featstore.errors import StoreError
 from featstore.io.background import read_ahead
 from featstore.store import Split, Store
 from featstore.store.encoding import decode, is_coded, read_itemsize
@@ -103,6 +104,14 @@ class TokenSource:
         parts = [self.codec.decode(block.codes[a:b], block.scale[a:b], int(block.seg[a])) for a, b in
                  zip(self.offsets[start:stop] - base, self.offsets[start + 1:stop + 1] - base) if b > a]
         return np.concatenate(parts) if parts else np.zeros((0, self.n_layers, self.hidden), np.float32)
+
+    def input_stats(self, max_tokens: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of token inputs (L*D,) over up to `max_tokens` tokens (a per-token probe's
+        standardisation)."""
+        n = len(self)
+        stop = int(np.searchsorted(self.offsets, min(max_tokens, int(self.offsets[-1])), side="left"))
+        x = self.read_float(0, max(1, min(stop, n))).reshape(-1, self.n_layers * self.hidden).astype(np.float64)
+        return x.mean(0), x.std(0)
 
     def batch(self, block: np.ndarray | Coded, block_start: int, idx: np.ndarray, dtype: Any,
               codes_out: bool = False) -> Batch:
@@ -197,6 +206,17 @@ class PooledSource:
     def batch(self, block: np.ndarray, block_start: int, idx: np.ndarray, dtype: Any,
               codes_out: bool = False) -> Batch:
         return Batch(block[idx - block_start].astype(dtype), None, None, idx)  # (B, L, D)
+
+    def input_stats(self, rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the pooled inputs (N, L*D), accumulated in float64 a slice at a time (no full copy)."""
+        x = self.x.reshape(len(self.x), -1)
+        s, ss = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+        for a in range(0, len(x), rows):
+            part = x[a:a + rows].astype(np.float64)
+            s += part.sum(0)
+            ss += np.square(part).sum(0)
+        mean = s / len(x)
+        return mean, np.sqrt(np.maximum(ss / len(x) - mean ** 2, 0.0))
 
 
 Source = TokenSource | PooledSource
@@ -314,3 +334,38 @@ def held_token_bytes(store: Store, n_layers: int) -> int:
 
 def token_bytes(split: Split, n_layers: int) -> int:
     return split.n_tokens * held_token_bytes(split.store, n_layers)
+
+
+def check_splits(store: Store, train: str | None, dev: str | None, test: str | None) -> None:
+    """Every named split exists; the messages say how to proceed without a dev or test split."""
+    have = store.splits
+    p = []
+    if train is not None and train not in have:
+        p.append(f"store {store.path} has no split {train!r} to train on; its splits are {', '.join(have)} "
+                 "(use --train-split)")
+    if dev is not None and dev not in have:
+        p.append(f"store {store.path} has no dev split {dev!r} for model selection (its splits: {', '.join(have)}); "
+                 "pass --dev-split NAME, or --dev-split none to keep the last epoch without early stopping")
+    if test is not None and test not in have:
+        p.append(f"store {store.path} has no test split {test!r} (its splits: {', '.join(have)}); "
+                 "pass --test-split NAME, or --test-split none")
+    if p:
+        raise StoreError("; ".join(p))
+
+
+def make_sources(store: Store, names: Sequence[str], reads: str, layers: Sequence[int], pooling: str | None,
+                 max_memory: int) -> tuple[dict[str, Source], dict[str, bool]]:
+    """One source per split of `tokens` or `pooled` vectors; token splits are held in RAM in the given order
+    while they fit under `max_memory`."""
+    sources, in_ram, budget = {}, {}, max_memory
+    for name in dict.fromkeys(names):
+        split = store.split(name)
+        if reads == "tokens":
+            need = token_bytes(split, len(layers))
+            in_ram[name] = need <= budget
+            budget -= need if in_ram[name] else 0
+            sources[name] = StoreTokens(split, layers, in_ram[name])
+        else:
+            in_ram[name] = True  # pooled vectors: one per example, always small
+            sources[name] = PooledSource.from_split(split, layers, pooling)
+    return sources, in_ram

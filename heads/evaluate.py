@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from featstore.device import pick_device
@@ -12,10 +11,10 @@ from featstore.store import open_store
 from featstore.store.manifest import diff_settings
 
 from .artifacts import LoadedHead, load_head
-from .data import Loader, default_max_memory
+from .data import Loader, default_max_memory, make_sources
 from .errors import HeadError, InputError
-from .metrics import compute
-from .task import batch_dtype, infer, make_sources, resolve_task, torch_threads
+from .runtime import batch_dtype, score, torch_threads
+from .tasks import resolve_task
 
 
 @dataclass(kw_only=True)
@@ -80,72 +79,22 @@ def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: in
     try:
         check_compatible(head, st)
         sp = st.split(split)
-        if head.spec.task in ("token", "span"):
-            return _evaluate_seq(run, store, st, sp, head, batch_size, dev, max_memory)
-        lt = resolve_task(st, head.meta["label_column"], head.spec.task)
-        if lt.label_names != head.label_names:
-            raise HeadError(f"store {st.path}: labels of column {lt.column!r} are {lt.label_names}, the head's are "
-                            f"{head.label_names}; they must be the same, in the same order")
+        task = head.task
+        have = resolve_task(st, task.name, task.column)
+        if have.label_names != task.label_names:
+            raise HeadError(f"store {st.path}: labels of column {task.column!r} are {have.label_names}, the head's are "
+                            f"{task.label_names}; they must be the same, in the same order")
         budget = max_memory if max_memory is not None else default_max_memory()
-        tuned = "top_layers" in head.meta  # tuned top layers read tokens of the stored layer N-m, for any head
-        sources, _ = make_sources(st, [split], "ytuning" if tuned else head.spec.kind, head.layers,
-                                  None if tuned else head.spec.pooling, budget)
-        y = lt.targets(sp)
-        loader = Loader(sources[split], y, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype),
+        sources, _ = make_sources(st, [split], head.reads, head.layers, head.spec.pooling, budget)
+        loader = Loader(sources[split], None, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype),
                         codes_out=dev.type == "cuda")
-        out = infer(head.model, head.spec, loader, dev)
-        metrics = compute(lt.task, y, out, lt.n_outputs)
-        preds = _predictions(head, out, y, sp)
-        primary = head.meta["primary_metric"]
-        return EvalResult(run=run, store=store, split=split, seed=head.seed, task=lt.task, primary_metric=primary,
-                          metrics=metrics, n_examples=sp.n_examples, predictions=preds)
+        gold = task.gold(sp)
+        metrics, outputs, preds = score(head.model, task, head.spec, loader, gold, dev)
+        ids, rows = sp.example_ids, sp.rows
+        recs = [{"id": ids[i], "row": int(rows[i]), **task.eval_record(i, outputs, preds, gold)}
+                for i in sp.input_order()]
+        return EvalResult(run=run, store=store, split=split, seed=head.seed, task=task.name,
+                          primary_metric=head.meta["primary_metric"], metrics=metrics, n_examples=sp.n_examples,
+                          predictions=recs)
     finally:
         st.close()
-
-
-def _predictions(head: LoadedHead, out: np.ndarray, y: np.ndarray, sp: Any) -> list[dict[str, Any]]:
-    ids, rows = sp.example_ids, sp.rows
-    names = head.label_names
-    recs = []
-    for i in sp.input_order():
-        r: dict[str, Any] = {"id": ids[i], "row": int(rows[i])}
-        if head.spec.task == "classification":
-            r["label"] = names[int(out[i].argmax())]
-            r["target"] = names[int(y[i])]
-            r["probabilities"] = {n: float(p) for n, p in zip(names, out[i])}
-        else:
-            r["prediction"] = float(out[i])
-            r["target"] = float(y[i])
-        recs.append(r)
-    return recs
-
-
-def _evaluate_seq(run: str, store: str, st: Any, sp: Any, head: LoadedHead, batch_size: int, dev: torch.device,
-                  max_memory: int | None) -> EvalResult:
-    """Token / span heads: word-level tags or answer texts decoded and scored against the store's gold."""
-    from .seqpredict import seq_task_of
-    from .seqtask import infer_tokens, resolve_seq_task
-
-    lt = resolve_seq_task(st, head.spec.task, head.meta.get("label_column"))
-    if lt.label_names != head.label_names:
-        raise HeadError(f"store {st.path}: tags are {lt.label_names}, the head's are {head.label_names}")
-    lt.scheme, lt.null_answers = seq_task_of(head).scheme, seq_task_of(head).null_answers
-    budget = max_memory if max_memory is not None else default_max_memory()
-    sources, _ = make_sources(st, [sp.name], "ytuning", head.layers, None, budget)
-    loader = Loader(sources[sp.name], None, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype),
-                    codes_out=dev.type == "cuda")
-    align = lt.alignment(sp)
-    preds = lt.decode(infer_tokens(head.model, loader, dev), align)
-    ids, rows = sp.example_ids, sp.rows
-    recs = []
-    for i in sp.input_order():
-        r: dict[str, Any] = {"id": ids[i], "row": int(rows[i])}
-        if lt.task == "token":
-            r["tags"], r["target"] = preds[i], align.gold[i]["tags"]
-        else:
-            r["answer"], r["start"], r["end"] = preds[i]
-            r["target"] = align.gold[i]["answers"]
-        recs.append(r)
-    return EvalResult(run=run, store=store, split=sp.name, seed=head.seed, task=lt.task,
-                      primary_metric=head.meta["primary_metric"], metrics=lt.score(preds, align),
-                      n_examples=sp.n_examples, predictions=recs)

@@ -3,7 +3,7 @@
 A `linear` head on one layer's pooled vector becomes a plain `weight` (Y, D) and `bias` (Y,) with the input
 standardisation folded in, so `logits = pool(backbone(x)) @ weight.T + bias` on top of the backbone gives the
 head's predictions (head-first fine-tuning: LP-FT, EH-FT). Other heads are exported as their state dict; the
-metadata carries the architecture to rebuild them with `heads.models.build_head`.
+metadata carries the architecture to rebuild them with `heads.nets.build_head`.
 
 A head trained with `--tune-top-layers` also writes `<out>.backbone.safetensors`: the tuned layers under the full
 model's state-dict names (as a saved `AutoModel`), so `model.load_state_dict(tensors, strict=False)` puts them in
@@ -42,16 +42,7 @@ def export_head(run: str, out: str, seed: int | None = None) -> dict[str, str]:
             "label_names": json.dumps(head.label_names), "pooling": str(spec.pooling),
             "architecture": json.dumps(spec.to_json()), "store_fingerprint": head.meta["store"]["fingerprint"],
             "backbone": str(head.meta.get("backbone", {}).get("name"))}
-    if spec.kind == "linear":
-        lin = net.net[-1]
-        std, mean = net.in_std, net.in_mean  # (L*D,)
-        weight = lin.weight / std  # (Y, L*D)
-        bias = lin.bias - (lin.weight * (mean / std)).sum(1)  # (Y,)
-        if spec.task == "regression":  # outputs are standardised targets: undo it here
-            weight, bias = weight * spec.target_std, bias * spec.target_std + spec.target_mean
-        tensors = {"weight": weight, "bias": bias}
-    else:
-        tensors = dict(net.state_dict())
+    tensors = net.export_tensors()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if tuned:
         from .top_layers import export_full_keys

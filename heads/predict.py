@@ -1,24 +1,23 @@
-"""`heads predict`: raw text -> backbone features (the store's settings) -> head -> label and probabilities.
+"""`heads predict`: raw text -> backbone features (the store's settings) -> head -> the task's predictions.
 
 The only module of `heads` that loads a backbone (and so imports `transformers`, lazily, through
-featstore.models). Extraction reuses featstore's own tokenizer call and forward pass, so a text that is in
-the store gets the same features here (up to the store dtype's rounding) as it got at extraction.
+featstore.extract). Features come from `featstore.extract.featurise`, extraction's own tokenization (and
+word/offset alignment for token and span tasks) and forward pass, so a text that is in the store gets the
+same features here as it got at extraction.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from featstore.device import pick_device
 from featstore.extract.inputs import SplitData
-from featstore.store.encoding import from_stored
 
-from .artifacts import LoadedHead, load_head
+from .artifacts import PROJECTION, LoadedHead, load_head
 from .data import ArrayTokens, Loader, PooledSource
 from .errors import HeadError, InputError
-from .task import batch_dtype, infer
+from .runtime import batch_dtype, infer
 
 
 def load_backbone(head: LoadedHead, model: str | None = None, verify: bool = True) -> Any:
@@ -42,50 +41,28 @@ def load_backbone(head: LoadedHead, model: str | None = None, verify: bool = Tru
     return lm
 
 
-def extract_features(head: LoadedHead, lm: Any, texts: Sequence[str], pairs: Sequence[str] | None,
-                     batch_size: int, device: str) -> tuple[Any, np.ndarray]:
-    """Features of raw texts exactly as `featstore extract` stores them; returns (source, order).
-
-    `order[j]` is the input index of the j-th example of the source (length-sorted, like a store).
-    """
-    import torch
-
-    from featstore.extract.forward import forward_batch
-    from featstore.extract.models import truncate_after
-    from featstore.extract.plan import storage_order, tokenize
+def extract_features(head: LoadedHead, lm: Any, split: SplitData, batch_size: int, device: str) -> Any:
+    """Features of raw texts exactly as `featstore extract` stores them (`featstore.extract.featurise`)."""
+    from featstore.extract.featurise import featurise
 
     bb = head.meta["backbone"]
-    settings = bb["settings"]
-    split = SplitData("predict", "<predict>", list(texts), list(pairs) if pairs is not None else None,
-                      [f"text-{i}" for i in range(len(texts))])
-    tok = tokenize(lm.tokenizer, split, settings["max_length"], settings["truncation"])
     layers = head.layers
     if max(layers) > lm.num_layers:
         raise HeadError(f"head {head.run} reads layer {max(layers)}, but its backbone has {lm.num_layers} layers; "
                         "the head does not belong to this backbone")
-    truncate_after(lm.model, max(layers))
     runtime = bb.get("runtime") or {}
     compute = runtime.get("compute_dtype", "float32") if device.startswith("cuda") else "float32"
-    lm.model.to(device=device, dtype=getattr(torch, compute))
-    order = storage_order(tok.lengths)
-    dtype = settings["dtype"]
-    parts: list[dict[str, np.ndarray]] = []
-    projection = head_projection(head, layers, device)
-    for a in range(0, len(order), batch_size):
-        parts.append(forward_batch(lm, tok, split, order[a:a + batch_size], layers, dtype, device, {}, projection))
-    if head.spec.kind == "ytuning" or "top_layers" in head.meta:  # tuned top layers run on tokens
-        flat = np.stack([from_stored(np.concatenate([p[f"L{k}/tokens"] for p in parts]), dtype) for k in layers],
-                        axis=1)  # (N_tokens, L, D)
-        return ArrayTokens(flat, tok.lengths[order]), order
-    kind = head.spec.pooling
-    x = np.stack([from_stored(np.concatenate([p[f"L{k}/{kind}"] for p in parts]), dtype) for k in layers], axis=1)
-    return PooledSource(x), order  # (N, L, D)
+    return featurise(lm, split, bb["settings"], layers, task=head.task.extraction_task,
+                     keep="tokens" if head.reads == "tokens" else head.spec.pooling, batch_size=batch_size,
+                     device=device, compute_dtype=compute, projection=head_projection(head, layers, device))
 
 
 def predict(run: str, texts: Sequence[str], pairs: Sequence[str] | None = None, *, seed: int | None = None,
             model: str | None = None, batch_size: int = 32, device: str = "auto",
             verify_backbone: bool = True) -> list[dict[str, Any]]:
-    """Label and probabilities (or a value, for regression) for each raw text, in input order."""
+    """Predictions for raw texts, in input order: a label and probabilities (or a value) per text; tags and
+    entities per sentence for token heads; an answer per (context, question) for span heads (`texts` are the
+    contexts, `pairs` the questions)."""
     texts = list(texts)
     if not texts:
         raise InputError("nothing to predict: give --text or --input")
@@ -96,35 +73,17 @@ def predict(run: str, texts: Sequence[str], pairs: Sequence[str] | None = None, 
         raise InputError(f"--batch-size {batch_size}: must be positive")
     dev = torch.device(pick_device(device))
     head = load_head(run, seed, device=str(dev))
-    if head.spec.task in ("token", "span"):  # texts are sentences, or contexts with `pairs` their questions
-        from .seqpredict import predict_seq
-
-        return predict_seq(head, load_backbone(head, model, verify_backbone), texts, pairs, batch_size, dev)
-    pair_column = head.meta["backbone"].get("pair_column")
-    if pair_column and pairs is None:
-        raise InputError(f"head {run} was trained on text pairs ({pair_column!r}); give a --text-pair for every --text")
-    if not pair_column and pairs is not None:
-        raise InputError(f"head {run} was trained on single texts; drop the text pairs")
-    if pairs is not None and len(pairs) != len(texts):
-        raise InputError(f"{len(texts)} texts but {len(pairs)} text pairs; give one pair per text")
+    task = head.task
+    split, prepared = task.predict_split(texts, pairs, head.meta["backbone"])
     lm = load_backbone(head, model, verify_backbone)
-    source, order = extract_features(head, lm, texts, pairs, batch_size, str(dev))
+    feats = extract_features(head, lm, split, batch_size, str(dev))
+    source = ArrayTokens(feats.tokens, feats.lengths) if feats.tokens is not None else PooledSource(feats.pooled)
     loader = Loader(source, None, batch_size, shuffle=False, dtype=batch_dtype(dev, head.meta["store"]["dtype"]))
-    out_sorted = infer(head.model, head.spec, loader, dev)
-    out = np.empty_like(out_sorted)
-    out[order] = out_sorted
-    names = head.label_names
-    recs = []
-    for i, t in enumerate(texts):
-        r: dict[str, Any] = {"text": t}
-        if pairs is not None:
-            r["pair"] = pairs[i]
-        if head.spec.task == "classification":
-            r["label"] = names[int(out[i].argmax())]
-            r["probabilities"] = {n: float(p) for n, p in zip(names, out[i])}
-        else:
-            r["prediction"] = float(out[i])
-        recs.append(r)
+    outputs = infer(head.model, task, head.spec, loader, dev)  # storage order
+    preds = task.decode(outputs, task.predict_gold(prepared, feats))
+    recs: list[dict[str, Any]] = [{} for _ in texts]
+    for j, i in enumerate(feats.order):
+        recs[int(i)] = task.predict_record(int(i), j, prepared, outputs, preds)
     return recs
 
 
@@ -168,8 +127,6 @@ def head_projection(head: LoadedHead, layers: list[int], device: str) -> dict[in
     import os
 
     from safetensors.torch import load_file
-
-    from .artifacts import PROJECTION
 
     path = os.path.join(head.run, PROJECTION)
     if not os.path.isfile(path):

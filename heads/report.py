@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any
 
 from .evaluate import EvalResult
-from .metrics import METRICS
 from .train import TrainResult
 
 
@@ -15,7 +14,7 @@ def _count(n: int | None) -> str:
 
 
 def format_train(r: TrainResult) -> str:
-    metrics = METRICS.get(r.task) or list(next(iter(r.summary.values())))
+    metrics = list(next(iter(r.summary.values())))
     seeds = [s.seed for s in r.seeds]
     role = {v: k for k, v in r.splits.items() if v is not None}
     lines = [f"{r.head} on {r.label_column!r} ({r.task}), layers {r.layers}, seeds {','.join(map(str, seeds))}; "
@@ -35,6 +34,10 @@ def format_train(r: TrainResult) -> str:
                  + (f" ({pct:.3f}% of the {_count(r.backbone_parameters)}-parameter backbone)" if pct is not None else ""))
     best_epochs = ", ".join(f"seed {s.seed}: {s.best_epoch}/{s.epochs_run}" for s in r.seeds)
     lines.append(f"time per epoch {r.seconds_per_epoch:.2f} s on {r.device}; best epoch ({best_epochs})")
+    chosen = [f"seed {s.seed}: " + ", ".join(f"{k} {v:g}" for k, v in s.decision.items()) for s in r.seeds
+              if s.decision]
+    if chosen:  # decision settings the task chose on dev (e.g. a multi-label threshold), kept in head.json
+        lines.append(f"chosen on {r.splits.get('dev') or r.splits['train']}: {'; '.join(chosen)}")
     lines.append(f"mean ± sample std over {len(seeds)} seed(s); best seed {r.best_seed} (by "
                  f"{r.splits.get('dev') or r.splits['train']}) saved to {r.out}")
     return "\n".join(lines)
@@ -43,20 +46,6 @@ def format_train(r: TrainResult) -> str:
 def format_eval(r: EvalResult) -> str:
     cells = "  ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
     return f"{r.run} on {r.store} [{r.split}] ({r.n_examples:,} examples, seed {r.seed}): {cells}"
-
-
-def format_prediction(rec: dict[str, Any], top: int = 3) -> str:
-    if "entities" in rec:  # token heads: entities with character offsets (tags when the tag set has no scheme)
-        ents = [f"{e['type']}[{e['start']}:{e['end']}]={e['text']!r}" for e in rec["entities"]]
-        return ("  ".join(ents) if ents else " ".join(rec["tags"]) if rec["tags"] else "-") + f"\t{rec['text']}"
-    if "answer" in rec:  # span heads: the answer and its offsets in the context
-        where = f"[{rec['start']}:{rec['end']}]" if rec["answer"] else "(no answer)"
-        return f"{rec['answer']!r} {where}\t{rec['question']}"
-    text = rec["text"] if len(rec["text"]) <= 60 else rec["text"][:57] + "..."
-    if "label" in rec:
-        probs = sorted(rec["probabilities"].items(), key=lambda kv: -kv[1])[:top]
-        return f"{rec['label']}\t" + "  ".join(f"{k}={v:.3f}" for k, v in probs) + f"\t{text}"
-    return f"{rec['prediction']:.4f}\t{text}"
 
 
 def compare_runs(runs: list[str]) -> list[dict[str, Any]]:

@@ -6,9 +6,9 @@ DeBERTa-v2's relative-position embeddings and their LayerNorm, which every layer
 costs the forward and backward of m layers on stored inputs instead of all N: about m/N of fine-tuning's.
 
 What the head reads (`plan_top`):
-    ytuning  the selected stored layers up to N-m, as stored, plus every tuned layer's output (N-m+1 .. N);
-             stored layers above N-m are never read (the tuned layers recompute them).
-    linear   the tuned last layer N, pooled (cls or mean) inside the model from its token outputs.
+    tokens (ytuning)  the selected stored layers up to N-m, as stored, plus every tuned layer's output
+                      (N-m+1 .. N); stored layers above N-m are never read (the tuned layers recompute them).
+    pooled (linear)   the tuned last layer N, pooled (cls or mean) inside the model from its token outputs.
 
 Weights check: a store's `weights_sha256` covers every tensor of the backbone and cannot be recomputed from m
 layers. Extraction also records `part_sha256` (one hash per encoder layer and one of the encoder's shared
@@ -62,9 +62,10 @@ class CheckpointRead:
         return asdict(self)
 
 
-def plan_top(manifest: dict[str, Any], store_layers: Sequence[int], m: int, head: str,
+def plan_top(manifest: dict[str, Any], store_layers: Sequence[int], m: int, feature: str,
              selected: Sequence[int]) -> TopPlan:
-    """Check the store can feed the top m layers; one line for each refusal."""
+    """Check the store can feed the top m layers of a head reading `feature` (tokens | pooled); one line for
+    each refusal."""
     model = manifest["model"]
     settings = manifest["settings"]
     mt = (model.get("config") or {}).get("model_type")
@@ -85,14 +86,12 @@ def plan_top(manifest: dict[str, Any], store_layers: Sequence[int], m: int, head
     if first not in store_layers:
         raise StoreError(f"--tune-top-layers {m} feeds the stored layer {first} (hidden_states[{n}-{m}]) to the "
                          f"tuned layers; this store holds {list(store_layers)}: re-extract with --layers including {first}")
-    if head == "ytuning":
+    if feature == "tokens":
         low = [k for k in selected if k <= first]
         head_layers = low + list(range(first + 1, n + 1))
         read = sorted(set(low) | {first})
-    elif head == "linear":
+    else:  # pooled: the tuned last layer, pooled inside the model
         head_layers, read = [n], [first]
-    else:
-        raise InputError(f"--tune-top-layers works with ytuning and linear heads, not {head}")
     return TopPlan(m=m, num_layers=n, input_layer=first, read_layers=read, head_layers=head_layers, model_type=mt)
 
 
@@ -279,7 +278,7 @@ def pooled_stats(model: TunedModel, loader: Any, device: torch.device) -> tuple[
     """Mean and std of the initial pooled features over the training split (a linear head's standardisation)."""
     import numpy as np
 
-    from .task import to_device
+    from .runtime import to_device
 
     model.eval()
     s = ss = None
@@ -327,3 +326,46 @@ def load_saved(meta: dict[str, Any], path: str, head: nn.Module) -> TunedModel:
     except Exception as e:  # noqa: BLE001 - any failure to parse means a damaged file
         raise HeadError(f"{path} is corrupt or not a safetensors file ({type(e).__name__}); re-train or re-copy it")
     return build_saved(meta, state, head)
+
+
+@dataclass
+class TopSetup:
+    """Tuned top layers for a training run: the plan, the layers as loaded, what was read to load them."""
+
+    plan: TopPlan
+    top0: TopLayers
+    read: CheckpointRead
+    top_lr: float
+    weight_decay: float
+    config: dict[str, Any]  # the backbone's, from the store's manifest
+
+    def wrap(self, head: nn.Module, spec: Any, train_loader: Any, device: torch.device
+             ) -> tuple[nn.Module, list[dict[str, Any]], nn.Module | None]:
+        """A fresh copy of the top layers under `head`: (model, their parameter groups, the part kept frozen)."""
+        import copy
+
+        from .trainer import param_groups
+
+        layers_top = copy.deepcopy(self.top0)
+        model = TunedModel(layers_top, head, self.plan, spec.pooling).to(device)
+        if hasattr(head, "set_input_stats"):  # a probe standardises the pooled tuned features
+            head.set_input_stats(*pooled_stats(model, train_loader, device))
+        frozen = self.top_lr == 0
+        layers_top.requires_grad_(not frozen)
+        groups = [] if frozen else param_groups(layers_top, self.weight_decay, self.top_lr)
+        return model, groups, layers_top if frozen else None
+
+    def meta(self, cfg: Any, pooling: str | None) -> dict[str, Any]:
+        """head.json fields: eval and predict read `layers` from a store or a truncated backbone."""
+        return {"layers": self.plan.read_layers,
+                "top_layers": {"plan": asdict(self.plan), "head_layers": self.plan.head_layers, "top_lr": cfg.top_lr,
+                               "pooling": pooling, "weights": TOP_WEIGHTS,
+                               "config": self.config, "checkpoint": self.read.to_json()}}
+
+
+def setup_top(manifest: dict[str, Any], store_layers: Sequence[int], cfg: Any, feature: str,
+              selected: Sequence[int]) -> TopSetup:
+    plan = plan_top(manifest, store_layers, cfg.tune_top_layers, feature, selected)
+    top0, read = load_top_layers(manifest, plan.m, cfg.backbone)
+    return TopSetup(plan=plan, top0=top0, read=read, top_lr=cfg.top_lr, weight_decay=cfg.weight_decay,
+                    config=manifest["model"]["config"])

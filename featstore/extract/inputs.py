@@ -12,17 +12,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .multilabel import binary_columns, encode_multilabel, is_list
 
-LABEL_KINDS = ("auto", "class", "regression")
+LABEL_KINDS = ("auto", "class", "regression", "multilabel")
 
 
 @dataclass
 class LabelColumn:
-    """A target column: `class` columns carry a vocabulary, `regression` columns float targets."""
+    """A target column: `class` columns carry a vocabulary, `regression` columns float targets, `multilabel`
+    columns a (N, K) 0/1 array and its K label names."""
 
     name: str
-    kind: str  # "class" | "regression"
-    names: list[str] | None = None  # vocabulary for class columns, index = target id
+    kind: str  # "class" | "regression" | "multilabel"
+    names: list[str] | None = None  # vocabulary for class and multilabel columns, index = target id
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "names": self.names}
@@ -64,13 +66,22 @@ class Dataset:
     id_column: str | None
 
 
-def parse_label_spec(spec: str) -> tuple[str, str]:
-    """`label` -> ("label", "auto"); `score:regression` -> ("score", "regression")."""
+def parse_label_spec(spec: str) -> tuple[str, str, list[str] | None]:
+    """`label` -> ("label", "auto", None); `score:regression` -> ("score", "regression", None);
+    `topics=sport,tech` -> ("topics", "multilabel", ["sport", "tech"]): 0/1 columns named together."""
+    if "=" in spec:
+        name, _, cols = spec.partition("=")
+        sources = [c.strip() for c in cols.split(",") if c.strip()]
+        if not name or not sources or len(set(sources)) != len(sources):
+            raise InputError(f"bad label column {spec!r}: use NAME=COL1,COL2,... to name 0/1 columns together "
+                             "(each column once)")
+        return name, "multilabel", sources
     name, _, kind = spec.partition(":")
     kind = kind or "auto"
     if not name or kind not in LABEL_KINDS:
-        raise InputError(f"bad label column {spec!r}: use NAME or NAME:class or NAME:regression")
-    return name, kind
+        raise InputError(f"bad label column {spec!r}: use NAME, NAME:class, NAME:regression, NAME:multilabel or "
+                         "NAME=COL1,COL2,...")
+    return name, kind, None
 
 
 def parse_split_specs(specs: list[str]) -> dict[str, str]:
@@ -225,12 +236,14 @@ def load_dataset(
         else:
             ids = [f"{name}-{i}" for i in range(len(texts))]
         raw = {}
-        for col, _ in label_specs:
+        for col, _, sources in label_specs:
+            if sources:
+                cols[col] = binary_columns(cols, sources, name, path)
             if col not in cols:
                 raise InputError(f"split {name!r} ({path}): label column {col!r} not found; columns are {sorted(cols)}")
             raw[col] = cols[col]
         splits[name] = SplitData(name, path, texts, pairs, ids, raw)
-    label_cols = [encode_labels(col, kind, splits) for col, kind in label_specs]
+    label_cols = [encode_labels(col, kind, splits, sources) for col, kind, sources in label_specs]
     return Dataset(splits, label_cols, text_column, pair_column, id_column)
 
 
@@ -257,7 +270,11 @@ def _missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() == "nan"  # how a missing float prints
 
 
-def encode_labels(col: str, kind: str, splits: dict[str, SplitData]) -> LabelColumn:
+def encode_labels(col: str, kind: str, splits: dict[str, SplitData], names: list[str] | None = None) -> LabelColumn:
+    """Targets of column `col` in every split (`targets[col]`); `names`: the label names of 0/1 columns named
+    together (multilabel)."""
+    if kind == "multilabel" or (kind == "auto" and any(is_list(v) for s in splits.values() for v in s.raw_labels[col])):
+        return LabelColumn(col, "multilabel", encode_multilabel(col, splits, names))
     for s in splits.values():
         for i, v in enumerate(s.raw_labels[col]):
             if _missing(v):

@@ -24,6 +24,7 @@ from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, f
 from ..store.projection import array_names as projection_arrays
 from ..testhooks import fail_at_segment
 from .config import ExtractConfig, ExtractSummary
+from .featurise import tokenize_split
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_model_layers, tokenizer_hash, \
@@ -31,7 +32,7 @@ from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_m
 from .plan import Segment, Tokenized, assign_shares, plan_batches, plan_segments, storage_order, tokenize
 from .projection_fit import fit_projection, load_projection
 from .ranks import barrier, distributed, sum_over_ranks
-from .tasks import TaskInfo, gold_records, load_span_dataset, load_token_dataset, tokenize_task
+from .tasks import TaskInfo, gold_records, load_span_dataset, load_token_dataset
 from .writer import SegmentJob, SegmentWriter
 
 MiB = 1 << 20
@@ -116,7 +117,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         raise InputError(f"--project {cfg.project} exceeds the model's hidden size {lm.hidden_size}; choose a smaller "
                          f"width (e.g. {lm.hidden_size // 4})")
     if task is not None:  # token/span alignment needs every row's words and offsets: no sliced tokenizing
-        toks = {name: tokenize_task(lm.tokenizer, s, task, cfg.max_length, cfg.truncation)
+        toks = {name: tokenize_split(lm.tokenizer, s, task, cfg.max_length, cfg.truncation)
                 for name, s in ds.splits.items()}
     else:
         toks = {name: _tokenize_share(lm, s, cfg, rank, world) for name, s in ds.splits.items()}
@@ -298,7 +299,7 @@ def _finalize(prep: _Prepared) -> None:
             arrays[f"labels/{name}/{col}"] = target[rows]
         if prep.task is not None:
             arrays.update(task_arrays(name, split, prep.task, rows))
-    label_names = {c.name: c.names for c in prep.ds.label_columns if c.kind == "class"}
+    label_names = {c.name: c.names for c in prep.ds.label_columns if c.names}  # class and multilabel columns
     arrays.update(label_name_features(prep.lm, label_names, prep.layers, prep.device, prep.projection))
     projection_files = {n: f for n, f in manifest.get("files", {}).items() if n.startswith("projection/")}
     manifest["files"] = {**projection_files,

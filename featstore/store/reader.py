@@ -280,7 +280,7 @@ class Split:
     def targets(self, column: str) -> np.ndarray:
         self.store._column(column)
         arr = self.store.backend.array(f"labels/{self.name}/{column}")
-        if tuple(arr.shape) != (self.n_examples,):
+        if tuple(arr.shape)[:1] != (self.n_examples,) or len(arr.shape) > 2:  # (N,) or multi-label (N, K)
             raise StoreError(f"store {self.store.path}: labels/{self.name}/{column} has shape {tuple(arr.shape)}, "
                              f"the split has {self.n_examples} examples; the store is damaged")
         return np.asarray(arr[:])

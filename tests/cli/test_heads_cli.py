@@ -206,7 +206,8 @@ def test_predict_usage(env):
 @pytest.mark.parametrize("field, value", [("best_seed", "x"), ("best_seed", None), ("backbone", None),
                                           ("store.model", None), ("label_names", ["only-one"]),
                                           ("label_names", None), ("backbone.settings", {}),
-                                          ("store.tokenizer", {}), ("seeds", [2 ** 64])])
+                                          ("store.tokenizer", {}), ("seeds", [2 ** 64]),
+                                          ("decisions", "x"), ("decisions", {"0": {"threshold": "high"}})])
 def test_damaged_head_json_fields(env, tmp_path, field, value):
     run = _copy_run(env, tmp_path)
     meta = json.load(open(os.path.join(run, "head.json")))

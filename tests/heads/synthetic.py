@@ -339,3 +339,34 @@ def span_store(path: str, *, n_train: int = 400, n_dev: int = 100, n_test: int =
     task = {"kind": "span", "splits": {k: {"answers_lost": 0, "unanswerable": sum(not g["answers"] for g in v["gold"])}
                                        for k, v in data.items()}}
     return write_store(path, data, layers=[1, 2], hidden=hidden, label_columns=[], segment_tokens=2048, task=task)
+
+
+# -- multi-label -------------------------------------------------------------------------------------------
+
+TOPICS = ["animal", "colour", "finance"]
+
+
+def planted_multilabel(n: int, seed: int, hidden: int = 16, n_layers: int = 2, signal: float = 3.0
+                       ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each label is on with probability 0.4, independently (so some examples have none, some several); every
+    token carries the directions of the example's labels, so pooled vectors show them as well as tokens."""
+    rng = np.random.default_rng(seed)
+    u = _directions(len(TOPICS), hidden) * signal
+    y = (rng.random((n, len(TOPICS))) < 0.4).astype(np.uint8)
+    feats = []
+    for labels in y:
+        x = rng.standard_normal((int(rng.integers(4, 12)), n_layers, hidden)).astype(np.float32)  # (T, L, D)
+        x[:, -1] += labels @ u
+        feats.append(x)
+    return feats, y
+
+
+def multilabel_store(path: str, *, n_train: int = 300, n_dev: int = 100, n_test: int = 100, hidden: int = 16) -> str:
+    data = {}
+    for i, (name, n) in enumerate({"train": n_train, "validation": n_dev, "test": n_test}.items()):
+        feats, y = planted_multilabel(n, seed=500 + i, hidden=hidden)
+        data[name] = {"features": feats, "targets": {"topics": y}}
+    prior = np.random.default_rng(8).standard_normal((len(TOPICS), 2, hidden)).astype(np.float32)
+    return write_store(path, data, layers=[1, 2], hidden=hidden, segment_tokens=2048,
+                       label_columns=[{"name": "topics", "kind": "multilabel", "names": TOPICS}],
+                       label_features={"topics": prior})

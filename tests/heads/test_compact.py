@@ -47,7 +47,7 @@ def test_codes_stay_codes_until_decoded_per_batch(tmp_path, encoding, in_ram):
     import torch
 
     from heads.data import Loader, StoreTokens
-    from heads.task import to_device
+    from heads.runtime import to_device
 
     path = classification_store(str(tmp_path / encoding), encoding=encoding, n_train=300, n_dev=20, n_test=20)
     with featstore.open_store(path) as s:

@@ -41,7 +41,7 @@ def test_export_ytuning_state_dict(ytuning_run, tmp_path):
     import json
 
     from heads import HeadSpec, load_head
-    from heads.models import build_head
+    from heads.nets import build_head
 
     run, _ = ytuning_run
     export_head(run, str(tmp_path / "y.safetensors"))

@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from heads.metrics import accuracy, compute, macro_f1, mcc, mean_std, pearson, rankdata, spearman
+from heads.metrics import accuracy, macro_f1, mcc, mean_std, pearson, rankdata, spearman
+from heads.tasks.classification import Classification
+from heads.tasks.regression import Regression
 
 
 def test_classification_metrics():
@@ -33,13 +35,15 @@ def test_regression_metrics():
     r = np.random.default_rng(0)
     a, b = r.standard_normal(50), r.standard_normal(50)
     assert pearson(a, b) == pytest.approx(np.corrcoef(a, b)[0, 1])
-    m = compute("regression", x, x + 1)
+    task = Regression("score")
+    m = task.metrics(x + 1, task.decode(x + 1, x), x)
     assert m["mse"] == pytest.approx(1.0) and m["pearson"] == pytest.approx(1.0)
 
 
-def test_compute_and_summary():
+def test_task_metrics_and_summary():
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
-    m = compute("classification", np.array([0, 1, 1]), probs)
+    task = Classification("label", ["a", "b"])
+    m = task.metrics(probs, task.decode(probs, None), np.array([0, 1, 1]))
     assert m["accuracy"] == pytest.approx(2 / 3) and set(m) == {"accuracy", "macro_f1", "mcc"}
     s = mean_std([0.8, 0.9, 1.0])
     assert s["mean"] == pytest.approx(0.9) and s["std"] == pytest.approx(0.1) and s["n"] == 3

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from heads.config import HeadSpec
-from heads.models import YTuningHead, build_head, count_trainable
+from heads.nets import build_head, count_trainable
+from heads.nets.ytuning import YTuningHead
+from heads.spec import HeadSpec
+from heads.tasks.regression import Regression
 
 
 def spec(**kw):
@@ -18,7 +20,9 @@ def test_shapes():
     torch.manual_seed(0)
     x, mask = torch.randn(4, 9, 2, 12), torch.ones(4, 9, dtype=torch.bool)  # (B, T, L, D), (B, T)
     assert build_head(spec())(x, mask).shape == (4, 3)
-    assert build_head(spec(task="regression", n_outputs=1))(x, mask).shape == (4,)
+    out = build_head(spec(task="regression", n_outputs=1))(x, mask)
+    assert out.shape == (4, 1)  # heads score; the task reads the one score as the value
+    assert Regression("score").outputs(out, spec(task="regression", n_outputs=1)).shape == (4,)
     pooled = torch.randn(4, 2, 12)  # (B, L, D)
     assert build_head(spec(kind="linear", pooling="mean"))(pooled).shape == (4, 3)
     assert build_head(spec(kind="mlp", pooling="cls"))(pooled).shape == (4, 3)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from heads.seqmetrics import (detect_scheme, entities, entity_prf, invalid_tags, normalize_answer, repair_tags,
-                              squad_metrics, token_metrics, word_accuracy)
+from featstore.tagging import detect_scheme, invalid_tags, repair_tags
+from heads.metrics import entities, entity_prf, normalize_answer, squad_metrics, token_metrics, word_accuracy
 
 
 def test_scheme_detection():

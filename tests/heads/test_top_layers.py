@@ -135,19 +135,19 @@ def test_refusals(kind, data, tmp_path):
     other = copy.deepcopy(manifest)
     other["model"]["config"]["model_type"] = "gpt2"
     with pytest.raises(InputError, match="supports the bert"):
-        plan_top(other, [0, 1, 2], 1, "ytuning", [0, 1, 2])
+        plan_top(other, [0, 1, 2], 1, "tokens", [0, 1, 2])
     with pytest.raises(InputError, match="between 1 and"):
-        plan_top(manifest, [0, 1, 2], 3, "ytuning", [0, 1, 2])
+        plan_top(manifest, [0, 1, 2], 3, "tokens", [0, 1, 2])
     with pytest.raises(StoreError, match="re-extract with --layers including 0"):
-        plan_top(manifest, [1, 2], 2, "ytuning", [1, 2])
+        plan_top(manifest, [1, 2], 2, "tokens", [1, 2])
     lossy = copy.deepcopy(manifest)
     lossy["settings"].update(encoding="int8", dtype="float32")
     with pytest.raises(StoreError, match="lossy"):
-        plan_top(lossy, [0, 1, 2], 1, "linear", [2])
+        plan_top(lossy, [0, 1, 2], 1, "pooled", [2])
     projected = copy.deepcopy(manifest)
     projected["settings"]["project"] = 8
     with pytest.raises(StoreError, match="projected"):
-        plan_top(projected, [0, 1, 2], 1, "linear", [2])
+        plan_top(projected, [0, 1, 2], 1, "pooled", [2])
 
 
 @pytest.mark.parametrize("extra,args,msg", [

@@ -188,7 +188,7 @@ def test_config_reports_every_problem_at_once(stores):
 
 
 def test_schedule_warms_up_then_decays():
-    from heads.train import lr_factor
+    from heads.trainer import lr_factor
 
     total, warm = 100, 10
     assert [lr_factor(s, total, warm, "linear") for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
