@@ -44,6 +44,7 @@ class ExtractConfig:
     tag_scheme: str = "auto"  # auto | IOB2 | IOBES | none
     repair_tags: bool = False  # start entities whose I- has no B- instead of refusing the data
     repair_answers: bool = False  # move answers not at their offsets to the nearest occurrence of their text
+    strict_labels: bool = False  # refuse a tag/class absent from the training split instead of keeping it
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -106,6 +107,9 @@ class ExtractSummary:
     loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
     rank: int = 0  # under torchrun: this process's rank (tokens and bytes are summed over every rank)
     task_counts: dict[str, dict[str, int]] | None = None  # token/span: words / answers lost to truncation per split
+    # column (`tags` for token tasks) -> label -> split -> count, for the labels absent from the training split:
+    # kept in the vocabulary, never predicted by a head trained on train, scored as errors in evaluation
+    unseen_labels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:

@@ -87,7 +87,16 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                           truncated=sum(t.truncated for t in prep.toks.values()), bytes_written=bytes_written,
                           seconds=time.perf_counter() - t_start, segments_total=len(prep.segments),
                           segments_resumed=len(prep.done), device=prep.device, loop_seconds=loop_seconds,
-                          rank=prep.rank, task_counts=prep.task.splits if prep.task is not None else None)
+                          rank=prep.rank, task_counts=prep.task.splits if prep.task is not None else None,
+                          unseen_labels=_unseen(prep))
+
+
+def _unseen(prep: _Prepared) -> dict[str, dict[str, dict[str, int]]]:
+    """Per label column (`tags` for a token task), the labels absent from the training split, counted per split."""
+    out = {c.name: c.unseen for c in prep.ds.label_columns if c.unseen}
+    if prep.task is not None and prep.task.unseen:
+        out["tags"] = prep.task.unseen
+    return out
 
 
 # -- step 1: check, load, plan, open ----------------------------------------------------------------------
@@ -97,12 +106,12 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     task: TaskInfo | None = None
     if cfg.task == "token":
         ds, task = load_token_dataset(cfg.data, cfg.tokens_column, cfg.tags_column, cfg.id_column, cfg.tag_scheme,
-                                      cfg.repair_tags)
+                                      cfg.repair_tags, cfg.strict_labels)
     elif cfg.task == "span":
         ds, task = load_span_dataset(cfg.data, cfg.repair_answers)
     else:
         ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
-                          allow_empty_text=cfg.allow_empty_text)
+                          allow_empty_text=cfg.allow_empty_text, strict_labels=cfg.strict_labels)
     backend = writable_backend(cfg.out, cfg.format, cfg.storage_options)
     backend.check_target("--out")
     rank, world = distributed()

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..tagging import SCHEMES, detect_scheme, invalid_tags, repair_tags
-from .inputs import Dataset, SplitData, read_table
+from .inputs import Dataset, SplitData, read_table, vocabulary
 from .plan import Tokenized
 
 TASKS = ("sentence", "token", "span")
@@ -36,12 +36,15 @@ class TaskInfo:
     tag_names: list[str] | None = None  # token: vocabulary, index = tag id
     repaired: int = 0  # tags changed by --repair-tags / answers moved by --repair-answers
     splits: dict[str, dict[str, int]] = field(default_factory=dict)  # per split alignment counts
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # token: tag -> split -> words; not in train
 
     def to_json(self) -> dict[str, Any]:
         d = {"kind": self.kind, "splits": self.splits}
         d["repaired"] = self.repaired
         if self.kind == "token":
             d.update(scheme=self.scheme, tag_names=self.tag_names)
+        if self.unseen:  # stores without such tags keep the manifest they always had
+            d["unseen_in_train"] = self.unseen
         return d
 
 
@@ -100,10 +103,16 @@ def _token_split(name: str, path: str, tokens_column: str, tags_column: str,
     return words, tags, ids or [f"{name}-{i}" for i in range(len(words))]
 
 
+def tag_order(tag: str) -> tuple[bool, str]:
+    """`O` first, then alphabetical: the order of a tag vocabulary."""
+    return tag != "O", tag
+
+
 def load_token_dataset(data: dict[str, str], tokens_column: str = "tokens", tags_column: str = "tags",
                        id_column: str | None = None, scheme: str = "auto",
-                       repair: bool = False) -> tuple[Dataset, TaskInfo]:
-    """Read and validate token splits; an I- tag without its B- is an error unless `repair`."""
+                       repair: bool = False, strict_labels: bool = False) -> tuple[Dataset, TaskInfo]:
+    """Read and validate token splits; an I- tag without its B- is an error unless `repair`. A tag absent from
+    the training split is kept (after train's tags) and counted, or refused with `strict_labels`."""
     read = {n: _token_split(n, p, tokens_column, tags_column, id_column) for n, p in data.items()}
     all_tags = [t for _, tags, _ in read.values() for t in tags]
     if scheme == "auto":
@@ -125,17 +134,13 @@ def load_token_dataset(data: dict[str, str], tokens_column: str = "tokens", tags
         s = SplitData(name, data[name], [" ".join(w) for w in words], None, ids)
         s.extra = {"words": words, "tags": tags}
         splits[name] = s
-    vocab_src = [splits["train"]] if "train" in splits else list(splits.values())
-    names = sorted({t for s in vocab_src for seq in s.extra["tags"] for t in seq}, key=lambda x: (x != "O", x))
+    names, unseen = vocabulary({n: s.extra["tags"] for n, s in splits.items()}, tag_order, strict_labels, "tag",
+                               lambda split, i: f"split {split!r} ({data[split]}) sentence {i}")
     index = {n: i for i, n in enumerate(names)}
     for s in splits.values():
-        for i, seq in enumerate(s.extra["tags"]):
-            unknown = [t for t in seq if t not in index]
-            if unknown:
-                raise InputError(f"split {s.name!r} sentence {i}: tag {unknown[0]!r} does not occur in the training "
-                                 "split; fix the tag or add training examples for it")
         s.extra["tag_ids"] = [np.asarray([index[t] for t in seq], dtype=np.int64) for seq in s.extra["tags"]]
-    return Dataset(splits, [], tokens_column, None, id_column), TaskInfo("token", scheme, names, repaired)
+    return (Dataset(splits, [], tokens_column, None, id_column),
+            TaskInfo("token", scheme, names, repaired, unseen=unseen))
 
 
 def _answers(raw: Any, where: str) -> list[dict[str, Any]]:
