@@ -71,6 +71,10 @@ def main() -> None:
 @click.option("--repair-tags", is_flag=True, help="Start an entity at an I- tag without its B- instead of refusing.")
 @click.option("--repair-answers", is_flag=True,
               help="Span task: move an answer whose text is not at its answer_start to the nearest place it occurs.")
+@click.option("--stride", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Span task: a context longer than --max-length becomes overlapping windows that share N tokens "
+                   "(HF's doc_stride), each stored as an example linked to its question; windows without the "
+                   "answer point at token 0.")
 @click.option("--strict-labels", is_flag=True,
               help="Refuse a tag or class that occurs in another split but not in train (by default it is kept in "
                    "the vocabulary, counted, warned about, and scored as an error by heads trained on train).")
@@ -80,7 +84,7 @@ def main() -> None:
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
             dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out,
             overwrite, allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers,
-            strict_labels, quiet, as_json, storage_option) -> None:
+            stride, strict_labels, quiet, as_json, storage_option) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.
@@ -97,7 +101,8 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         allow_empty_text=allow_empty_text, progress=not quiet,
                         storage_options=_options(storage_option), task=task,
                         tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
-                        repair_tags=repair_tags, repair_answers=repair_answers, strict_labels=strict_labels)
+                        repair_tags=repair_tags, repair_answers=repair_answers, strict_labels=strict_labels,
+                        stride=stride)
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports

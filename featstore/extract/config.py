@@ -45,6 +45,7 @@ class ExtractConfig:
     repair_tags: bool = False  # start entities whose I- has no B- instead of refusing the data
     repair_answers: bool = False  # move answers not at their offsets to the nearest occurrence of their text
     strict_labels: bool = False  # refuse a tag/class absent from the training split instead of keeping it
+    stride: int | None = None  # span task: long contexts as overlapping windows sharing this many tokens
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -85,6 +86,17 @@ class ExtractConfig:
                             "data (tags, answers)")
         if self.task == "span" and self.truncation == "longest_first":
             self.truncation = "only_second"  # never cut the question: only the context
+        if self.stride is not None:
+            if self.task != "span":
+                problems.append("--stride windows the context of a span task (--task span); drop it")
+            elif self.stride < 1:
+                problems.append(f"--stride {self.stride}: give the number of context tokens that consecutive "
+                                "windows share (e.g. 128), at least 1")
+            elif self.truncation != "only_second":
+                problems.append(f"--truncation {self.truncation} with --stride: windows cut the context only; "
+                                "drop --truncation")
+            elif self.max_length is not None and self.stride >= self.max_length:
+                problems.append(f"--stride {self.stride} must be smaller than --max-length {self.max_length}")
         if "://" in self.out and self.format != "zarr":
             problems.append(f"--out {self.out}: a URL takes --format zarr (write HDF5 locally, then `featstore push`)")
         if problems:

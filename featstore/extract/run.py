@@ -125,7 +125,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         raise InputError(f"--project {cfg.project} exceeds the model's hidden size {lm.hidden_size}; choose a smaller "
                          f"width (e.g. {lm.hidden_size // 4})")
     if task is not None:  # token/span alignment needs every row's words and offsets: no sliced tokenizing
-        toks = {name: tokenize_task(lm.tokenizer, s, task, cfg.max_length, cfg.truncation)
+        toks = {name: tokenize_task(lm.tokenizer, s, task, cfg.max_length, cfg.truncation, cfg.stride)
                 for name, s in ds.splits.items()}
     else:
         toks = {name: _tokenize_share(lm, s, cfg, rank, world) for name, s in ds.splits.items()}
@@ -243,6 +243,8 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
         settings["project"] = cfg.project
     if task is not None:  # sentence stores keep the manifest (and fingerprint) they always had
         settings["task"] = task.kind
+    if cfg.stride:  # windows change the features; stores without them keep their fingerprint
+        settings["stride"] = cfg.stride
     splits = {name: {"source": os.path.abspath(s.source), "sha256": s.content_hash(), "n_examples": len(s),
                      "n_tokens": int(toks[name].lengths.sum()), "truncated": toks[name].truncated}
               for name, s in ds.splits.items()}
@@ -327,6 +329,9 @@ def task_arrays(name: str, split, task: TaskInfo, rows: np.ndarray) -> dict[str,
     else:
         pos = np.stack([targets[r] for r in rows]).astype(np.int32)  # (N, 2)
         out[f"spans/{name}/start"], out[f"spans/{name}/end"] = pos[:, 0].copy(), pos[:, 1].copy()
+        for key in ("question", "window", "answer_in_window"):  # windows (--stride): per window, its question
+            if key in split.extra:
+                out[f"spans/{name}/{key}"] = split.extra[key][rows].astype(np.int32)
     recs = gold_records(split, task)
     blobs = [json.dumps(recs[r], ensure_ascii=False).encode() for r in rows]
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)

@@ -98,6 +98,10 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
     if project is not None and (not isinstance(project, int) or isinstance(project, bool)
                                 or not 1 <= project <= hidden):
         raise StoreError(f"{source}: manifest project {project!r} is not a width between 1 and {hidden}")
+    stride = s.get("stride")
+    if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool) or not 1 <= stride
+                               or s.get("task") != "span"):
+        raise StoreError(f"{source}: manifest stride {stride!r} is not a positive token count of a span store")
     _validate_task(m, source)
     for split, meta in m["dataset"].get("splits", {}).items():
         safe_name(split, "split")
