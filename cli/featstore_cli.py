@@ -77,7 +77,7 @@ def main() -> None:
                    "answer point at token 0.")
 @click.option("--strict-labels", is_flag=True,
               help="Refuse a tag or class that occurs in another split but not in train (by default it is kept in "
-                   "the vocabulary, counted, warned about, and scored as an error by heads trained on train).")
+                   "the vocabulary, counted in the summary and the manifest, and warned about).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
@@ -130,8 +130,9 @@ def warn_unseen(unseen: dict[str, dict[str, dict[str, int]]]) -> None:
 
     for column, labels in unseen.items():
         click.echo(f"warning: {column!r}: {len(labels)} label(s) absent from the training split kept in the "
-                   f"vocabulary: {describe_unseen(labels)}; a head trained on train never predicts them, so they count as errors in "
-                   "evaluation (--strict-labels refuses such data)", err=True)
+                   f"vocabulary: {describe_unseen(labels)}; with no training examples a head cannot learn them, and "
+                   "evaluation scores them as gold labels, errors when missed (--strict-labels refuses such data)",
+                   err=True)
 
 
 def storage_options(fn):

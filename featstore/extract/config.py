@@ -120,7 +120,7 @@ class ExtractSummary:
     rank: int = 0  # under torchrun: this process's rank (tokens and bytes are summed over every rank)
     task_counts: dict[str, dict[str, int]] | None = None  # token/span: words / answers lost to truncation per split
     # column (`tags` for token tasks) -> label -> split -> count, for the labels absent from the training split:
-    # kept in the vocabulary, never predicted by a head trained on train, scored as errors in evaluation
+    # kept in the vocabulary; a head cannot learn them from train, evaluation scores them (errors when missed)
     unseen_labels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     @property
