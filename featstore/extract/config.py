@@ -84,23 +84,28 @@ class ExtractConfig:
         elif self.task != "sentence" and self.label_columns:
             problems.append(f"--label-column applies to sentence tasks; a {self.task} task's targets come from the "
                             "data (tags, answers)")
+        problems += self._stride_problems()
         if self.task == "span" and self.truncation == "longest_first":
             self.truncation = "only_second"  # never cut the question: only the context
-        if self.stride is not None:
-            if self.task != "span":
-                problems.append("--stride windows the context of a span task (--task span); drop it")
-            elif self.stride < 1:
-                problems.append(f"--stride {self.stride}: give the number of context tokens that consecutive "
-                                "windows share (e.g. 128), at least 1")
-            elif self.truncation != "only_second":
-                problems.append(f"--truncation {self.truncation} with --stride: windows cut the context only; "
-                                "drop --truncation")
-            elif self.max_length is not None and self.stride >= self.max_length:
-                problems.append(f"--stride {self.stride} must be smaller than --max-length {self.max_length}")
         if "://" in self.out and self.format != "zarr":
             problems.append(f"--out {self.out}: a URL takes --format zarr (write HDF5 locally, then `featstore push`)")
         if problems:
             raise InputError("; ".join(problems))
+
+    def _stride_problems(self) -> list[str]:
+        """--stride windows a span task's context: only the context is cut (longest_first becomes only_second)."""
+        if self.stride is None:
+            return []
+        if self.task != "span":
+            return ["--stride windows the context of a span task (--task span); drop it"]
+        if self.stride < 1:
+            return [f"--stride {self.stride}: give the number of context tokens that consecutive windows share "
+                    "(e.g. 128), at least 1"]
+        if self.truncation not in ("only_second", "longest_first"):
+            return [f"--truncation {self.truncation} with --stride: windows cut the context only; drop --truncation"]
+        if self.max_length is not None and self.stride >= self.max_length:
+            return [f"--stride {self.stride} must be smaller than --max-length {self.max_length}"]
+        return []
 
 
 @dataclass(kw_only=True)
