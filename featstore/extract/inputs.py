@@ -265,7 +265,7 @@ def _missing(v: Any) -> bool:
 def vocabulary(seqs: dict[str, list[Sequence[str]]], order: Callable[[str], Any], strict: bool, what: str,
                where: Callable[[str, int], str]) -> tuple[list[str], dict[str, dict[str, int]]]:
     """Label vocabulary of a column: the training split's labels (every split's when none is called "train") in
-    `order`, then those that occur only in other splits, which a head trained on train cannot predict but which
+    `order`, then those that occur only in other splits, which a head cannot learn from train but which
     evaluation must still score (as errors). Returns (names, {label: {split: count}} of the latter).
 
     `strict` refuses such labels instead, naming the first (`what`: the kind of label; `where(split, i)`: the
