@@ -73,13 +73,20 @@ def main() -> None:
 @click.option("--repair-tags", is_flag=True, help="Start an entity at an I- tag without its B- instead of refusing.")
 @click.option("--repair-answers", is_flag=True,
               help="Span task: move an answer whose text is not at its answer_start to the nearest place it occurs.")
+@click.option("--stride", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Span task: a context longer than --max-length becomes overlapping windows that share N tokens "
+                   "(HF's doc_stride), each stored as an example linked to its question; windows without the "
+                   "answer point at token 0.")
+@click.option("--strict-labels", is_flag=True,
+              help="Refuse a tag or class that occurs in another split but not in train (by default it is kept in "
+                   "the vocabulary, counted in the summary and the manifest, and warned about).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
             dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out,
-            overwrite, allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers, quiet,
-            as_json, storage_option) -> None:
+            overwrite, allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers,
+            stride, strict_labels, quiet, as_json, storage_option) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.
@@ -96,10 +103,12 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         allow_empty_text=allow_empty_text, progress=not quiet,
                         storage_options=options(storage_option), task=task,
                         tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
-                        repair_tags=repair_tags, repair_answers=repair_answers)
+                        repair_tags=repair_tags, repair_answers=repair_answers, strict_labels=strict_labels,
+                        stride=stride)
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports
+    warn_unseen(s.unseen_labels)
     if as_json:
         click.echo(json.dumps(summary_dict(s), indent=1))
         return
@@ -115,6 +124,17 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
     if s.task_counts:  # token/span tasks: what truncation cost, per split
         click.echo("; ".join(f"{k}: " + ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in v.items())
                              for k, v in s.task_counts.items()))
+
+
+def warn_unseen(unseen: dict[str, dict[str, dict[str, int]]]) -> None:
+    """One line per label column holding labels that the training split lacks."""
+    from featstore.extract.inputs import describe_unseen
+
+    for column, labels in unseen.items():
+        click.echo(f"warning: {column!r}: {len(labels)} label(s) absent from the training split kept in the "
+                   f"vocabulary: {describe_unseen(labels)}; with no training examples a head cannot learn them, and "
+                   "evaluation scores them as gold labels, errors when missed (--strict-labels refuses such data)",
+                   err=True)
 
 
 @main.command()
@@ -271,9 +291,11 @@ def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storag
 @click.option("--label-column", required=True, metavar="NAME[:KIND] | NAME=COL,COL,...",
               help="The new label column: NAME[:class|:regression|:multilabel], or NAME=COL1,COL2,... to name 0/1 "
                    "columns together as one multi-label column.")
+@click.option("--strict-labels", is_flag=True,
+              help="Refuse a class or tag absent from the training split (by default: kept, counted, warned about).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @user_errors
-def add_labels(store, data, id_column, label_column, as_json) -> None:
+def add_labels(store, data, id_column, label_column, strict_labels, as_json) -> None:
     """Attach a new label column to the local STORE, joined by example id; no re-extraction.
 
     Unmatched or duplicate ids are reported and refused. The fingerprint does not change.
@@ -283,7 +305,8 @@ def add_labels(store, data, id_column, label_column, as_json) -> None:
     from featstore.extract.inputs import parse_split_specs
     from featstore.labels import add_labels as run
 
-    r = run(store, parse_split_specs(list(data)), label_column, id_column=id_column)
+    r = run(store, parse_split_specs(list(data)), label_column, id_column=id_column, strict_labels=strict_labels)
+    warn_unseen({r.column: r.unseen} if r.unseen else {})
     if as_json:
         click.echo(json.dumps(asdict(r), indent=1))
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError, StoreError
@@ -30,15 +30,18 @@ class AddLabelsResult:
     names: list[str] | None
     examples: dict[str, int]
     fingerprint: str
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> split -> count; absent from train
 
 
-def add_labels(store_path: str, data: dict[str, str], label_column: str, id_column: str = "id") -> AddLabelsResult:
+def add_labels(store_path: str, data: dict[str, str], label_column: str, id_column: str = "id",
+               strict_labels: bool = False) -> AddLabelsResult:
     """Join `label_column` of the files in `data` (split -> path) to the store's examples by `id_column`.
 
     `label_column` is `NAME`, `NAME:class`, `NAME:regression`, `NAME:multilabel` (a list of label names per
     row) or `NAME=COL1,COL2,...` (0/1 columns named together into a multi-label column). Every split of the
     store needs a file; every example needs exactly one label (list) and every id in the files must exist in
     the store, else nothing changes.
+    A class (or tag) absent from the training split is kept and counted in `unseen`; `strict_labels` refuses it.
     """
     if is_url(store_path):
         raise InputError(f"{store_path} is a published store and immutable: pull it (`featstore pull`), add labels "
@@ -63,13 +66,14 @@ def add_labels(store_path: str, data: dict[str, str], label_column: str, id_colu
         if store.task == "token":  # a tag per word, aligned through the stored word index
             from .token_labels import add_token_labels
 
-            entry = add_token_labels(store, splits, column, id_column, data)
+            entry = add_token_labels(store, splits, column, id_column, data, strict_labels)
             return AddLabelsResult(store=store_path, column=column, kind="token", names=entry["tag_names"],
-                                   examples={k: len(s.ids) for k, s in splits.items()}, fingerprint=store.fingerprint)
+                                   examples={k: len(s.ids) for k, s in splits.items()}, fingerprint=store.fingerprint,
+                                   unseen=entry.get("unseen_in_train", {}))
         if store.task != "sentence":
             raise InputError(f"store {store_path} holds a {store.task} task; add-labels adds sentence labels or "
                              "token tags")
-        col = encode_labels(column, kind, splits, sources)  # same vocabulary rules as extraction
+        col = encode_labels(column, kind, splits, sources, strict_labels)  # same vocabulary rules as extraction
         arrays = {f"labels/{name}/{column}": s.targets[column] for name, s in splits.items()}
         entry = {**col.to_json(), "added": {"id_column": id_column, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime()),
@@ -81,7 +85,8 @@ def add_labels(store_path: str, data: dict[str, str], label_column: str, id_colu
     finally:
         store.close()
     return AddLabelsResult(store=store_path, column=column, kind=col.kind, names=col.names,
-                           examples={k: len(s.ids) for k, s in splits.items()}, fingerprint=fingerprint)
+                           examples={k: len(s.ids) for k, s in splits.items()}, fingerprint=fingerprint,
+                           unseen=col.unseen)
 
 
 def _safe(name: str) -> bool:

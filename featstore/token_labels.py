@@ -16,13 +16,16 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .extract.inputs import vocabulary
+from .extract.tasks import tag_order
 from .store import Store
 from .tagging import detect_scheme, invalid_tags
 
 
 def add_token_labels(store: Store, splits: dict[str, Any], column: str, id_column: str,
-                     data: dict[str, str]) -> dict[str, Any]:
-    """`splits`: split -> SplitData from `labels._join` (raw tag lists in storage order). Returns the entry."""
+                     data: dict[str, str], strict: bool = False) -> dict[str, Any]:
+    """`splits`: split -> SplitData from `labels._join` (raw tag lists in storage order). Returns the entry.
+    Tags absent from the training split are kept and counted (`unseen_in_train`), or refused when `strict`."""
     if column == "tags" or column in store.task_info.get("tag_columns", {}):
         raise InputError(f"store {store.path} already has tag column {column!r}; choose another name")
     golds = {name: store.split(name).gold() for name in splits}
@@ -40,8 +43,8 @@ def add_token_labels(store: Store, splits: dict[str, Any], column: str, id_colum
             if bad:
                 raise InputError(f"split {name!r} ({data[name]}) id {s.ids[i]!r} word {bad[0]}: tag "
                                  f"{tags[bad[0]]!r} continues an entity that never started ({scheme}); fix the file")
-    src = [splits["train"]] if "train" in splits else list(splits.values())
-    names = sorted({t for s in src for tags in s.raw_labels[column] for t in tags}, key=lambda x: (x != "O", x))
+    names, unseen = vocabulary({n: s.raw_labels[column] for n, s in splits.items()}, tag_order, strict, "tag",
+                               lambda split, i: f"split {split!r} ({data[split]}) id {splits[split].ids[i]!r}")
     index = {n: i for i, n in enumerate(names)}
     arrays: dict[str, np.ndarray] = {}
     for name, s in splits.items():
@@ -49,10 +52,6 @@ def add_token_labels(store: Store, splits: dict[str, Any], column: str, id_colum
         words, off = sp.token_array("word_index"), sp.offsets
         out = np.full(sp.n_tokens, -100, dtype=np.int32)
         for i, tags in enumerate(s.raw_labels[column]):
-            unknown = [t for t in tags if t not in index]
-            if unknown:
-                raise InputError(f"split {name!r} id {s.ids[i]!r}: tag {unknown[0]!r} does not occur in the training "
-                                 "split; fix the tag or add training examples for it")
             w = words[off[i]:off[i + 1]]
             first = np.flatnonzero((w >= 0) & np.r_[True, w[1:] != w[:-1]])  # first sub-word of each word
             out[off[i] + first] = [index[tags[k]] for k in w[first]]
@@ -63,6 +62,8 @@ def add_token_labels(store: Store, splits: dict[str, Any], column: str, id_colum
     entry = {"tag_names": names, "scheme": scheme,
              "added": {"id_column": id_column, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        "sources": {k: os.path.abspath(v) for k, v in data.items()}}}
+    if unseen:
+        entry["unseen_in_train"] = unseen
     manifest = store.manifest
     manifest["dataset"]["task"].setdefault("tag_columns", {})[column] = entry
     store.backend.writable().add_arrays(arrays, manifest)  # the manifest last: a crash leaves the store as it was

@@ -33,7 +33,8 @@ def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: st
             "encoding": encoding_of(m["settings"]), "project": m["settings"].get("project"),
             "bytes_per_token": _bytes_per_token(m),
             "max_length": m["settings"]["max_length"], "splits": splits,
-            "label_columns": {c["name"]: {"kind": c["kind"], "labels": c["names"]}
+            "label_columns": {c["name"]: {"kind": c["kind"], "labels": c["names"],
+                                          "unseen_in_train": c.get("unseen_in_train", {})}
                               for c in m["dataset"]["label_columns"]},
             "bytes": int(sum(f["size"] for f in files.values())), "files": len(files),
             "compression": m["layout"]["compression"], "created": m.get("created"),
@@ -65,18 +66,28 @@ def format_info(d: dict[str, Any]) -> str:
     for name, c in d["label_columns"].items():
         what = f"{len(c['labels'])} classes: {', '.join(c['labels'][:8])}{' ...' if len(c['labels']) > 8 else ''}" \
             if c["kind"] == "class" else "regression"
-        lines.append(f"label        {name} ({what})")
+        lines.append(f"label        {name} ({what}){_unseen(c.get('unseen_in_train'))}")
     task = d.get("task")
     if task:  # token/span stores: the task, its tags and what truncation cost
         what = (f"{len(task['tag_names'])} tags, scheme {task['scheme']}" if task["kind"] == "token" else "answer spans")
         counts = "; ".join(f"{k}: " + ", ".join(f"{n} {w.replace('_', ' ')}" for w, n in v.items())
                            for k, v in task.get("splits", {}).items())
-        lines.append(f"task         {task['kind']} ({what}); {counts}")
+        lines.append(f"task         {task['kind']} ({what}); {counts}{_unseen(task.get('unseen_in_train'))}")
         for col, c in task.get("tag_columns", {}).items():
-            lines.append(f"tag column   {col} ({len(c['tag_names'])} tags, scheme {c['scheme']})")
+            lines.append(f"tag column   {col} ({len(c['tag_names'])} tags, scheme {c['scheme']})"
+                         f"{_unseen(c.get('unseen_in_train'))}")
     if d.get("created"):
         lines.append(f"created      {d['created']} by featstore {d['tool_version']}")
     return "\n".join(lines)
+
+
+def _unseen(unseen: dict[str, dict[str, int]] | None) -> str:
+    """`; not in train: 'SYM' (test 3)` for labels kept although the training split lacks them."""
+    if not unseen:
+        return ""
+    from .extract.inputs import describe_unseen
+
+    return f"; not in train: {describe_unseen(unseen)}"
 
 
 def _bytes_per_token(m: dict[str, Any]) -> int:

@@ -44,6 +44,8 @@ class ExtractConfig:
     tag_scheme: str = "auto"  # auto | IOB2 | IOBES | none
     repair_tags: bool = False  # start entities whose I- has no B- instead of refusing the data
     repair_answers: bool = False  # move answers not at their offsets to the nearest occurrence of their text
+    strict_labels: bool = False  # refuse a tag/class absent from the training split instead of keeping it
+    stride: int | None = None  # span task: long contexts as overlapping windows sharing this many tokens
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -82,6 +84,7 @@ class ExtractConfig:
         elif self.task != "sentence" and self.label_columns:
             problems.append(f"--label-column applies to sentence tasks; a {self.task} task's targets come from the "
                             "data (tags, answers)")
+        problems += self._stride_problems()
         if self.task == "span" and self.truncation == "longest_first":
             self.truncation = "only_second"  # never cut the question: only the context
         url_problem = check_url_format(self.out, self.format) if self.format in FORMATS else None
@@ -89,6 +92,21 @@ class ExtractConfig:
             problems.append(url_problem)
         if problems:
             raise InputError("; ".join(problems))
+
+    def _stride_problems(self) -> list[str]:
+        """--stride windows a span task's context: only the context is cut (longest_first becomes only_second)."""
+        if self.stride is None:
+            return []
+        if self.task != "span":
+            return ["--stride windows the context of a span task (--task span); drop it"]
+        if self.stride < 1:
+            return [f"--stride {self.stride}: give the number of context tokens that consecutive windows share "
+                    "(e.g. 128), at least 1"]
+        if self.truncation not in ("only_second", "longest_first"):
+            return [f"--truncation {self.truncation} with --stride: windows cut the context only; drop --truncation"]
+        if self.max_length is not None and self.stride >= self.max_length:
+            return [f"--stride {self.stride} must be smaller than --max-length {self.max_length}"]
+        return []
 
 
 @dataclass(kw_only=True)
@@ -107,6 +125,9 @@ class ExtractSummary:
     loop_seconds: float = 0.0  # forward passes + writing, without model loading and hashing
     rank: int = 0  # under torchrun: this process's rank (tokens and bytes are summed over every rank)
     task_counts: dict[str, dict[str, int]] | None = None  # token/span: words / answers lost to truncation per split
+    # column (`tags` for token tasks) -> label -> split -> count, for the labels absent from the training split:
+    # kept in the vocabulary; a head cannot learn them from train, evaluation scores them (errors when missed)
+    unseen_labels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:

@@ -18,11 +18,12 @@ from .tasks import TaskInfo, tokenize_task
 
 
 def tokenize_split(tokenizer: Any, split: SplitData, task: TaskInfo | None, max_length: int,
-                   truncation: str) -> Tokenized:
-    """Extraction's tokenization of a whole split: plain for sentence tasks, aligned for token/span tasks."""
+                   truncation: str, stride: int | None = None) -> Tokenized:
+    """Extraction's tokenization of a whole split: plain for sentence tasks, aligned for token/span tasks
+    (span contexts in windows of `stride` overlapping tokens when given)."""
     if task is None:
         return tokenize(tokenizer, split, max_length, truncation)
-    return tokenize_task(tokenizer, split, task, max_length, truncation)
+    return tokenize_task(tokenizer, split, task, max_length, truncation, stride)
 
 
 @dataclass
@@ -54,7 +55,8 @@ def featurise(lm: LoadedModel, split: SplitData, settings: dict[str, Any], layer
 
     layers = list(layers)
     info = TaskInfo(task) if task is not None else None
-    tok = tokenize_split(lm.tokenizer, split, info, settings["max_length"], settings["truncation"])
+    tok = tokenize_split(lm.tokenizer, split, info, settings["max_length"], settings["truncation"],
+                         settings.get("stride"))
     truncate_after(lm.model, max(layers))
     lm.model.to(device=device, dtype=getattr(torch, compute_dtype))
     order = storage_order(tok.lengths)

@@ -7,7 +7,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -25,9 +25,13 @@ class LabelColumn:
     name: str
     kind: str  # "class" | "regression" | "multilabel"
     names: list[str] | None = None  # vocabulary for class and multilabel columns, index = target id
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # class -> split -> rows; absent from train
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "names": self.names}
+        d = {"name": self.name, "kind": self.kind, "names": self.names}
+        if self.unseen:  # stores without such classes keep the manifest they always had
+            d["unseen_in_train"] = self.unseen
+        return d
 
 
 @dataclass
@@ -212,6 +216,7 @@ def load_dataset(
     label_columns: list[str] | None = None,
     id_column: str | None = None,
     allow_empty_text: bool = False,
+    strict_labels: bool = False,
 ) -> Dataset:
     """Read and validate every split; encode targets. Raises InputError before any model work starts."""
     label_specs = [parse_label_spec(s) for s in (label_columns or [])]
@@ -243,7 +248,7 @@ def load_dataset(
                 raise InputError(f"split {name!r} ({path}): label column {col!r} not found; columns are {sorted(cols)}")
             raw[col] = cols[col]
         splits[name] = SplitData(name, path, texts, pairs, ids, raw)
-    label_cols = [encode_labels(col, kind, splits, sources) for col, kind, sources in label_specs]
+    label_cols = [encode_labels(col, kind, splits, sources, strict_labels) for col, kind, sources in label_specs]
     return Dataset(splits, label_cols, text_column, pair_column, id_column)
 
 
@@ -270,9 +275,43 @@ def _missing(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() == "nan"  # how a missing float prints
 
 
-def encode_labels(col: str, kind: str, splits: dict[str, SplitData], names: list[str] | None = None) -> LabelColumn:
+def vocabulary(seqs: dict[str, list[Sequence[str]]], order: Callable[[str], Any], strict: bool, what: str,
+               where: Callable[[str, int], str]) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """Label vocabulary of a column: the training split's labels (every split's when none is called "train") in
+    `order`, then those that occur only in other splits, which a head cannot learn from train but which
+    evaluation must still score (as errors). Returns (names, {label: {split: count}} of the latter).
+
+    `strict` refuses such labels instead, naming the first (`what`: the kind of label; `where(split, i)`: the
+    place of example i); `seqs` holds, per split, a sequence of labels per example (one for sentence tasks).
+    """
+    src = [seqs["train"]] if "train" in seqs else list(seqs.values())
+    known = sorted({t for s in src for seq in s for t in seq}, key=order)
+    seen = set(known)
+    unseen: dict[str, dict[str, int]] = {}
+    for split, s in seqs.items():
+        for i, seq in enumerate(s):
+            for t in seq:
+                if t in seen:
+                    continue
+                if strict:
+                    raise InputError(f"{where(split, i)}: {what} {t!r} does not occur in the training split; "
+                                     "fix it or add training examples for it (without --strict-labels it is kept "
+                                     "and counted as an error in evaluation)")
+                per = unseen.setdefault(t, {})
+                per[split] = per.get(split, 0) + 1
+    unseen = {t: unseen[t] for t in sorted(unseen, key=order)}
+    return known + list(unseen), unseen
+
+
+def describe_unseen(unseen: dict[str, dict[str, int]]) -> str:
+    """`'SYM' (test 3), 'X' (validation 1)`: labels absent from train with their counts per split."""
+    return ", ".join(f"{name!r} ({', '.join(f'{k} {n}' for k, n in per.items())})" for name, per in unseen.items())
+
+
+def encode_labels(col: str, kind: str, splits: dict[str, SplitData], names: list[str] | None = None,
+                  strict: bool = False) -> LabelColumn:
     """Targets of column `col` in every split (`targets[col]`); `names`: the label names of 0/1 columns named
-    together (multilabel)."""
+    together (multilabel); `strict`: refuse a class absent from the training split (see `vocabulary`)."""
     if kind == "multilabel" or (kind == "auto" and any(is_list(v) for s in splits.values() for v in s.raw_labels[col])):
         return LabelColumn(col, "multilabel", encode_multilabel(col, splits, names))
     for s in splits.values():
@@ -299,17 +338,10 @@ def encode_labels(col: str, kind: str, splits: dict[str, SplitData], names: list
         n = _as_number(v)
         return str(int(n)) if n is not None and n == int(n) else str(v)
 
-    vocab_splits = [splits["train"]] if "train" in splits else list(splits.values())
-    vocab = sorted({key(v) for s in vocab_splits for v in s.raw_labels[col]},
-                   key=lambda x: (_as_number(x) is None, _as_number(x) or 0.0, x))
+    keys = {name: [[key(v)] for v in s.raw_labels[col]] for name, s in splits.items()}
+    vocab, unseen = vocabulary(keys, lambda x: (_as_number(x) is None, _as_number(x) or 0.0, x), strict,
+                               f"label in column {col!r}", lambda split, i: f"split {split!r} row {i}")
     index = {n: i for i, n in enumerate(vocab)}
-    for s in splits.values():
-        enc = []
-        for i, v in enumerate(s.raw_labels[col]):
-            k = key(v)
-            if k not in index:
-                raise InputError(f"split {s.name!r} row {i}: label {k!r} in column {col!r} does not occur in the "
-                                 "training split; fix the label or add training examples for it")
-            enc.append(index[k])
-        s.targets[col] = np.asarray(enc, dtype=np.int64)
-    return LabelColumn(col, "class", vocab)
+    for name, s in splits.items():
+        s.targets[col] = np.asarray([index[k] for (k,) in keys[name]], dtype=np.int64)
+    return LabelColumn(col, "class", vocab, unseen)

@@ -88,7 +88,16 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
                           truncated=sum(t.truncated for t in prep.toks.values()), bytes_written=bytes_written,
                           seconds=time.perf_counter() - t_start, segments_total=len(prep.segments),
                           segments_resumed=len(prep.done), device=prep.device, loop_seconds=loop_seconds,
-                          rank=prep.rank, task_counts=prep.task.splits if prep.task is not None else None)
+                          rank=prep.rank, task_counts=prep.task.splits if prep.task is not None else None,
+                          unseen_labels=_unseen(prep))
+
+
+def _unseen(prep: _Prepared) -> dict[str, dict[str, dict[str, int]]]:
+    """Per label column (`tags` for a token task), the labels absent from the training split, counted per split."""
+    out = {c.name: c.unseen for c in prep.ds.label_columns if c.unseen}
+    if prep.task is not None and prep.task.unseen:
+        out["tags"] = prep.task.unseen
+    return out
 
 
 # -- step 1: check, load, plan, open ----------------------------------------------------------------------
@@ -98,12 +107,12 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     task: TaskInfo | None = None
     if cfg.task == "token":
         ds, task = load_token_dataset(cfg.data, cfg.tokens_column, cfg.tags_column, cfg.id_column, cfg.tag_scheme,
-                                      cfg.repair_tags)
+                                      cfg.repair_tags, cfg.strict_labels)
     elif cfg.task == "span":
         ds, task = load_span_dataset(cfg.data, cfg.repair_answers)
     else:
         ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
-                          allow_empty_text=cfg.allow_empty_text)
+                          allow_empty_text=cfg.allow_empty_text, strict_labels=cfg.strict_labels)
     backend = writable_backend(cfg.out, cfg.format, cfg.storage_options)
     backend.check_target("--out")
     rank, world = distributed()
@@ -117,7 +126,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         raise InputError(f"--project {cfg.project} exceeds the model's hidden size {lm.hidden_size}; choose a smaller "
                          f"width (e.g. {lm.hidden_size // 4})")
     if task is not None:  # token/span alignment needs every row's words and offsets: no sliced tokenizing
-        toks = {name: tokenize_split(lm.tokenizer, s, task, cfg.max_length, cfg.truncation)
+        toks = {name: tokenize_split(lm.tokenizer, s, task, cfg.max_length, cfg.truncation, cfg.stride)
                 for name, s in ds.splits.items()}
     else:
         toks = {name: _tokenize_share(lm, s, cfg, rank, world) for name, s in ds.splits.items()}
@@ -235,6 +244,8 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
         settings["project"] = cfg.project
     if task is not None:  # sentence stores keep the manifest (and fingerprint) they always had
         settings["task"] = task.kind
+    if cfg.stride:  # windows change the features; stores without them keep their fingerprint
+        settings["stride"] = cfg.stride
     splits = {name: {"source": os.path.abspath(s.source), "sha256": s.content_hash(), "n_examples": len(s),
                      "n_tokens": int(toks[name].lengths.sum()), "truncated": toks[name].truncated}
               for name, s in ds.splits.items()}
@@ -319,6 +330,9 @@ def task_arrays(name: str, split, task: TaskInfo, rows: np.ndarray) -> dict[str,
     else:
         pos = np.stack([targets[r] for r in rows]).astype(np.int32)  # (N, 2)
         out[f"spans/{name}/start"], out[f"spans/{name}/end"] = pos[:, 0].copy(), pos[:, 1].copy()
+        for key in ("question", "window", "answer_in_window"):  # windows (--stride): per window, its question
+            if key in split.extra:
+                out[f"spans/{name}/{key}"] = split.extra[key][rows].astype(np.int32)
     recs = gold_records(split, task)
     blobs = [json.dumps(recs[r], ensure_ascii=False).encode() for r in rows]
     offsets = np.zeros(len(blobs) + 1, dtype=np.int64)

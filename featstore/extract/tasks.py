@@ -7,7 +7,8 @@ joined by spaces; question + context as a pair) plus `extra` per example, and a 
 
 Alignment: every token records the word it belongs to and its character span; a word's tag sits on its first
 sub-word, the others are ignored in the loss (-100). Span answers become start/end token positions; answers
-cut off by truncation and unanswerable questions point at position 0 (the [CLS] token), as in SQuAD v2.
+cut off by truncation and unanswerable questions point at position 0 (the [CLS] token), as in SQuAD v2. With
+`--stride`, long contexts become overlapping windows instead, each window an example (`tokenize_windows`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..tagging import SCHEMES, detect_scheme, invalid_tags, repair_tags
-from .inputs import Dataset, SplitData, read_table
+from .inputs import Dataset, SplitData, read_table, vocabulary
 from .plan import Tokenized
 
 TASKS = ("sentence", "token", "span")
@@ -36,12 +37,15 @@ class TaskInfo:
     tag_names: list[str] | None = None  # token: vocabulary, index = tag id
     repaired: int = 0  # tags changed by --repair-tags / answers moved by --repair-answers
     splits: dict[str, dict[str, int]] = field(default_factory=dict)  # per split alignment counts
+    unseen: dict[str, dict[str, int]] = field(default_factory=dict)  # token: tag -> split -> words; not in train
 
     def to_json(self) -> dict[str, Any]:
         d = {"kind": self.kind, "splits": self.splits}
         d["repaired"] = self.repaired
         if self.kind == "token":
             d.update(scheme=self.scheme, tag_names=self.tag_names)
+        if self.unseen:  # stores without such tags keep the manifest they always had
+            d["unseen_in_train"] = self.unseen
         return d
 
 
@@ -100,10 +104,16 @@ def _token_split(name: str, path: str, tokens_column: str, tags_column: str,
     return words, tags, ids or [f"{name}-{i}" for i in range(len(words))]
 
 
+def tag_order(tag: str) -> tuple[bool, str]:
+    """`O` first, then alphabetical: the order of a tag vocabulary."""
+    return tag != "O", tag
+
+
 def load_token_dataset(data: dict[str, str], tokens_column: str = "tokens", tags_column: str = "tags",
                        id_column: str | None = None, scheme: str = "auto",
-                       repair: bool = False) -> tuple[Dataset, TaskInfo]:
-    """Read and validate token splits; an I- tag without its B- is an error unless `repair`."""
+                       repair: bool = False, strict_labels: bool = False) -> tuple[Dataset, TaskInfo]:
+    """Read and validate token splits; an I- tag without its B- is an error unless `repair`. A tag absent from
+    the training split is kept (after train's tags) and counted, or refused with `strict_labels`."""
     read = {n: _token_split(n, p, tokens_column, tags_column, id_column) for n, p in data.items()}
     all_tags = [t for _, tags, _ in read.values() for t in tags]
     if scheme == "auto":
@@ -125,17 +135,13 @@ def load_token_dataset(data: dict[str, str], tokens_column: str = "tokens", tags
         s = SplitData(name, data[name], [" ".join(w) for w in words], None, ids)
         s.extra = {"words": words, "tags": tags}
         splits[name] = s
-    vocab_src = [splits["train"]] if "train" in splits else list(splits.values())
-    names = sorted({t for s in vocab_src for seq in s.extra["tags"] for t in seq}, key=lambda x: (x != "O", x))
+    names, unseen = vocabulary({n: s.extra["tags"] for n, s in splits.items()}, tag_order, strict_labels, "tag",
+                               lambda split, i: f"split {split!r} ({data[split]}) sentence {i}")
     index = {n: i for i, n in enumerate(names)}
     for s in splits.values():
-        for i, seq in enumerate(s.extra["tags"]):
-            unknown = [t for t in seq if t not in index]
-            if unknown:
-                raise InputError(f"split {s.name!r} sentence {i}: tag {unknown[0]!r} does not occur in the training "
-                                 "split; fix the tag or add training examples for it")
         s.extra["tag_ids"] = [np.asarray([index[t] for t in seq], dtype=np.int64) for seq in s.extra["tags"]]
-    return Dataset(splits, [], tokens_column, None, id_column), TaskInfo("token", scheme, names, repaired)
+    return (Dataset(splits, [], tokens_column, None, id_column),
+            TaskInfo("token", scheme, names, repaired, unseen=unseen))
 
 
 def _answers(raw: Any, where: str) -> list[dict[str, Any]]:
@@ -264,10 +270,16 @@ def answer_positions(cs: np.ndarray, ce: np.ndarray, answers: list[dict[str, Any
     return start, end, False
 
 
-def tokenize_task(tokenizer, split: SplitData, info: TaskInfo, max_length: int, truncation: str) -> Tokenized:
-    """Tokenize with offsets and align tags / answers; records counts in `info.splits`."""
+def tokenize_task(tokenizer, split: SplitData, info: TaskInfo, max_length: int, truncation: str,
+                  stride: int | None = None) -> Tokenized:
+    """Tokenize with offsets and align tags / answers; records counts in `info.splits`.
+
+    Span tasks with `stride`: every question becomes one example per window of its context (see
+    `tokenize_windows`), and `split` is rewritten to hold those windows."""
     if not getattr(tokenizer, "is_fast", False):
         raise InputError("token and span tasks need a fast tokenizer (character offsets); this model has none")
+    if info.kind == "span" and stride:
+        return tokenize_windows(tokenizer, split, info, max_length, stride)
     ids, types, extra = [], [], {k: [] for k in ("word_index", "char_start", "char_end")}
     targets, lost_words, lost_answers, unanswerable, truncated = [], 0, 0, 0, 0
     for i in range(len(split)):
@@ -303,9 +315,69 @@ def tokenize_task(tokenizer, split: SplitData, info: TaskInfo, max_length: int, 
     return Tokenized(ids, types if len(types) == len(ids) else None, lengths, truncated, extra=extra)
 
 
+def tokenize_windows(tokenizer, split: SplitData, info: TaskInfo, max_length: int, stride: int) -> Tokenized:
+    """Span task, long contexts: overlapping windows of question + context (HF's `doc_stride`: consecutive
+    windows of a question share `stride` context tokens), each window one example.
+
+    Rewrites `split` to one entry per window, in question order: ids `QID#k`, the question's texts and answers,
+    and in `extra` per window `question` (the question's input row), `window` (k) and `answer_in_window` (1 when
+    the window holds the whole first answer: its start/end target; else 0 and the no-answer target (0, 0), the
+    [CLS] token, as in HF). An answer in the overlap of two windows is a target in both. Nothing is truncated: a
+    window is cut only where the next one starts."""
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    ids, types, extra = [], [], {k: [] for k in ("word_index", "char_start", "char_end")}
+    targets, question, window, in_window = [], [], [], []
+    lost_answers = unanswerable = windowed = 0
+    for i in range(len(split)):
+        n_q = len(tokenizer(split.texts[i], add_special_tokens=False, verbose=False)["input_ids"])
+        room = max_length - n_q - specials
+        if room <= stride:
+            raise InputError(f"split {split.name!r} question {split.ids[i]!r} has {n_q} tokens: at --max-length "
+                             f"{max_length} it leaves {max(room, 0)} context tokens per window, which must exceed "
+                             f"--stride {stride}; use a larger --max-length or a smaller --stride")
+        enc = tokenizer(split.texts[i], split.pairs[i], truncation="only_second", max_length=max_length,
+                        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True, verbose=False)
+        spans = _word_spans(split.pairs[i].split(" "))
+        answers = split.extra["answers"][i]
+        n = len(enc["input_ids"])
+        windowed += n > 1
+        found = False
+        for k in range(n):
+            al = align_tokens(enc["offset_mapping"][k], spans, None, [s == 1 for s in enc.sequence_ids(k)])
+            s, e, lost = answer_positions(al["char_start"], al["char_end"], answers)
+            held = bool(answers) and not lost
+            found |= held
+            targets.append(np.asarray([s, e], dtype=np.int64))
+            question.append(i)
+            window.append(k)
+            in_window.append(int(held))
+            ids.append(enc["input_ids"][k])
+            if "token_type_ids" in enc:
+                types.append(enc["token_type_ids"][k])
+            for key in extra:
+                extra[key].append(al[key])
+        lost_answers += bool(answers) and not found
+        unanswerable += not answers
+    info.splits[split.name] = {"answers_lost": lost_answers, "unanswerable": unanswerable,
+                               "questions": len(split), "windows": len(ids), "windowed_questions": windowed}
+    q = np.asarray(question, dtype=np.int64)
+    qids = split.ids
+    split.texts = [split.texts[j] for j in q]
+    split.pairs = [split.pairs[j] for j in q]
+    split.ids = [f"{qids[j]}#{k}" for j, k in zip(q, window)]
+    split.extra = {"answers": [split.extra["answers"][j] for j in q], "targets": targets,
+                   "question_ids": [qids[j] for j in q], "question": q,
+                   "window": np.asarray(window, dtype=np.int64), "answer_in_window": np.asarray(in_window, np.int64)}
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    return Tokenized(ids, types if len(types) == len(ids) else None, lengths, 0, extra=extra)
+
+
 def gold_records(split: SplitData, info: TaskInfo) -> list[dict[str, Any]]:
     """What scoring needs beside the features, per example: words + gold tags, or context + gold answers."""
     if info.kind == "token":
         return [{"words": w, "tags": t} for w, t in zip(split.extra["words"], split.extra["tags"])]
-    return [{"context": c, "question": q, "answers": [a["text"] for a in ans]}
+    recs = [{"context": c, "question": q, "answers": [a["text"] for a in ans]}
             for c, q, ans in zip(split.pairs, split.texts, split.extra["answers"])]
+    for r, qid in zip(recs, split.extra.get("question_ids", ())):  # windows: the question each belongs to
+        r["question_id"] = qid
+    return recs

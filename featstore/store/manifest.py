@@ -99,6 +99,10 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
     if project is not None and (not isinstance(project, int) or isinstance(project, bool)
                                 or not 1 <= project <= hidden):
         raise StoreError(f"{source}: manifest project {project!r} is not a width between 1 and {hidden}")
+    stride = s.get("stride")
+    if stride is not None and (not isinstance(stride, int) or isinstance(stride, bool) or not 1 <= stride
+                               or s.get("task") != "span"):
+        raise StoreError(f"{source}: manifest stride {stride!r} is not a positive token count of a span store")
     _validate_task(m, source)
     for split, meta in m["dataset"].get("splits", {}).items():
         safe_name(split, "split")
@@ -109,6 +113,7 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
         names = col.get("names")
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             raise StoreError(f"{source}: label names of column {col.get('name')!r} are not a list of strings")
+        _validate_unseen(col, names, f"{source}: label column {col.get('name')!r}")
     per_split: dict[str, list[int]] = {}
     for seg in m.get("segments", []):
         n = per_split.setdefault(seg.get("split"), [0, 0])
@@ -151,13 +156,26 @@ def _validate_task(m: dict[str, Any], source: str) -> None:
             raise StoreError(f"{source}: manifest dataset.task.tag_names is not a list of tag strings")
         if task.get("scheme") not in ("IOB2", "IOBES", "none"):
             raise StoreError(f"{source}: manifest dataset.task.scheme {task.get('scheme')!r} unknown")
+        _validate_unseen(task, names, f"{source}: dataset.task")
     for col, entry in task.get("tag_columns", {}).items():
         safe_name(col, "tag column")
         names = entry.get("tag_names")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise StoreError(f"{source}: manifest tag column {col!r} has no list of tag names")
+        _validate_unseen(entry, names, f"{source}: tag column {col!r}")
     if not isinstance(task.get("splits", {}), dict):
         raise StoreError(f"{source}: manifest dataset.task.splits is not an object")
+
+
+def _validate_unseen(entry: dict[str, Any], names: Any, where: str) -> None:
+    """`unseen_in_train` (labels absent from train -> split -> count) names labels of the vocabulary."""
+    unseen = entry.get("unseen_in_train", {})
+    if not isinstance(unseen, dict) or not all(
+            isinstance(per, dict) and (names is None or label in names)
+            and all(isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_COUNT
+                    for k, n in per.items()) for label, per in unseen.items()):
+        raise StoreError(f"{where}: manifest unseen_in_train is malformed (labels of the vocabulary -> split -> "
+                         "count); refusing the store")
 
 
 def validate_published(m: Any, source: str) -> dict[str, Any]:

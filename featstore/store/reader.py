@@ -305,6 +305,15 @@ class Split:
         """(n_examples, 2) answer start/end token positions; (0, 0) = no answer in the window."""
         return np.stack([self._checked("spans", k, self.n_examples) for k in ("start", "end")], 1).astype(np.int64)
 
+    def span_windows(self) -> dict[str, np.ndarray] | None:
+        """Span stores extracted with `--stride`: per example (a window), `question` (its question's input row),
+        `window` (its number within the question) and `answer_in_window` (1: the start/end targets are the
+        answer; 0: the no-answer target). None for a store without windows (one example per question)."""
+        if not self.store.manifest["settings"].get("stride"):
+            return None
+        return {k: self._checked("spans", k, self.n_examples).astype(np.int64)
+                for k in ("question", "window", "answer_in_window")}
+
     def gold(self) -> list[dict[str, Any]]:
         """Per example (storage order), what scoring needs: words + tags, or context + gold answer texts."""
         return self._json(f"gold/{self.name}")

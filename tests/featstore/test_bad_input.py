@@ -65,11 +65,12 @@ def test_null_or_non_text(bert, tmp_path, bad):
     assert_user_error(run(base(bert, {"train": path}, tmp_path / "s")), "row 2", f"is {kind}, not text")
 
 
-def test_label_absent_from_train(bert, train, tmp_path):
+def test_label_absent_from_train_with_strict_labels(bert, train, tmp_path):
     rows = make_rows(4, 2)
     rows[1]["label"] = "surprise"
     dev = write_csv(tmp_path / "dev.csv", rows)
-    r = run(base(bert, {"train": train, "validation": dev}, tmp_path / "s", "--label-column", "label"))
+    r = run(base(bert, {"train": train, "validation": dev}, tmp_path / "s", "--label-column", "label",
+                 "--strict-labels"))
     assert_user_error(r, "'surprise'", "does not occur in the training split")
 
 
