@@ -280,6 +280,37 @@ def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storag
                    f"{r.bytes_written / 2**20:.1f} MiB in {r.seconds:.1f} s; fingerprint {r.fingerprint[:16]}")
 
 
+@main.command()
+@click.argument("store")
+@click.argument("out_dir", metavar="DIR")
+@click.option("--split", "splits", multiple=True, help="Split to export (repeatable; default: every split).")
+@click.option("--layers", default="-1", show_default=True,
+              help="Comma-separated stored layers, negative = from the top stored layer, or all.")
+@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["mean", "cls"]))
+@click.option("--format", "fmt", default="parquet", show_default=True, type=click.Choice(["parquet", "arrow"]))
+@click.option("--overwrite", is_flag=True, help="Replace exported files already in DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@storage_options
+@cache_dir
+@user_errors
+def export(store, out_dir, splits, layers, pooling, fmt, overwrite, as_json, storage_option, cache_dir) -> None:
+    """Write pooled vectors, ids, input rows and labels of STORE as DIR/<split>.parquet (or .arrow).
+
+    `datasets.load_dataset("parquet", data_dir=DIR)`, pandas and polars open them; each file's metadata
+    (key `featstore`) holds the store's fingerprint, layers, pooling and label names."""
+    from dataclasses import asdict
+
+    from featstore.export import export as run
+
+    r = run(store, out_dir, list(splits) or None, layers, pooling, fmt, overwrite,
+            storage_options=_options(storage_option), cache_dir=cache_dir)
+    if as_json:
+        click.echo(json.dumps(asdict(r), indent=1))
+        return
+    click.echo(f"wrote {', '.join(r.files)}: {', '.join(f'{k} {v:,}' for k, v in r.examples.items())} examples, "
+               f"layers {r.layers} ({pooling}), {r.bytes_written / 2**20:.1f} MiB; fingerprint {r.fingerprint[:16]}")
+
+
 @main.command(name="add-labels")
 @click.argument("store")
 @click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=PATH",
