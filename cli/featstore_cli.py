@@ -268,8 +268,8 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option("--encoding", required=True, type=click.Choice(list(ENCODINGS)),
-              help="Encoding of the new store (8-bit: int8, fp8 = e4m3, with per-token scales).")
+@click.option("--encoding", default=None, type=click.Choice(list(ENCODINGS)),
+              help="Encoding of the new store (8-bit: int8, fp8 = e4m3, with per-token scales). Default: SRC's.")
 @click.option("--project", default=None, type=click.IntRange(min=1), metavar="N",
               help="Project each layer to N principal directions (PCA on a sample of SRC's training split).")
 @click.option("--layers", default="all", show_default=True, help="Comma-separated layers of SRC to keep, or 'all'.")
@@ -280,7 +280,7 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
 @cache_dir
 @user_errors(interrupted=RESUMABLE)
 def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storage_option, cache_dir) -> None:
-    """Re-encode or subset SRC (a path or URL) into a new local store DST, without the backbone.
+    """Re-encode, project or subset SRC (a path or URL) into a new local store DST, without the backbone.
 
     One segment at a time; re-running the same command after an interruption resumes. DST gets its own
     fingerprint (from SRC's and the transform) and records what it was derived from."""

@@ -306,9 +306,9 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
 
 
 def _progress(total: int, enabled: bool, desc: str = "extract"):
-    from tqdm.auto import tqdm
+    from ..io.progress import progress_bar
 
-    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, smoothing=0.1)
+    return progress_bar(enabled, total=total, unit="tok", unit_scale=True, desc=desc, smoothing=0.1)
 
 
 # -- step 3: labels, label-name features, statistics, manifest last ---------------------------------------
