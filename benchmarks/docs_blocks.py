@@ -17,6 +17,7 @@ import time
 
 FENCE = re.compile(r"^```(\w*)\s*$")
 RUNNABLE = ("sh", "python")
+SETUP = ("pip ", "make ")  # installing and `make demo` / `make test`: what a fresh clone runs first, not re-run here
 
 
 def blocks(path: str) -> list[tuple[str, str, int]]:
@@ -62,6 +63,9 @@ def main() -> None:
                 where = f"{path}:{line}"
                 print(f"--- {where} ({lang})\n{step.rstrip()}", flush=True)
                 if args.action == "list":
+                    continue
+                if step.startswith(SETUP):
+                    print("--- skipped (set-up command)", flush=True)
                     continue
                 t0 = time.time()
                 cmd = ["bash", "-c", step] if lang == "sh" else [sys.executable, "-c", step]
