@@ -58,9 +58,11 @@ INPUT_OPTIONS = [  # what extract and estimate both take: the inputs, the model 
     click.option("--tag-scheme", default="auto", show_default=True,
                  type=click.Choice(["auto", "IOB2", "IOBES", "none"]),
                  help="Entity scheme of the tags (IOB2 = BIO); none for plain tag sets such as POS."),
-    click.option("--repair-tags", is_flag=True, help="Start an entity at an I- tag without its B- instead of refusing."),
+    click.option("--repair-tags", is_flag=True,
+                 help="Start an entity at an I- tag without its B- instead of refusing."),
     click.option("--repair-answers", is_flag=True,
-                 help="Span task: move an answer whose text is not at its answer_start to the nearest place it occurs."),
+                 help="Span task: move an answer whose text is not at its answer_start to the nearest place it "
+                      "occurs."),
 ]
 
 

@@ -187,8 +187,8 @@ def _announce_size(cfg: ExtractConfig, ds: Dataset, task: TaskInfo | None, lm: L
         from ..verify import format_bytes
 
         free = f"; {format_bytes(space[1])} free there" if space else ""
-        print(f"estimate: {est.total_tokens:,} tokens x {est.bytes_per_token:,} bytes = {format_bytes(est.total_bytes)} "
-              f"for {cfg.out}{free}", file=sys.stderr, flush=True)
+        print(f"estimate: {est.total_tokens:,} tokens x {est.bytes_per_token:,} bytes = "
+              f"{format_bytes(est.total_bytes)} for {cfg.out}{free}", file=sys.stderr, flush=True)
 
 
 def _tokenize_share(lm: LoadedModel, split: Any, cfg: ExtractConfig, rank: int, world: int) -> Tokenized:
