@@ -194,8 +194,9 @@ def size(lay: Layout, cfg: ExtractConfig, ds: Any, task: Any, tokens: dict[str, 
 
 def measure_rate(cfg: ExtractConfig, ds: Any, tokenizer: Any, layers: list[int],
                  budget: int = 4096) -> tuple[float, str]:
-    """Tokens/s of a forward pass (to the deepest kept layer) over about `budget` tokens of the first split, on
-    the device extraction would use; a warm-up pass first. Loads the model's weights."""
+    """Tokens/s of one forward pass (to the deepest kept layer) over the first `budget // 64` inputs of the first
+    split, on the device extraction would use, after a warm-up pass. Loads the model's weights. Extraction also
+    tokenizes, writes and checksums, so its end-to-end rate is somewhat lower."""
     import torch
 
     from ..device import pick_device
@@ -237,7 +238,7 @@ def format_estimate(e: Estimate) -> str:
              f"store        {format_bytes(e.total_bytes)}  ({e.total_bytes:,} bytes: arrays "
              f"{format_bytes(e.array_bytes)}, metadata {format_bytes(e.metadata_bytes)})"]
     if e.seconds is not None:
-        lines.append(f"time         {_duration(e.seconds)} at {e.rate:,.0f} tokens/s ({e.rate_source})")
+        lines.append(f"time         {_duration(e.seconds)} at {e.rate:,.0f} tokens/s, {e.rate_source}")
     lines.append("alternatives encoding   project  bytes/token        store")
     for a in e.alternatives:
         mark = "  <- chosen" if a["chosen"] else ""

@@ -1,5 +1,5 @@
 """Child process of test_torch_data.py: one rank reading epochs of `split.torch_iterable` through a DataLoader
-with 0 and with 2 spawned workers; the rank and world size come from torch.distributed (gloo) when world > 1.
+with 0 workers (epochs 0 and 1) and with 2 spawned workers (epoch 1); the rank and world size come from torch.distributed (gloo) when world > 1.
 Writes {workers: {epoch: [storage indices in the order seen]}} as JSON."""
 import json
 import sys
@@ -21,7 +21,7 @@ if __name__ == "__main__":
         loader = DataLoader(ds, batch_size=None, num_workers=workers,
                             multiprocessing_context="spawn" if workers else None)
         seen[workers] = {}
-        for epoch in (0, 1):
+        for epoch in ((0, 1) if workers == 0 else (1,)):  # each epoch spawns its workers anew: one epoch here
             ds.set_epoch(epoch)
             seen[workers][epoch] = [int(i) for b in loader for i in b["index"]]
     with open(out, "w") as f:

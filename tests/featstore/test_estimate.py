@@ -81,7 +81,7 @@ def test_estimate_cli_prints_every_encoding_and_a_measured_time(bert, splits):
     p = _cli("estimate", "--model", bert, "--data", f"train={splits['train']}", "--layers", "all",
              "--max-length", "24")
     assert p.returncode == 0, p.stderr
-    for part in ("tokens ", "per token ", "store ", "float32", "int8", "<- chosen", "tokens/s (measured on cpu"):
+    for part in ("tokens ", "per token ", "store ", "float32", "int8", "<- chosen", "tokens/s, measured on cpu"):
         assert part in p.stdout
     d = json.loads(_cli("estimate", "--model", bert, "--data", f"train={splits['train']}", "--rate", "5000",
                         "--json").stdout)
