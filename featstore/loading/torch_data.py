@@ -144,11 +144,13 @@ class StoreIterable(IterableDataset):
         self.epoch = int(epoch)
 
     def shard(self) -> tuple[int, int]:
-        """(this reader's shard, number of shards): ranks x DataLoader workers."""
-        rank, world = _rank(*self._given) if self._given != (None, None) else (self.rank, self.world_size)
+        """(this reader's shard, number of shards): ranks x DataLoader workers. In the main process the rank is
+        looked up again (torch.distributed may have started since); a worker keeps what its parent resolved."""
         info = get_worker_info()
+        if info is None:
+            self.rank, self.world_size = _rank(*self._given)
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return rank * workers + worker, world * workers
+        return self.rank * workers + worker, self.world_size * workers
 
     def __iter__(self):
         shard, n_shards = self.shard()
