@@ -21,38 +21,74 @@ def main() -> None:
     """Compute a frozen encoder's hidden states once; reuse them for every head, seed and teammate."""
 
 
+INPUT_OPTIONS = [  # what extract and estimate both take: the inputs, the model and what is kept of it
+    click.option("--model", required=True, help="Hub id, alias (deberta-v2-xxlarge, roberta-large, ...) or local dir."),
+    click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=PATH",
+                 help="Input split: CSV/TSV, JSONL, Parquet or a datasets directory. Repeat per split."),
+    click.option("--text-column", default="text", show_default=True),
+    click.option("--text-pair-column", "pair_column", default=None, help="Second text of a pair (e.g. sentence2)."),
+    click.option("--label-column", "label_columns", multiple=True, metavar="NAME[:KIND] | NAME=COL,COL,...",
+                 help="Target column; repeatable. Text/integer labels are classes, fractional numbers regression, "
+                      "lists of names multi-label (NAME:multilabel for `a|b` text in CSV); NAME=COL1,COL2,... names "
+                      "0/1 columns together as one multi-label column."),
+    click.option("--id-column", default=None, help="Unique example id column (default: SPLIT-ROW)."),
+    click.option("--layers", default="-1", show_default=True,
+                 help="Comma-separated layer indices (negative count from the top, 0 = embeddings) or 'all'."),
+    click.option("--max-length", default=None, type=int,
+                 help="Tokens per input; longer ones are truncated (default: the model's limit, at most 512)."),
+    click.option("--truncation", default=None, type=click.Choice(["longest_first", "only_first", "only_second"]),
+                 help="Which text of a pair is cut (default: longest_first; --task span: only_second, the context)."),
+    click.option("--dtype", default=None, type=click.Choice(["float16", "bfloat16", "float32"]),
+                 help="Stored float dtype (default float16); the same as --encoding with a float name."),
+    click.option("--encoding", default=None, type=click.Choice(list(ENCODINGS)),
+                 help="How values are stored: a float dtype, or 8-bit codes (int8, fp8 = e4m3) with per-token scales "
+                      "after a per-channel standardisation; readers decode them to float32. Default: --dtype."),
+    click.option("--project", default=None, type=click.IntRange(min=1), metavar="N",
+                 help="Keep N principal directions per layer (an integer, e.g. a quarter of the hidden size; PCA "
+                      "fitted on a sample of the training split, kept in the store; label-name features too)."),
+    click.option("--format", "format", default=FORMATS[0], show_default=True, type=click.Choice(list(FORMATS))),
+    click.option("--segment-mb", default=256.0, show_default=True, type=float,
+                 help="Target segment size (unit of resume)."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+    click.option("--allow-empty-text", is_flag=True,
+                 help="Keep empty or whitespace-only texts (refused by default: they are almost always a data bug)."),
+    click.option("--task", default="sentence", show_default=True, type=click.Choice(["sentence", "token", "span"]),
+                 help="token: a tag per word (CoNLL files, or JSONL/Parquet list columns); span: extractive QA "
+                      "(SQuAD JSON v1.1/v2, or JSONL with context, question, answers)."),
+    click.option("--tokens-column", default="tokens", show_default=True, help="Token task, JSONL/Parquet: the words."),
+    click.option("--tags-column", default="tags", show_default=True, help="Token task, JSONL/Parquet: the tags."),
+    click.option("--tag-scheme", default="auto", show_default=True,
+                 type=click.Choice(["auto", "IOB2", "IOBES", "none"]),
+                 help="Entity scheme of the tags (IOB2 = BIO); none for plain tag sets such as POS."),
+    click.option("--repair-tags", is_flag=True,
+                 help="Start an entity at an I- tag without its B- instead of refusing."),
+    click.option("--repair-answers", is_flag=True,
+                 help="Span task: move an answer whose text is not at its answer_start to the nearest place it "
+                      "occurs."),
+]
+
+
+def input_options(fn):
+    for option in reversed(INPUT_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _config(out: str, opts: dict, **more):
+    """The ExtractConfig of a command's input options (parsed `--data`, listed label columns)."""
+    from featstore.extract import ExtractConfig
+    from featstore.extract.inputs import parse_split_specs
+
+    opts = {**opts, "data": parse_split_specs(list(opts["data"])), "label_columns": list(opts["label_columns"])}
+    return ExtractConfig(out=out, **opts, **more)
+
+
 @main.command()
-@click.option("--model", required=True, help="Hub id, alias (deberta-v2-xxlarge, roberta-large, ...) or local dir.")
-@click.option("--data", "data", multiple=True, required=True, metavar="SPLIT=PATH",
-              help="Input split: CSV/TSV, JSONL, Parquet or a datasets directory. Repeat per split.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--text-pair-column", default=None, help="Second text of a pair (e.g. sentence2).")
-@click.option("--label-column", "label_columns", multiple=True, metavar="NAME[:KIND] | NAME=COL,COL,...",
-              help="Target column; repeatable. Text/integer labels are classes, fractional numbers regression, "
-                   "lists of names multi-label (NAME:multilabel for `a|b` text in CSV); NAME=COL1,COL2,... names "
-                   "0/1 columns together as one multi-label column.")
-@click.option("--id-column", default=None, help="Unique example id column (default: SPLIT-ROW).")
-@click.option("--layers", default="-1", show_default=True,
-              help="Comma-separated layer indices (negative count from the top, 0 = embeddings) or 'all'.")
-@click.option("--max-length", default=None, type=int,
-              help="Tokens per input; longer ones are truncated (default: the model's limit, at most 512).")
-@click.option("--truncation", default="longest_first", show_default=True,
-              type=click.Choice(["longest_first", "only_first", "only_second"]))
-@click.option("--dtype", default=None, type=click.Choice(["float16", "bfloat16", "float32"]),
-              help="Stored float dtype (default float16); the same as --encoding with a float name.")
-@click.option("--encoding", default=None, type=click.Choice(list(ENCODINGS)),
-              help="How values are stored: a float dtype, or 8-bit codes (int8, fp8 = e4m3) with per-token scales "
-                   "after a per-channel standardisation; readers decode them to float32. Default: --dtype.")
-@click.option("--project", default=None, type=click.IntRange(min=1), metavar="N",
-              help="Keep N principal directions per layer (PCA fitted on a sample of the training split, kept in "
-                   "the store, applied on the device; label-name features too).")
-@click.option("--format", "fmt", default=FORMATS[0], show_default=True, type=click.Choice(list(FORMATS)))
+@input_options
 @click.option("--compression", default="none", show_default=True,
               help="; ".join(f"{f}: {'|'.join(compressions(f))}" for f in FORMATS) + ".")
 @click.option("--batch-tokens", default=16384, show_default=True, type=int, help="Padded tokens per forward batch.")
-@click.option("--segment-mb", default=256.0, show_default=True, type=float, help="Target segment size (unit of resume).")
 @click.option("--chunk-mb", default=4.0, show_default=True, type=float, help="Target chunk size.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--compute-dtype", default="auto", show_default=True,
               help="Model dtype for the forward pass (auto: bfloat16 on CUDA, float32 on CPU).")
 @click.option("--out", required=True,
@@ -61,50 +97,27 @@ def main() -> None:
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
               help="fsspec option when --out is a URL (repeatable; as for push).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
-@click.option("--allow-empty-text", is_flag=True,
-              help="Keep empty or whitespace-only texts (refused by default: they are almost always a data bug).")
-@click.option("--task", default="sentence", show_default=True, type=click.Choice(["sentence", "token", "span"]),
-              help="token: a tag per word (CoNLL files, or JSONL/Parquet list columns); span: extractive QA "
-                   "(SQuAD JSON v1.1/v2, or JSONL with context, question, answers).")
-@click.option("--tokens-column", default="tokens", show_default=True, help="Token task, JSONL/Parquet: the words.")
-@click.option("--tags-column", default="tags", show_default=True, help="Token task, JSONL/Parquet: the tags.")
-@click.option("--tag-scheme", default="auto", show_default=True, type=click.Choice(["auto", "IOB2", "IOBES", "none"]),
-              help="Entity scheme of the tags (IOB2 = BIO); none for plain tag sets such as POS.")
-@click.option("--repair-tags", is_flag=True, help="Start an entity at an I- tag without its B- instead of refusing.")
-@click.option("--repair-answers", is_flag=True,
-              help="Span task: move an answer whose text is not at its answer_start to the nearest place it occurs.")
-@click.option("--stride", default=None, type=click.IntRange(min=1), metavar="N",
-              help="Span task: a context longer than --max-length becomes overlapping windows that share N tokens "
-                   "(HF's doc_stride), each stored as an example linked to its question; windows without the "
-                   "answer point at token 0.")
-@click.option("--strict-labels", is_flag=True,
-              help="Refuse a tag or class that occurs in another split but not in train (by default it is kept in "
-                   "the vocabulary, counted in the summary and the manifest, and warned about).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--no-space-check", is_flag=True,
+              help="Start even when --out's file system has less free space than the estimated store.")
+@click.option("--free-space", default=None, metavar="SIZE",
+              help="Free space to check against instead of what the file system reports (a quota), e.g. 200G.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no size estimate on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
-def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
-            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, device, compute_dtype, out,
-            overwrite, allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers,
-            stride, strict_labels, quiet, as_json, storage_option) -> None:
+def extract(compression, batch_tokens, chunk_mb, compute_dtype, out, storage_option, overwrite, no_space_check,
+            free_space, quiet, as_json, **inputs) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
-    Re-running the same command after an interruption resumes from the committed segments.
+    Prints the estimated store size first and refuses to start (exit 2) when --out's file system lacks the
+    space. Re-running the same command after an interruption resumes from the committed segments.
     """
-    from featstore.extract.inputs import parse_split_specs
-    from featstore.extract import ExtractConfig, extract as run, summary_dict
+    from featstore.extract import extract as run, summary_dict
+    from featstore.extract.estimate import parse_size
 
-    cfg = ExtractConfig(model=model, data=parse_split_specs(list(data)), out=out, text_column=text_column,
-                        pair_column=text_pair_column, label_columns=list(label_columns), id_column=id_column,
-                        layers=layers, max_length=max_length, truncation=truncation, dtype=dtype, encoding=encoding,
-                        project=project, format=fmt,
-                        compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
-                        chunk_mb=chunk_mb, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
-                        allow_empty_text=allow_empty_text, progress=not quiet,
-                        storage_options=options(storage_option), task=task,
-                        tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,
-                        repair_tags=repair_tags, repair_answers=repair_answers, strict_labels=strict_labels,
-                        stride=stride)
+    cfg = _config(out, inputs, compression=compression, batch_tokens=batch_tokens, chunk_mb=chunk_mb,
+                  compute_dtype=compute_dtype, overwrite=overwrite, progress=not quiet,
+                  storage_options=options(storage_option), space_check=not no_space_check,
+                  free_space=parse_size(free_space) if free_space is not None else None)
     s = run(cfg)
     if s.rank:
         return  # under torchrun, rank 0 reports
@@ -252,8 +265,8 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
 @main.command()
 @click.argument("src")
 @click.argument("dst")
-@click.option("--encoding", required=True, type=click.Choice(list(ENCODINGS)),
-              help="Encoding of the new store (8-bit: int8, fp8 = e4m3, with per-token scales).")
+@click.option("--encoding", default=None, type=click.Choice(list(ENCODINGS)),
+              help="Encoding of the new store (8-bit: int8, fp8 = e4m3, with per-token scales). Default: SRC's.")
 @click.option("--project", default=None, type=click.IntRange(min=1), metavar="N",
               help="Project each layer to N principal directions (PCA on a sample of SRC's training split).")
 @click.option("--layers", default="all", show_default=True, help="Comma-separated layers of SRC to keep, or 'all'.")
@@ -264,7 +277,7 @@ def ls_cmd(prefix, storage_option, depth, as_json) -> None:
 @cache_dir
 @user_errors(interrupted=RESUMABLE)
 def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storage_option, cache_dir) -> None:
-    """Re-encode or subset SRC (a path or URL) into a new local store DST, without the backbone.
+    """Re-encode, project or subset SRC (a path or URL) into a new local store DST, without the backbone.
 
     One segment at a time; re-running the same command after an interruption resumes. DST gets its own
     fingerprint (from SRC's and the transform) and records what it was derived from."""
@@ -281,6 +294,56 @@ def convert(src, dst, encoding, project, layers, fmt, overwrite, as_json, storag
     else:
         click.echo(f"wrote {dst}: {r.segments_total} segments ({r.segments_resumed} resumed), "
                    f"{r.bytes_written / 2**20:.1f} MiB in {r.seconds:.1f} s; fingerprint {r.fingerprint[:16]}")
+
+
+@main.command()
+@click.argument("store")
+@click.argument("out_dir", metavar="DIR")
+@click.option("--split", "splits", multiple=True, help="Split to export (repeatable; default: every split).")
+@click.option("--layers", default="-1", show_default=True,
+              help="Comma-separated stored layers, negative = from the top stored layer, or all.")
+@click.option("--pooling", default="mean", show_default=True, type=click.Choice(["mean", "cls"]))
+@click.option("--format", "fmt", default="parquet", show_default=True, type=click.Choice(["parquet", "arrow"]))
+@click.option("--overwrite", is_flag=True, help="Replace exported files already in DIR.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@storage_options
+@cache_dir
+@user_errors
+def export(store, out_dir, splits, layers, pooling, fmt, overwrite, as_json, storage_option, cache_dir) -> None:
+    """Write pooled vectors, ids, input rows and labels of STORE as DIR/<split>.parquet (or .arrow).
+
+    `datasets.load_dataset("parquet", data_dir=DIR)`, pandas and polars open them; each file's metadata
+    (key `featstore`) holds the store's fingerprint, layers, pooling and label names."""
+    from dataclasses import asdict
+
+    from featstore.export import export as run
+
+    r = run(store, out_dir, list(splits) or None, layers, pooling, fmt, overwrite,
+            storage_options=options(storage_option), cache_dir=cache_dir)
+    if as_json:
+        click.echo(json.dumps(asdict(r), indent=1))
+        return
+    click.echo(f"wrote {', '.join(r.files)}: {', '.join(f'{k} {v:,}' for k, v in r.examples.items())} examples, "
+               f"layers {r.layers} ({pooling}), {r.bytes_written / 2**20:.1f} MiB; fingerprint {r.fingerprint[:16]}")
+
+
+@main.command()
+@input_options
+@click.option("--sample", default=None, type=int, metavar="N",
+              help="Tokenize N random rows per split and extrapolate, with a 95% error bar (default: every row).")
+@click.option("--rate", default=None, type=float, metavar="TOKENS_PER_S",
+              help="Extraction speed to state (e.g. a GPU's); default: measured by a short forward pass here.")
+@click.option("--no-time", is_flag=True, help="Skip the time estimate (and loading the model's weights).")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+@user_errors
+def estimate(sample, rate, no_time, as_json, **inputs) -> None:
+    """Tokens, bytes and time an `extract` with these options would take, before running it.
+
+    Tokens are counted on the real inputs; bytes are shown for the chosen encoding and its alternatives."""
+    from featstore.extract.estimate import estimate as run, estimate_dict, format_estimate
+
+    e = run(_config("", inputs), sample=sample, rate=rate, measure=not no_time)
+    click.echo(json.dumps(estimate_dict(e), indent=1) if as_json else format_estimate(e))
 
 
 @main.command(name="add-labels")

@@ -56,13 +56,14 @@ def derived_fingerprint(source_fp: str, transform: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({"source": source_fp, "transform": transform}, sort_keys=True).encode()).hexdigest()
 
 
-def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: str | None = None,
+def convert(src: str, dst: str, encoding: str | None = None, layers: str | None = None, fmt: str | None = None,
             overwrite: bool = False, storage_options: dict[str, Any] | None = None,
             cache_dir: str | None = None, project: int | None = None) -> ConvertResult:
     """Write `dst` holding `src`'s features at `encoding`, for the chosen stored `layers`, projected to
-    `project` principal directions per layer when given (PCA fitted on a sample of the training split)."""
+    `project` principal directions per layer when given (PCA fitted on a sample of the training split).
+    `encoding` None keeps the source's (to subset layers or project only)."""
     t0 = time.perf_counter()
-    if encoding not in ENCODINGS:
+    if encoding is not None and encoding not in ENCODINGS:
         raise InputError(f"--encoding {encoding!r}: use one of {', '.join(ENCODINGS)}")
     if project is not None and project < 1:
         raise InputError(f"--project {project}: give a positive width (e.g. a quarter of the hidden size)")
@@ -72,6 +73,7 @@ def convert(src: str, dst: str, encoding: str, layers: str | None = None, fmt: s
         raise InputError(f"DST {dst}: convert writes a local store; `featstore push` it afterwards")
     source = open_store(src, storage_options=storage_options, cache_dir=cache_dir)
     try:
+        encoding = encoding or source.encoding
         keep = parse_layers(layers, source.layers)
         if project is not None and source.width != source.hidden_size:
             raise InputError(f"SRC {src} is already projected (to {source.width}); convert from the unprojected "

@@ -128,7 +128,7 @@ def verify(path: str, check_values: bool = True, progress: bool = False,
             problems.append("manifest says the store is incomplete (extraction did not finish)")
             return problems
         files = all_files(m)
-        from tqdm.auto import tqdm
+        from .io.progress import progress_bar
 
         def checksum(name: str) -> Any:
             try:
@@ -141,7 +141,7 @@ def verify(path: str, check_values: bool = True, progress: bool = False,
         jobs = 8 if store.is_remote else 1
         with ThreadPoolExecutor(jobs) as pool:
             results = pool.map(checksum, [name for name, _ in items])
-            checked = tqdm(zip(items, results), total=len(items), desc="checksums", unit="file", disable=not progress)
+            checked = progress_bar(progress, zip(items, results), total=len(items), desc="checksums", unit="file")
             for (name, meta), got in checked:
                 problems += _checksum_problem(name, meta, got)
         if problems:

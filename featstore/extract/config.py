@@ -23,7 +23,7 @@ class ExtractConfig:
     id_column: str | None = None
     layers: str = "-1"
     max_length: int | None = None  # default: the model's limit, at most 512
-    truncation: str = "longest_first"
+    truncation: str | None = None  # default: longest_first; span tasks only_second (the context, never the question)
     dtype: str | None = None  # default float16; a float encoding and this are one setting
     encoding: str | None = None  # default: the dtype; int8 / fp8 store 8-bit codes decoded to float32
     project: int | None = None  # keep N principal directions per layer (PCA fitted on a sample of train)
@@ -46,6 +46,8 @@ class ExtractConfig:
     repair_answers: bool = False  # move answers not at their offsets to the nearest occurrence of their text
     strict_labels: bool = False  # refuse a tag/class absent from the training split instead of keeping it
     stride: int | None = None  # span task: long contexts as overlapping windows sharing this many tokens
+    space_check: bool = True  # refuse to start when --out's file system lacks the estimated bytes
+    free_space: int | None = None  # bytes to check against instead of what the file system reports (a quota)
 
     def validate(self) -> None:
         """Every problem at once, as one line."""
@@ -72,6 +74,8 @@ class ExtractConfig:
             problems.append("--batch-tokens must be positive")
         if self.segment_mb <= 0 or self.chunk_mb <= 0:
             problems.append("--segment-mb and --chunk-mb must be positive")
+        if self.truncation is None:
+            self.truncation = "only_second" if self.task == "span" else "longest_first"
         if self.truncation not in ("longest_first", "only_first", "only_second"):
             problems.append(f"--truncation {self.truncation!r}: use longest_first, only_first or only_second")
         if self.compute_dtype not in ("auto",) + DTYPES:

@@ -1,13 +1,14 @@
 """Load a frozen encoder and its tokenizer; cut it after the deepest layer we keep; hash what defines it."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import InputError
 
@@ -52,8 +53,22 @@ class LoadedModel:
 def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     """Load any AutoModel encoder, frozen, in eval mode (dropout off)."""
     import torch
+    from transformers import AutoModel
+
+    path, config, tokenizer = load_config_and_tokenizer(name)
+    with _load_errors(name):
+        model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
+    model.eval()
+    model.requires_grad_(False)
+    n_params = sum(p.numel() for p in model.parameters())
+    model.to(device)
+    return LoadedModel(model, tokenizer, name, path, int(config.num_hidden_layers), int(config.hidden_size), n_params)
+
+
+def load_config_and_tokenizer(name: str) -> tuple[str, Any, Any]:
+    """(path, config, tokenizer) of a model, without its weights (`featstore estimate` needs no more)."""
     import transformers
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()  # ours is the only progress bar
     transformers.utils.logging.set_verbosity_error()
@@ -62,10 +77,15 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     if looks_local and not os.path.isdir(path):
         raise InputError(f"unknown model {name!r}: no such directory; give a hub id, an alias "
                          f"({', '.join(sorted(ALIASES))}) or a local model directory")
+    with _load_errors(name):
+        return path, AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+@contextlib.contextmanager
+def _load_errors(name: str) -> Iterator[None]:
+    """A model that cannot be found or read: one line naming it and the fix."""
     try:
-        config = AutoConfig.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype))
+        yield
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"unknown model {name!r}: could not load it ({first[:160]}); give a hub id, an alias "
@@ -73,11 +93,6 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32") -> Loaded
     except Exception as e:  # noqa: BLE001 - e.g. a truncated safetensors file raises its own error type
         raise InputError(f"model {name!r} is damaged: its files could not be read ({type(e).__name__}: "
                          f"{str(e)[:120]}); re-download or re-save it")
-    model.eval()
-    model.requires_grad_(False)
-    n_params = sum(p.numel() for p in model.parameters())
-    model.to(device)
-    return LoadedModel(model, tokenizer, name, path, int(config.num_hidden_layers), int(config.hidden_size), n_params)
 
 
 def resolve_model_layers(spec: str | list[int], num_layers: int) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -104,15 +105,7 @@ def _unseen(prep: _Prepared) -> dict[str, dict[str, dict[str, int]]]:
 
 def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     cfg.validate()
-    task: TaskInfo | None = None
-    if cfg.task == "token":
-        ds, task = load_token_dataset(cfg.data, cfg.tokens_column, cfg.tags_column, cfg.id_column, cfg.tag_scheme,
-                                      cfg.repair_tags, cfg.strict_labels)
-    elif cfg.task == "span":
-        ds, task = load_span_dataset(cfg.data, cfg.repair_answers)
-    else:
-        ds = load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
-                          allow_empty_text=cfg.allow_empty_text, strict_labels=cfg.strict_labels)
+    ds, task = load_inputs(cfg)
     backend = writable_backend(cfg.out, cfg.format, cfg.storage_options)
     backend.check_target("--out")
     rank, world = distributed()
@@ -121,7 +114,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     lm = load_model(cfg.model, device="cpu", dtype="float32")
     layers = resolve_model_layers(cfg.layers, lm.num_layers)
-    _resolve_max_length(cfg, lm)
+    resolve_max_length(cfg, lm.tokenizer, lm.model.config)
     if cfg.project is not None and cfg.project > lm.hidden_size:
         raise InputError(f"--project {cfg.project} exceeds the model's hidden size {lm.hidden_size}; choose a smaller "
                          f"width (e.g. {lm.hidden_size // 4})")
@@ -134,6 +127,7 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
     width = cfg.project or lm.hidden_size
     segment_tokens = max(1, int(cfg.segment_mb * MiB) // (itemsize(cfg.dtype) * width * len(layers)))
     manifest = _build_manifest(cfg, ds, lm, layers, toks, segment_tokens, device, task)
+    _announce_size(cfg, ds, task, lm, layers, toks, rank)
 
     # Every rank runs the same read-only checks (so all fail alike); only rank 0 changes the store, after
     # every rank has looked at it.
@@ -177,6 +171,36 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
                      task)
 
 
+def load_inputs(cfg: ExtractConfig) -> tuple[Dataset, TaskInfo | None]:
+    """Read and check every split's file (and a token/span task's tags or answers)."""
+    if cfg.task == "token":
+        return load_token_dataset(cfg.data, cfg.tokens_column, cfg.tags_column, cfg.id_column, cfg.tag_scheme,
+                                  cfg.repair_tags, cfg.strict_labels)
+    if cfg.task == "span":
+        return load_span_dataset(cfg.data, cfg.repair_answers)
+    return load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
+                        allow_empty_text=cfg.allow_empty_text, strict_labels=cfg.strict_labels), None
+
+
+def _announce_size(cfg: ExtractConfig, ds: Dataset, task: TaskInfo | None, lm: LoadedModel, layers: list[int],
+                   toks: dict[str, Tokenized], rank: int) -> None:
+    """The store's estimated size on stderr (with the progress bar), and the free-space check, before any write."""
+    from .estimate import Layout, check_space, size
+
+    if not (cfg.space_check or cfg.progress):
+        return
+    lay = Layout(len(layers), cfg.project or lm.hidden_size, lm.hidden_size, cfg.encoding, bool(cfg.project), cfg.task)
+    est = size(lay, cfg, ds, task, {k: int(t.lengths.sum()) for k, t in toks.items()},
+               {k: t.lengths for k, t in toks.items()})
+    space = check_space(cfg.out, est.total_bytes, cfg.free_space) if cfg.space_check else None
+    if cfg.progress and rank == 0:
+        from ..verify import format_bytes
+
+        free = f"; {format_bytes(space[1])} free there" if space else ""
+        print(f"estimate: {est.total_tokens:,} tokens x {est.bytes_per_token:,} bytes = "
+              f"{format_bytes(est.total_bytes)} for {cfg.out}{free}", file=sys.stderr, flush=True)
+
+
 def _tokenize_share(lm: LoadedModel, split: Any, cfg: ExtractConfig, rank: int, world: int) -> Tokenized:
     """One process: every row. Under torchrun: rank R tokenizes the R-th slice of the rows and the ranks sum
     their lengths and truncation counts (a tensor all-reduce), so every rank plans from every length while
@@ -213,11 +237,11 @@ def _to_device(lm: LoadedModel, layers: list[int], device: str, manifest: dict) 
     lm.model.to(device=device, dtype=getattr(torch, manifest["runtime"]["compute_dtype"]))
 
 
-def _resolve_max_length(cfg: ExtractConfig, lm: LoadedModel) -> None:
+def resolve_max_length(cfg: ExtractConfig, tokenizer: Any, config: Any) -> None:
     """Default to the model's limit (at most 512); refuse more than a model with absolute positions takes."""
-    limit = lm.tokenizer.model_max_length if 0 < lm.tokenizer.model_max_length < 1_000_000 else None
-    positions = getattr(lm.model.config, "max_position_embeddings", None)
-    if getattr(lm.model.config, "position_biased_input", True) and isinstance(positions, int) and positions > 0:
+    limit = tokenizer.model_max_length if 0 < tokenizer.model_max_length < 1_000_000 else None
+    positions = getattr(config, "max_position_embeddings", None)
+    if getattr(config, "position_biased_input", True) and isinstance(positions, int) and positions > 0:
         limit = min(limit or positions, positions)  # absolute positions: longer inputs would fail in the model
     if cfg.max_length is None:
         cfg.max_length = min(512, limit or 512)
@@ -294,9 +318,9 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
 
 
 def _progress(total: int, enabled: bool, desc: str = "extract"):
-    from tqdm.auto import tqdm
+    from ..io.progress import progress_bar
 
-    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled, smoothing=0.1)
+    return progress_bar(enabled, total=total, unit="tok", unit_scale=True, desc=desc, smoothing=0.1)
 
 
 # -- step 3: labels, label-name features, statistics, manifest last ---------------------------------------

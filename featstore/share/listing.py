@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import StoreError
-from ..io.transport import Remote, printable
+from ..io.transport import Remote, is_url, printable
 from ..store.manifest import MANIFEST, PUSH_MARKER, transfer_files
 from ..store.remote_backend import parse_manifest
 
@@ -12,8 +12,9 @@ from ..store.remote_backend import parse_manifest
 # -- ls --------------------------------------------------------------------------------------------------
 
 def ls(prefix: str, storage_options: dict[str, Any] | None = None, max_depth: int = 4) -> tuple[list[dict], list[str]]:
-    """Published stores under `prefix`, from their manifests alone: (entries, problems). Unfinished uploads
-    are listed with status `unfinished`; unreadable or unsafe manifests are reported as problems."""
+    """Stores under `prefix`, from their manifests alone: (entries, problems). Status `published` under a URL,
+    `complete` under a plain local path (a store there may never have been pushed), `unfinished` for an upload
+    in progress; unreadable or unsafe manifests are reported as problems."""
     remote = Remote(prefix, storage_options)
     entries: list[dict] = []
     problems: list[str] = []
@@ -29,7 +30,7 @@ def ls(prefix: str, storage_options: dict[str, Any] | None = None, max_depth: in
             try:
                 raw = remote.read_small(MANIFEST if rel == "." else f"{rel}/{MANIFEST}")
                 m = parse_manifest(raw or b"", url)
-                entries.append(_entry(rel, url, m))
+                entries.append(_entry(rel, url, m, "published" if is_url(prefix) else "complete"))
             except StoreError as e:
                 problems.append(str(e))
             continue
@@ -44,9 +45,9 @@ def ls(prefix: str, storage_options: dict[str, Any] | None = None, max_depth: in
     return entries, problems
 
 
-def _entry(name: str, url: str, m: dict) -> dict[str, Any]:
+def _entry(name: str, url: str, m: dict, status: str) -> dict[str, Any]:
     return {
-        "name": printable(name), "url": printable(url), "status": "published", "format": m["format"],
+        "name": printable(name), "url": printable(url), "status": status, "format": m["format"],
         "model": printable(m["model"].get("name")), "layers": m["settings"]["layers"],
         "splits": {k: v["n_examples"] for k, v in m["dataset"]["splits"].items()},
         "label_columns": [c["name"] for c in m["dataset"].get("label_columns", [])],
@@ -61,7 +62,7 @@ def format_ls(entries: list[dict]) -> str:
     head = ("NAME", "MODEL", "LAYERS", "SPLITS", "SIZE", "FINGERPRINT", "CREATED")
     rows = []
     for e in entries:
-        if e["status"] != "published":
+        if e["status"] == "unfinished":
             rows.append((e["name"], "(unfinished upload)", "", "", "", "", ""))
             continue
         rows.append((e["name"], _short(e["model"], 40), ",".join(map(str, e["layers"])),

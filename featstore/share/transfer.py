@@ -273,7 +273,7 @@ def _now() -> str:
 def _transfer(items: list[str], fn: Callable[[str], bool], jobs: int, sizes: dict[str, int], desc: str,
               progress: bool, keep_going: bool = False) -> list[str]:
     """`fn` over the files on `jobs` threads behind one byte-counting progress bar."""
-    from tqdm.auto import tqdm
+    from ..io.progress import progress_bar
 
-    with tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc=desc, disable=not progress) as bar:
+    with progress_bar(progress, total=sum(sizes.values()), unit="B", unit_scale=True, desc=desc) as bar:
         return parallel_map(items, fn, jobs, on_done=lambda it: bar.update(sizes.get(it, 0)), keep_going=keep_going)

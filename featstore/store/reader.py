@@ -39,7 +39,9 @@ def open_store(path: str, *, allow_incomplete: bool = False, storage_options: di
     if not manifest["complete"] and not allow_incomplete:
         raise StoreError(f"store {path} is incomplete (extraction interrupted or still running); "
                          "re-run the same `featstore extract` command to finish it")
-    return Store(path, backend, manifest)
+    store = Store(path, backend, manifest)
+    store.open_args = {"storage_options": storage_options, "cache_dir": cache_dir, "cache_max_bytes": cache_max_bytes}
+    return store
 
 
 class Store:
@@ -50,6 +52,7 @@ class Store:
         self.backend = backend
         self.manifest = manifest
         self._splits: dict[str, Split] = {}
+        self.open_args: dict[str, Any] = {}  # how to open it again (in a DataLoader worker)
 
     # -- what the store is ---------------------------------------------------------------------------------
     @property
@@ -400,6 +403,25 @@ class Split:
         seg = int(np.searchsorted(self._seg_token_start, a, side="right") - 1)
         base = int(self._seg_token_start[seg])
         return np.asarray(self.segment_array(seg, "input_ids")[a - base:b - base])
+
+    # -- PyTorch (torch imported only here) -----------------------------------------------------------------
+    def torch_dataset(self, layers: Sequence[int] | None = None, features: str = "tokens", pooling: str = "mean",
+                      targets: str | Sequence[str] | None = None, unproject: bool = False) -> Any:
+        """A map-style `torch.utils.data.Dataset`: item i = example i (storage order). See featstore.loading."""
+        from ..loading.torch_data import StoreDataset
+
+        return StoreDataset(self, layers, features, pooling, targets, unproject)
+
+    def torch_iterable(self, layers: Sequence[int] | None = None, *, features: str = "tokens", pooling: str = "mean",
+                       targets: str | Sequence[str] | None = None, batch_tokens: int | None = None,
+                       batch_size: int | None = None, shuffle: bool = True, seed: int = 0, rank: int | None = None,
+                       world_size: int | None = None, codes: bool = False, unproject: bool = False, **kw: Any) -> Any:
+        """An `IterableDataset` of padded batches, each example once per epoch over DataLoader workers and ranks
+        (from torch.distributed when initialised). See featstore.loading.torch_data.StoreIterable."""
+        from ..loading.torch_data import StoreIterable
+
+        return StoreIterable(self, layers, features, pooling, targets, batch_tokens, batch_size, shuffle, seed, rank,
+                             world_size, codes, unproject, **kw)
 
     def __repr__(self) -> str:
         return f"Split({self.name!r}, examples={self.n_examples}, tokens={self.n_tokens})"

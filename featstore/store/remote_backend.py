@@ -124,12 +124,12 @@ class RemoteBackend(StoreReader):
 
     def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
         """Fetch every file under `prefixes` (default: all) into the cache in parallel; returns bytes."""
-        from tqdm.auto import tqdm
+        from ..io.progress import progress_bar
 
         prefixes = tuple(p.rstrip("/") + "/" for p in prefixes) if prefixes is not None else None
         todo = [r for r in self.files if prefixes is None or r.startswith(prefixes) or self._single_file]
         total = sum(self.files[r]["size"] for r in todo)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="fetch", disable=not progress) as bar, \
+        with progress_bar(progress, total=total, unit="B", unit_scale=True, desc="fetch") as bar, \
                 ThreadPoolExecutor(max(1, jobs)) as pool:
             for rel in pool.map(lambda r: (self.fetch(r), r)[1], todo):
                 bar.update(self.files[rel]["size"])
