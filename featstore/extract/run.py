@@ -18,6 +18,7 @@ import numpy as np
 from .. import __version__
 from ..device import pick_device
 from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
+from ..io.hashing import IOOptions, default_io_threads
 from ..store import StorageBackend, writable_backend
 from ..store.encoding import itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
@@ -141,6 +142,8 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
                                   segments_resumed=n, device=device, already_complete=True, rank=rank)
         manifest["layout"] = old["layout"]  # resume with the recorded segmentation
         segment_tokens = old["layout"]["segment_tokens"]
+    # a resumed run keeps the checksum the store was started with
+    backend.io = IOOptions(cfg.io_threads or default_io_threads(), manifest["layout"].get("hash", "sha256"))
     barrier(world)
     if rank == 0:
         if old is not None and cfg.overwrite:
@@ -247,7 +250,7 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
         "format": cfg.format, "fingerprint": fp, "complete": False, "model": model, "tokenizer": tokenizer,
         "settings": settings,
         "layout": {"segment_tokens": segment_tokens, "chunk_bytes": int(cfg.chunk_mb * MiB),
-                   "compression": cfg.compression},
+                   "compression": cfg.compression, "hash": cfg.hash},
         "runtime": {"device": device, "compute_dtype": compute_dtype, "batch_tokens": cfg.batch_tokens},
         "dataset": dataset,
     }

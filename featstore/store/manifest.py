@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from ..errors import StoreError
+from ..io.hashing import algorithm_of, expected
 from .encoding import CODED, DTYPES, ENCODINGS
 
 FORMAT_VERSION = 1
@@ -182,10 +183,12 @@ def validate_published(m: Any, source: str) -> dict[str, Any]:
         safe_path(path)
         if len(path) > MAX_PATH or any(p.startswith(".") for p in path.split("/")) or path == MANIFEST:
             raise StoreError(f"manifest: file path {path[:MAX_PATH]!r} is reserved or too long; refusing the store")
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"]):
-            raise StoreError(f"{source}: file {path} has no valid sha256 in the manifest; refusing the store")
+        digest = meta.get(algorithm_of(meta)) if isinstance(meta, dict) else None
+        if not isinstance(digest, str) or not _HEX64.match(digest):
+            raise StoreError(f"{source}: file {path} has no valid checksum (sha256 or blake3) in the manifest; "
+                             "refusing the store")
         total += _count(meta.get("size"), f"size of {path}")
-        if path in seen and (seen[path]["size"], seen[path]["sha256"]) != (meta["size"], meta["sha256"]):
+        if path in seen and expected(seen[path]) != expected(meta):
             raise StoreError(f"{source}: file {path} is declared twice with different contents; refusing the store")
         seen[path] = meta
     _count(total, "total size of the store")
@@ -203,7 +206,7 @@ def _declared_files(m: dict[str, Any]) -> list[tuple[str, Any]]:
         h = m.get("hdf5")
         if not isinstance(h, dict):
             raise StoreError("manifest of a published hdf5 store lacks its 'hdf5' file entry")
-        return [(h.get("file"), {"size": h.get("size"), "sha256": h.get("sha256")})]
+        return [(h.get("file"), {k: h.get(k) for k in ("size", algorithm_of(h))})]
     items = list(m.get("files", {}).items())
     for seg in m.get("segments", []):
         items += list(seg.get("files", {}).items())
@@ -214,7 +217,7 @@ def transfer_files(m: dict[str, Any]) -> dict[str, dict]:
     """The files a published store consists of, beside its manifest: every zarr file, or the one .h5 file."""
     if m.get("format") == "hdf5":
         h = m["hdf5"]
-        return {h["file"]: {"size": h["size"], "sha256": h["sha256"]}}
+        return {h["file"]: {k: h[k] for k in ("size", algorithm_of(h))}}
     return all_files(m)
 
 
