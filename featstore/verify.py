@@ -39,6 +39,7 @@ def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: st
             "bytes": int(sum(f["size"] for f in files.values())), "files": len(files),
             "compression": m["layout"]["compression"], "created": m.get("created"),
             "tool_version": m["tool"]["version"], "task": m["dataset"].get("task"),
+            "disk": disk_summary(store.backend.disk_usage()),
         }.items()}
     except (KeyError, TypeError, AttributeError) as e:  # a manifest from elsewhere may lack optional fields
         raise StoreError(f"{path}: manifest lacks or mangles {e}; the store is damaged or from another tool")
@@ -58,6 +59,9 @@ def format_info(d: dict[str, Any]) -> str:
         f"{'  projected to ' + str(d['project']) + ' dims' if d.get('project') else ''}",
         f"per token    {d['bytes_per_token']:,} bytes (all kept layers, token features and their scales)",
         f"size         {format_bytes(d['bytes'])} in {d['files']} files",
+        *([f"on disk      {format_bytes(d['disk']['bytes'])} of array data for {format_bytes(d['disk']['ideal'])} of "
+           f"values ({d['disk']['ratio']:.3f}x; most padded array {d['disk']['worst_ratio']:.3f}x: "
+           f"{d['disk']['worst']})"] if d.get("disk") else []),
         "splits",
     ]
     for name, s in d["splits"].items():
@@ -78,6 +82,18 @@ def format_info(d: dict[str, Any]) -> str:
     if d.get("created"):
         lines.append(f"created      {d['created']} by featstore {d['tool_version']}")
     return "\n".join(lines)
+
+
+def disk_summary(usage: dict[str, tuple[int, int]] | None) -> dict[str, Any] | None:
+    """Bytes the arrays take on disk against the bytes of their values (the ideal: no padding), and the most
+    padded array."""
+    if not usage:
+        return None
+    stored, ideal = sum(s for s, _ in usage.values()), sum(i for _, i in usage.values())
+    ratios = {k: s / i for k, (s, i) in usage.items() if i > 0} or {"-": 1.0}
+    worst = max(ratios, key=ratios.get)
+    return {"bytes": stored, "ideal": ideal, "ratio": stored / max(ideal, 1), "worst": worst,
+            "worst_ratio": ratios[worst]}
 
 
 def _bytes_per_token(m: dict[str, Any]) -> int:

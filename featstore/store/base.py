@@ -204,6 +204,11 @@ class StorageBackend(ABC):
     def close(self) -> None:
         """Release open files."""
 
+    def disk_usage(self) -> dict[str, tuple[int, int]] | None:
+        """Per stored array: (bytes its data takes on disk, bytes of its values), or None where the format
+        cannot tell (stores read from a URL). Padding of the last chunk is the difference."""
+        return None
+
     # -- sharing ------------------------------------------------------------------------------------------
     @abstractmethod
     def publication(self) -> Publication:

@@ -206,6 +206,20 @@ class HDF5Backend(StorageBackend):
     def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
         return 0
 
+    def disk_usage(self) -> dict[str, tuple[int, int]] | None:
+        import h5py
+
+        if not os.path.isfile(self.root):
+            return None  # still being written: its parts are packed at the end
+        out = {}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (int(obj.id.get_storage_size()), int(obj.size) * obj.dtype.itemsize)
+
+        self._h5().visititems(visit)
+        return out
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

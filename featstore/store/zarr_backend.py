@@ -19,6 +19,7 @@ from .base import SEGMENT_RECORD, ArrayLike, PendingSegment, Publication, Storag
     dimension_names, root_attributes
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, transfer_files, validate_published
+from .raw_chunks import RawChunks
 
 CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4")
 
@@ -233,6 +234,9 @@ class ZarrBackend(StorageBackend):
         import zarr
 
         try:
+            raw = RawChunks.open(os.path.join(self.root, name), self.io.threads)
+            if raw is not None:
+                return raw
             return zarr.open_array(os.path.join(self.root, name), mode="r", zarr_format=3)
         except Exception as e:  # noqa: BLE001 - surface any open failure as a store problem
             raise StoreError(f"store {self.root}: cannot open array {name!r} ({type(e).__name__}); "
@@ -249,6 +253,22 @@ class ZarrBackend(StorageBackend):
 
     def close(self) -> None:
         pass
+
+    def disk_usage(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for d, dirs, names in os.walk(self.root):
+            dirs[:] = [x for x in dirs if not x.startswith(".")]  # partial segments are not part of the store
+            if "zarr.json" not in names:
+                continue
+            meta = load_json(os.path.join(d, "zarr.json"), "array metadata")
+            if meta.get("node_type") != "array":
+                continue
+            dirs[:] = []
+            ideal = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["data_type"]).itemsize
+            stored = sum(os.path.getsize(os.path.join(cd, n)) for cd, _, ns in os.walk(os.path.join(d, "c"))
+                         for n in ns)
+            out[os.path.relpath(d, self.root).replace(os.sep, "/")] = (stored, ideal)
+        return out
 
     # -- sharing ------------------------------------------------------------------------------------------
     def publication(self) -> Publication:
