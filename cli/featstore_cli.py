@@ -53,6 +53,9 @@ def main() -> None:
               help="Largest chunk; each array's chunks are fitted to its row count (no padding on disk).")
 @click.option("--io-threads", default=None, type=click.IntRange(min=1),
               help="Threads that write and checksum segment files (default: twice the cores, 2 to 8).")
+@click.option("--encode-on", default="auto", show_default=True, type=click.Choice(["auto", "device", "host"]),
+              help="Where 8-bit codes are computed: on the device before the copy to the host (auto: on a GPU), "
+                   "or on the host writer thread. The stored codes are the same.")
 @click.option("--hash", "hash_name", default="sha256", show_default=True, type=click.Choice(["sha256", "blake3"]),
               help="Checksum of each file in the manifest; blake3 is ~2.7x faster per core (docs/speed.md).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
@@ -80,7 +83,8 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
-            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, io_threads, hash_name, device,
+            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, io_threads, encode_on, hash_name,
+            device,
             compute_dtype, out,
             overwrite, allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers, quiet,
             as_json, storage_option) -> None:
@@ -96,7 +100,8 @@ def extract(model, data, text_column, text_pair_column, label_columns, id_column
                         layers=layers, max_length=max_length, truncation=truncation, dtype=dtype, encoding=encoding,
                         project=project, format=fmt,
                         compression=compression, batch_tokens=batch_tokens, segment_mb=segment_mb,
-                        chunk_mb=chunk_mb, io_threads=io_threads, hash=hash_name, device=device, compute_dtype=compute_dtype, overwrite=overwrite,
+                        chunk_mb=chunk_mb, io_threads=io_threads, hash=hash_name, encode_on=encode_on,
+                        device=device, compute_dtype=compute_dtype, overwrite=overwrite,
                         allow_empty_text=allow_empty_text, progress=not quiet,
                         storage_options=_options(storage_option), task=task,
                         tokens_column=tokens_column, tags_column=tags_column, tag_scheme=tag_scheme,

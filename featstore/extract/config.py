@@ -35,6 +35,7 @@ class ExtractConfig:
     chunk_mb: float = 4.0
     io_threads: int | None = None  # threads that write and hash segment files (default: io.hashing)
     hash: str = "sha256"  # checksum of new files: sha256 or blake3 (faster; docs/speed.md)
+    encode_on: str = "auto"  # 8-bit codes computed on the device (auto: when it is a GPU) or on the host writer
     device: str = "auto"
     compute_dtype: str = "auto"
     overwrite: bool = False
@@ -75,6 +76,8 @@ class ExtractConfig:
             problems.append("--segment-mb and --chunk-mb must be positive")
         if self.io_threads is not None and self.io_threads < 1:
             problems.append(f"--io-threads {self.io_threads}: give at least 1 (default: twice the cores, 2 to 8)")
+        if self.encode_on not in ("auto", "device", "host"):
+            problems.append(f"--encode-on {self.encode_on!r}: use auto, device or host")
         if self.hash not in ALGORITHMS:
             problems.append(f"--hash {self.hash!r}: use one of {', '.join(ALGORITHMS)}")
         if self.truncation not in ("longest_first", "only_first", "only_second"):

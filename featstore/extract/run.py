@@ -20,11 +20,12 @@ from ..device import pick_device
 from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
 from ..io.hashing import IOOptions, default_io_threads
 from ..store import StorageBackend, writable_backend
-from ..store.encoding import itemsize
+from ..store.encoding import CODED, itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
 from ..store.projection import array_names as projection_arrays
 from ..testhooks import fail_at_segment
 from .config import ExtractConfig, ExtractSummary
+from .device_side import encode_segment_on_device
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_model_layers, tokenizer_hash, \
@@ -270,6 +271,7 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
     total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
     scale = global_tokens / total_tokens if total_tokens else 1.0
     desc = "extract" if prep.world == 1 else f"extract ({prep.world} ranks, est. from rank 0)"
+    on_device = encode_on_device(cfg, prep.device)
     with _progress(global_tokens, cfg.progress and prep.rank == 0, desc) as bar, \
             SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"], rank=prep.rank) as writer:
         for n, seg in enumerate(todo):
@@ -278,10 +280,20 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
-                                                 cfg.dtype, prep.device, job.stats, prep.projection))
+                                                 cfg.dtype, prep.device, job.stats, prep.projection, on_device))
                 bar.update(int(toks[seg.split].lengths[rows].sum()) * scale)
+            if on_device:
+                job.encoded = encode_segment_on_device(job.batches, prep.layers, cfg.encoding)
             writer.put(job)
     return total_tokens, writer.bytes_written
+
+
+def encode_on_device(cfg: ExtractConfig, device: str) -> bool:
+    """8-bit codes are computed where the features are when that is a GPU (a quarter of the bytes cross to the
+    host), else on the writer thread, overlapping the next forward passes."""
+    if cfg.encoding not in CODED:
+        return False
+    return cfg.encode_on == "device" or (cfg.encode_on == "auto" and device.startswith("cuda"))
 
 
 def _progress(total: int, enabled: bool, desc: str = "extract"):

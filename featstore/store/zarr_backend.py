@@ -20,6 +20,7 @@ from .base import SEGMENT_RECORD, ArrayLike, PendingSegment, Publication, Storag
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, transfer_files, validate_published
 from .raw_chunks import RawChunks
+from ..testhooks import pause_point
 
 CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4")
 
@@ -102,6 +103,7 @@ def _write_raw_chunks(jobs: list[tuple[str, np.ndarray, int]], io: IOOptions) ->
             for buf in parts:
                 f.write(buf)
                 h.update(buf)
+        pause_point("chunk-written")  # crash tests kill the process here, other chunks still being written
         return path, (sum(len(b) for b in parts), h.hexdigest())
 
     tasks = [(adir, data, rows, i) for adir, data, rows in jobs for i in range(-(-len(data) // rows))]
