@@ -185,7 +185,7 @@ def validate_published(m: Any, source: str) -> dict[str, Any]:
             raise StoreError(f"manifest: file path {path[:MAX_PATH]!r} is reserved or too long; refusing the store")
         digest = meta.get(algorithm_of(meta)) if isinstance(meta, dict) else None
         if not isinstance(digest, str) or not _HEX64.match(digest):
-            raise StoreError(f"{source}: file {path} has no valid checksum (sha256 or blake3) in the manifest; "
+            raise StoreError(f"{source}: file {path} has no valid sha256 (or blake3) checksum in the manifest; "
                              "refusing the store")
         total += _count(meta.get("size"), f"size of {path}")
         if path in seen and expected(seen[path]) != expected(meta):
