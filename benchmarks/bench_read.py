@@ -34,7 +34,9 @@ from featstore.store.raw_chunks import RawChunks as _RAW  # noqa: E402
 from heads.data import Loader, StoreTokens  # noqa: E402
 
 
-def drop_caches() -> bool:
+def drop_caches(warm: bool = False) -> bool:
+    if warm:
+        return False
     try:
         os.sync()
         with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -147,6 +149,8 @@ def main() -> None:
     ap.add_argument("--label-column", default="topic")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warm", action="store_true", help="keep the page cache (every read warm): measures the "
+                    "readers' own cost rather than the disk's")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if (a.store is None) == (a.synthetic_mb is None):
@@ -167,13 +171,13 @@ def main() -> None:
         cold = False
         nbytes = 0
         for rep in range(a.reps):
-            cold = drop_caches()
+            cold = drop_caches(a.warm)
             t, nbytes = raw_read(files)
             runs["raw read"].append(nbytes / t)
             for key, via_zarr, fn in (("store reads", False, block_reads), ("store reads, zarr-python", True, block_reads),
                                       ("streamed epoch", False, streamed_epoch),
                                       ("streamed epoch, zarr-python reads", True, streamed_epoch)):
-                cold = drop_caches() and cold
+                cold = drop_caches(a.warm) and cold
                 zarr_python_reads(via_zarr)
                 with featstore.open_store(a.store) as s:
                     runs[key].append(nbytes / fn(s, a.split, layers, a.batch_size))

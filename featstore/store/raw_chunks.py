@@ -78,7 +78,7 @@ class RawChunks:
     def __getitem__(self, key: Any) -> np.ndarray:
         if isinstance(key, tuple) and len(key) == 1:
             key = key[0]
-        if key is Ellipsis or key == ():
+        if key is Ellipsis or (isinstance(key, tuple) and not key):
             key = slice(None)
         if isinstance(key, slice) and key.step in (None, 1):
             start, stop, _ = key.indices(self.shape[0])
