@@ -156,6 +156,13 @@ def raw_write(root: str, blob: np.ndarray, nbytes: int) -> float:
     return t
 
 
+def scratch_dir() -> str:
+    """bench_out/ of the checkout (ignored by git): the disk the store would live on in a checkout."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench_out")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 def hash_rates(blob: np.ndarray, algorithms: list[str]) -> dict[str, float]:
     """Bytes/s of each checksum over the same buffer on one thread (what one core of the writer can hash)."""
     from featstore.io.hashing import digest_bytes
@@ -183,7 +190,7 @@ def main() -> None:
     ap.add_argument("--stage", default="all", choices=["all", "writer"],
                     help="all: time every step after the model; writer: only the host's part after the device's "
                          "(batches already kept, cast and copied: what bounds a GPU run)")
-    ap.add_argument("--dir", default=None, help="where to write (default: a temp dir under benchmarks/)")
+    ap.add_argument("--dir", default=None, help="where to write (default: a temp dir under bench_out/ of the checkout)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help="at most 2 MiB per case, one repetition, sha256 only: checks "
                     "the script runs")
@@ -196,7 +203,7 @@ def main() -> None:
              for v in a.variants.split(",") for h in a.hashes.split(",")]
     if len(threads_list) > 1:
         cases += [("zarr", 4, "float16", h, t) for h in a.hashes.split(",") for t in threads_list[1:]]
-    work = tempfile.mkdtemp(prefix="bench-pipeline-", dir=a.dir or os.path.dirname(os.path.abspath(__file__)))
+    work = tempfile.mkdtemp(prefix="bench-pipeline-", dir=a.dir or scratch_dir())
     inputs = {L: synthetic_batches(max(1, int(a.mb * MiB) // (L * HIDDEN * 2)), 16, 128) for L in layer_counts}
     blob = np.random.default_rng(0).integers(0, 255, int(a.mb * MiB * 1.1) + MiB, dtype=np.uint8)
     runs: dict[str, dict] = {}

@@ -11,7 +11,7 @@
     python benchmarks/bench_read.py --synthetic-mb 1024 --reps 3 --json benchmarks/results/read_pipeline.json
 
 `--synthetic-mb N` writes a store of N MiB of synthetic float16 features (4 layers of a 1536-wide model, through
-featstore's own writer, `bench_pipeline.py`) next to this script and reads that: no model or extraction needed.
+featstore's own writer, `bench_pipeline.py`) under bench_out/ and reads that: no model or extraction needed.
 It skips part 2 (a synthetic store has no labels).
 """
 from __future__ import annotations
@@ -160,7 +160,9 @@ def main() -> None:
         import shutil
         import tempfile
 
-        work = tempfile.mkdtemp(prefix="bench-read-", dir=os.path.dirname(os.path.abspath(__file__)))
+        from bench_pipeline import scratch_dir
+
+        work = tempfile.mkdtemp(prefix="bench-read-", dir=scratch_dir())
         a.store = synthetic_store(a.synthetic_mb, work)
     try:
         store = featstore.open_store(a.store)
