@@ -57,7 +57,7 @@ def main() -> None:
               help="Where 8-bit codes are computed: on the device before the copy to the host (auto: on a GPU), "
                    "or on the host writer thread. The stored codes are the same.")
 @click.option("--hash", "hash_name", default="sha256", show_default=True, type=click.Choice(["sha256", "blake3"]),
-              help="Checksum of each file in the manifest; blake3 is ~2.7x faster per core (docs/speed.md).")
+              help="Checksum of each file in the manifest; blake3 is ~2.5x faster per core (docs/speed.md).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--compute-dtype", default="auto", show_default=True,
               help="Model dtype for the forward pass (auto: bfloat16 on CUDA, float32 on CPU).")

@@ -1,10 +1,10 @@
 """File checksums: which algorithm a file record names, and hashing with it.
 
 A store's manifest records each file as `{"size": n, "<algorithm>": "<hex digest>"}`: `sha256` (every store
-written before BLAKE3 was offered, and the default) or `blake3` (measured about 2.7x faster per core:
-docs/speed.md). The key names the algorithm, so a record written with either verifies with the same code, and
-stores hashed with sha256 keep verifying unchanged. hashlib and blake3 release the GIL on large buffers, so
-hashing on a pool of threads uses every core (`io_threads`).
+written before BLAKE3 was offered, and the default) or `blake3` (measured about 2.5x faster per core,
+benchmarks/RESULTS.md). The key names the algorithm, so a record written with either verifies with the same
+code, and stores hashed with sha256 keep verifying unchanged. hashlib and blake3 release the GIL on large
+buffers, so hashing on a pool of threads uses every core (`io_threads`).
 """
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def file_matches(path: str, meta: dict[str, Any]) -> bool:
 
 
 def default_io_threads() -> int:
-    """Threads that write and hash segment files: every core up to 8. Measured (benchmarks/bench_pipeline.py,
-    `--threads`): on 2 cores 4 threads beat 1 and 2 (writes wait on the disk while other threads hash); past
-    the core count more threads only add switching."""
+    """Threads that write and hash segment files: twice the cores (a thread waiting on the disk leaves its core
+    to one that hashes), at least 2, at most 8. benchmarks/bench_pipeline.py `--threads 1,2,4,8` measures it;
+    on the shared 2-core machine the pool size made no difference beyond the noise (RESULTS.md)."""
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
 
