@@ -1,36 +1,22 @@
 """Reading uncompressed Zarr v3 arrays of a local store straight from their chunk files.
 
 What featstore writes by default (the `bytes` codec, little-endian, a regular grid of whole rows, `/`-separated
-chunk keys) is read here with `os.preadv` into the output buffer: no per-chunk codec pipeline, no copy, the
-chunks of one read fetched side by side on a thread pool (file reads release the GIL). Measured with
-benchmarks/bench_read.py (docs/speed.md). Any other layout (a codec, another key encoding) is left to
+chunk keys) is read here with `os.preadv` into the output buffer: no per-chunk codec pipeline, no copy, on the
+caller's thread (file reads release the GIL; readers run their own reads side by side: heads reads the layers of
+a block in parallel and the next window ahead). A pool of threads per read was measured no faster than this
+(benchmarks/bench_read.py, RESULTS.md). Any other layout (a codec, another key encoding) is left to
 zarr-python: `RawChunks.open` returns None for it.
 """
 from __future__ import annotations
 
 import os
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from ..errors import StoreError
 from ..io.files import load_json
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-PARALLEL_BYTES = 1 << 20  # below this, one read on the caller's thread is faster than a hand-off
-
-
-def _pool(threads: int) -> ThreadPoolExecutor:
-    """One long-lived pool per size: reads are many and short, starting threads for each would dominate."""
-    with _POOLS_LOCK:
-        if threads not in _POOLS:
-            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="featstore-read")
-        return _POOLS[threads]
-
 
 def _plain_layout(meta: dict[str, Any]) -> bool:
     """Whether `zarr.json` describes raw little-endian chunks of whole rows that this module can read."""
@@ -51,14 +37,13 @@ def _plain_layout(meta: dict[str, Any]) -> bool:
 class RawChunks:
     """A read-only array over the chunk files of one uncompressed Zarr v3 array (shape-checked by callers)."""
 
-    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int, threads: int):
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: np.dtype, chunk_rows: int):
         self.path, self.shape, self.dtype, self.chunk_rows = path, shape, dtype, chunk_rows
         self.ndim = len(shape)
         self.row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
-        self.threads = max(1, threads)
 
     @classmethod
-    def open(cls, path: str, threads: int) -> "RawChunks | None":
+    def open(cls, path: str) -> "RawChunks | None":
         meta_path = os.path.join(path, "zarr.json")
         if not os.path.isfile(meta_path):
             return None
@@ -70,7 +55,7 @@ class RawChunks:
         except (TypeError, ValueError):
             return None
         return cls(path, tuple(int(n) for n in meta["shape"]), dtype,
-                   int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]), threads)
+                   int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]))
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -91,15 +76,10 @@ class RawChunks:
             return out
         buf = out.reshape(-1).view(np.uint8)
         R = self.chunk_rows
-        jobs = []
         for c in range(start // R, (stop - 1) // R + 1):
             a, b = max(start, c * R), min(stop, (c + 1) * R)
-            jobs.append((c, (a - c * R) * self.row_bytes, buf[(a - start) * self.row_bytes:(b - start) * self.row_bytes]))
-        if len(jobs) == 1 or buf.nbytes < PARALLEL_BYTES or self.threads == 1:
-            for job in jobs:
-                self._read_chunk(*job)
-        else:
-            list(_pool(self.threads).map(lambda job: self._read_chunk(*job), jobs))
+            self._read_chunk(c, (a - c * R) * self.row_bytes,
+                             buf[(a - start) * self.row_bytes:(b - start) * self.row_bytes])
         return out
 
     def _read_chunk(self, c: int, offset: int, into: np.ndarray) -> None:

@@ -236,7 +236,7 @@ class ZarrBackend(StorageBackend):
         import zarr
 
         try:
-            raw = RawChunks.open(os.path.join(self.root, name), self.io.threads)
+            raw = RawChunks.open(os.path.join(self.root, name))
             if raw is not None:
                 return raw
             return zarr.open_array(os.path.join(self.root, name), mode="r", zarr_format=3)
