@@ -83,11 +83,9 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
 def extract(model, data, text_column, text_pair_column, label_columns, id_column, layers, max_length, truncation,
-            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, io_threads, encode_on, hash_name,
-            device,
-            compute_dtype, out,
-            overwrite, allow_empty_text, task, tokens_column, tags_column, tag_scheme, repair_tags, repair_answers, quiet,
-            as_json, storage_option) -> None:
+            dtype, encoding, project, fmt, compression, batch_tokens, segment_mb, chunk_mb, io_threads, encode_on,
+            hash_name, device, compute_dtype, out, overwrite, allow_empty_text, task, tokens_column, tags_column,
+            tag_scheme, repair_tags, repair_answers, quiet, as_json, storage_option) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Re-running the same command after an interruption resumes from the committed segments.

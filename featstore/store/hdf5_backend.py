@@ -195,12 +195,12 @@ class HDF5Backend(StorageBackend):
             raise StoreError(f"store {self.root}: dataset {name!r} is missing; run `featstore verify` on it")
 
     def checksum(self, name, algorithm="sha256"):
-        try:
-            ds = self._h5()[name]
-        except KeyError:
-            return None
-        with self._lock:  # h5py reads are not thread-safe on one handle; the hashing below runs in parallel
-            data = np.asarray(ds[()])
+        with self._lock:  # verify calls this from several threads: one read of the file at a time, ...
+            try:
+                ds = self._h5()[name]
+            except KeyError:
+                return None
+            data = np.asarray(ds[()])  # ... the hashing below runs side by side
         return int(data.nbytes), _array_digest(data, algorithm)
 
     def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
