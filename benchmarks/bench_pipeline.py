@@ -106,7 +106,7 @@ def run_pipeline(root: str, fmt: str, n_layers: int, encoding: str, encode_on: s
         for hidden, mask, lengths in batches:
             if job is None:
                 job = SegmentJob("train", f"s{index:05d}", index, layers, dtype, encoding=encoding)
-            feats = keep_layers(hidden, mask, layers, dtype, job.stats, on_device=on_device)
+            feats = keep_layers(hidden, mask, layers, dtype, job.stats, hand_over="device" if on_device else "copying")
             n = len(lengths)
             feats.update(lengths=lengths, rows=np.arange(row, row + n), ids=[str(i) for i in range(row, row + n)],
                          input_ids=np.zeros(int(lengths.sum()), np.int32))

@@ -14,7 +14,7 @@ from .plan import Tokenized, pad_batch
 
 def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, layers: list[int], dtype: str,
                   device: str, stats: dict[int, list[float]], projection: dict[int, Any] | None = None,
-                  on_device: bool = False) -> dict[str, Any]:
+                  hand_over: str = "host") -> dict[str, Any]:
     """One padded forward pass; returns host arrays of the kept layers (ragged tokens + pooled).
 
     `projection`: layer -> (mean (D,), basis (D, N)) tensors on `device`; each layer is projected there, before
@@ -31,7 +31,7 @@ def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, laye
         out = lm.model(**kwargs, output_hidden_states=True)
         result = keep_layers(out.hidden_states, kwargs["attention_mask"], layers, dtype, stats, projection,
                              lambda k, h, pooled, m, store_dtype: _check_finite(k, h, pooled, m, rows, split,
-                                                                                store_dtype, dtype), on_device)
+                                                                                store_dtype, dtype), hand_over)
     result["lengths"] = lengths
     result["rows"] = rows
     result["ids"] = [split.ids[r] for r in rows]
@@ -43,11 +43,12 @@ def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, laye
 
 def keep_layers(hidden_states: Sequence[Any], attention_mask: Any, layers: list[int], dtype: str,
                 stats: dict[int, list[float]], projection: dict[int, Any] | None = None,
-                on_overflow: Callable[..., None] | None = None, on_device: bool = False) -> dict[str, Any]:
+                on_overflow: Callable[..., None] | None = None, hand_over: str = "host") -> dict[str, Any]:
     """Everything extraction does to a batch after the model: keep the chosen layers' hidden states (B, T, D),
     project them, pool them, screen them for values the stored dtype cannot hold, gather statistics, cast,
-    and start their copy to the host (`HostCopy`: non-blocking on a GPU). `on_device`: leave the (float32)
-    features on the device instead, for `encode_segment_on_device`. `on_overflow(layer, h, pooled, mask,
+    and hand them over: `hand_over="host"` as numpy arrays (waits for the copy), `"copying"` as `HostCopy`s
+    (the extraction loop: non-blocking on a GPU, the writer waits), `"device"` as the (float32) tensors where
+    they are, for `encode_segment_on_device`. `on_overflow(layer, h, pooled, mask,
     store_dtype)` raises naming the example when the cheap screen fires (benchmarks/bench_pipeline.py feeds
     this synthetic hidden states)."""
     import torch
@@ -76,7 +77,7 @@ def keep_layers(hidden_states: Sequence[Any], attention_mask: Any, layers: list[
         st[0] += total
         st[1] += squares
         st[2] += flat.numel()
-        keep = (lambda t: t) if on_device else HostCopy
+        keep = {"host": lambda t: HostCopy(t).numpy(), "copying": HostCopy, "device": lambda t: t}[hand_over]
         result[f"L{k}/tokens"] = keep(flat.to(store_dtype))
         result[f"L{k}/cls"], result[f"L{k}/mean"] = keep(pooled[:B].to(store_dtype)), keep(pooled[B:].to(store_dtype))
     return result

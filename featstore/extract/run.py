@@ -280,7 +280,8 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
-                                                 cfg.dtype, prep.device, job.stats, prep.projection, on_device))
+                                                 cfg.dtype, prep.device, job.stats, prep.projection,
+                                                 "device" if on_device else "copying"))
                 bar.update(int(toks[seg.split].lengths[rows].sum()) * scale)
             if on_device:
                 job.encoded = encode_segment_on_device(job.batches, prep.layers, cfg.encoding)
