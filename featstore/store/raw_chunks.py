@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import StoreError
 from ..io.files import load_json
 
+
 def _plain_layout(meta: dict[str, Any]) -> bool:
     """Whether `zarr.json` describes raw little-endian chunks of whole rows that this module can read."""
     codecs = meta.get("codecs")
@@ -53,6 +54,8 @@ class RawChunks:
         try:
             dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         except (TypeError, ValueError):
+            return None
+        if dtype.kind not in "biuf":  # plain numbers only: never objects or strings from untrusted metadata
             return None
         return cls(path, tuple(int(n) for n in meta["shape"]), dtype,
                    int(meta["chunk_grid"]["configuration"]["chunk_shape"][0]))

@@ -263,10 +263,13 @@ class ZarrBackend(StorageBackend):
             if "zarr.json" not in names:
                 continue
             meta = load_json(os.path.join(d, "zarr.json"), "array metadata")
-            if meta.get("node_type") != "array":
+            if not isinstance(meta, dict) or meta.get("node_type") != "array":
                 continue
             dirs[:] = []
-            ideal = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["data_type"]).itemsize
+            try:
+                ideal = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["data_type"]).itemsize
+            except (KeyError, TypeError, ValueError):
+                continue  # not an array this summary can size (verify names what is wrong with it)
             stored = sum(os.path.getsize(os.path.join(cd, n)) for cd, _, ns in os.walk(os.path.join(d, "c"))
                          for n in ns)
             out[os.path.relpath(d, self.root).replace(os.sep, "/")] = (stored, ideal)
