@@ -1,12 +1,18 @@
 """Read-back: heads batches streamed from a store vs reading the same bytes as raw files; time waiting for data.
 
 1. One epoch of `heads` batches (B, T, L, D) streamed from the store (split not held in RAM) vs a plain read of
-   the same token-feature files. Target (issue 6): >= 0.80 x the raw read rate. Page cache dropped before each
-   read when the machine allows it (root + /proc/sys/vm/drop_caches), else both read warm.
+   the same token-feature files, side by side with the same epoch read through zarr-python (featstore's reads
+   before its raw chunk reader); and the epoch's block reads alone (featstore's part, no batches assembled). Target: >= 0.80 x the raw read rate. Page cache dropped before each read when
+   the machine allows it (root + /proc/sys/vm/drop_caches), else every read is warm.
 2. A Y-Tuning training epoch with the split cached in RAM: the fraction of the epoch spent waiting for the next
    batch. Goal: < 5%.
 
     python benchmarks/bench_read.py --store demo_out/bbc --reps 3 --json bench_out/read.json
+    python benchmarks/bench_read.py --synthetic-mb 1024 --reps 3 --json benchmarks/results/read_pipeline.json
+
+`--synthetic-mb N` writes a store of N MiB of synthetic float16 features (4 layers of a 1536-wide model, through
+featstore's own writer, `bench_pipeline.py`) under bench_out/ and reads that: no model or extraction needed.
+It skips part 2 (a synthetic store has no labels).
 """
 from __future__ import annotations
 
@@ -21,12 +27,16 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import featstore  # noqa: E402
+from featstore.store.raw_chunks import RawChunks as _RAW  # noqa: E402
 from heads.data import Loader, StoreTokens  # noqa: E402
 
 
-def drop_caches() -> bool:
+def drop_caches(warm: bool = False) -> bool:
+    if warm:
+        return False
     try:
         os.sync()
         with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -51,6 +61,39 @@ def raw_read(files: list[str]) -> tuple[float, int]:
         with open(p, "rb") as f:
             n += len(f.read())
     return time.perf_counter() - t0, n
+
+
+def synthetic_store(mb: float, where: str) -> str:
+    """A zarr store of `mb` MiB of float16 token features written by featstore's writer."""
+    from bench_pipeline import run_pipeline, synthetic_batches
+
+    os.makedirs(where, exist_ok=True)
+    batches = synthetic_batches(int(mb * (1 << 20)) // (4 * 1536 * 2), 16, 128)
+    run_pipeline(where, "zarr", 4, "float16", "host", "sha256", 4, batches, stage="all")
+    return os.path.join(where, "store")
+
+
+def zarr_python_reads(on: bool) -> None:
+    """Route featstore's array reads through zarr-python (on) or its raw chunk reader (off, the default)."""
+    from featstore.store import zarr_backend
+
+    zarr_backend.RawChunks = _ZarrPython if on else _RAW
+
+
+class _ZarrPython:
+    @staticmethod
+    def open(path: str):
+        return None
+
+
+def block_reads(store, split: str, layers, batch_size: int) -> float:
+    """The reads of one streamed epoch alone: the same blocks in the same order, no batches assembled."""
+    src = StoreTokens(store.split(split), layers, in_ram=False)
+    loader = Loader(src, None, batch_size, shuffle=True, seed=0, dtype=np.float16)
+    t0 = time.perf_counter()
+    for s, e, _ in loader.plan(0):
+        src.read(s, e)
+    return time.perf_counter() - t0
 
 
 def streamed_epoch(store, split: str, layers, batch_size: int) -> float:
@@ -101,42 +144,73 @@ def training_wait_fraction(store, split: str, layers, label: str, batch_size: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", required=True)
+    ap.add_argument("--store", default=None, help="a store with real features (e.g. the demo's)")
+    ap.add_argument("--synthetic-mb", type=float, default=None, help="instead of --store: write and read a "
+                    "synthetic store of this many MiB")
     ap.add_argument("--split", default="train")
     ap.add_argument("--label-column", default="topic")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--warm", action="store_true", help="keep the page cache (every read warm): measures the "
+                    "readers' own cost rather than the disk's")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    store = featstore.open_store(a.store)
-    layers = store.layers
-    files = token_files(store, a.split, layers)
-    runs = {"raw read": [], "streamed epoch": []}
-    cold = False
-    nbytes = 0
-    for rep in range(a.reps):
-        cold = drop_caches()
-        t, nbytes = raw_read(files)
-        runs["raw read"].append(nbytes / t)
-        cold = drop_caches() and cold
-        runs["streamed epoch"].append(nbytes / streamed_epoch(store, a.split, layers, a.batch_size))
-        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1] / 2**20:,.0f} MiB/s" for k, v in runs.items()),
-              file=sys.stderr)
-    fractions = [training_wait_fraction(store, a.split, layers, a.label_column, a.batch_size) for _ in range(a.reps)]
+    if (a.store is None) == (a.synthetic_mb is None):
+        ap.error("give --store or --synthetic-mb")
+    work = None
+    if a.synthetic_mb:
+        import shutil
+        import tempfile
+
+        from bench_pipeline import scratch_dir
+
+        work = tempfile.mkdtemp(prefix="bench-read-", dir=scratch_dir())
+        a.store = synthetic_store(a.synthetic_mb, work)
+    try:
+        store = featstore.open_store(a.store)
+        layers = store.layers
+        files = token_files(store, a.split, layers)
+        runs = {"raw read": [], "store reads": [], "store reads, zarr-python": [], "streamed epoch": [],
+                "streamed epoch, zarr-python reads": []}
+        cold = False
+        nbytes = 0
+        for rep in range(a.reps):
+            cold = drop_caches(a.warm)
+            t, nbytes = raw_read(files)
+            runs["raw read"].append(nbytes / t)
+            variants = [("store reads", False, block_reads), ("store reads, zarr-python", True, block_reads),
+                        ("streamed epoch", False, streamed_epoch),
+                        ("streamed epoch, zarr-python reads", True, streamed_epoch)]
+            for key, via_zarr, fn in variants[rep % 4:] + variants[:rep % 4]:  # no variant always runs first
+                cold = drop_caches(a.warm) and cold
+                zarr_python_reads(via_zarr)
+                with featstore.open_store(a.store) as s:
+                    runs[key].append(nbytes / fn(s, a.split, layers, a.batch_size))
+                zarr_python_reads(False)
+            print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1] / 2**20:,.0f} MiB/s" for k, v in runs.items()),
+                  file=sys.stderr)
+        fractions = [] if work else [training_wait_fraction(store, a.split, layers, a.label_column, a.batch_size)
+                                     for _ in range(a.reps)]
+    finally:
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
-    wait = statistics.median(f for f, _ in fractions)
+    ratios = {k: statistics.median(r / raw for r, raw in zip(v, runs["raw read"])) for k, v in runs.items()}
+    wait = statistics.median(f for f, _ in fractions) if fractions else None
     print(f"\n{a.store} [{a.split}]: {nbytes / 2**20:,.0f} MiB of token features, layers {layers}, "
           f"{'cold (page cache dropped)' if cold else 'warm page cache'}; {platform.platform()}")
-    print(f"{'read':<18}{'MiB/s (median)':>16}{'x raw':>8}")
+    print(f"{'read':<36}{'MiB/s (median)':>16}{'x raw (median of ratios)':>26}")
     for k, v in med.items():
-        print(f"{k:<18}{v / 2**20:>16,.0f}{v / med['raw read']:>8.2f}")
-    print(f"Y-Tuning epoch with the split in RAM: {100 * wait:.1f}% of "
-          f"{statistics.median(t for _, t in fractions):.1f} s spent waiting for data (median of {a.reps})")
+        print(f"{k:<36}{v / 2**20:>16,.0f}{ratios[k]:>26.2f}")
+    if fractions:
+        print(f"Y-Tuning epoch with the split in RAM: {100 * wait:.1f}% of "
+              f"{statistics.median(t for _, t in fractions):.1f} s spent waiting for data (median of {a.reps})")
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
         with open(a.json, "w") as f:
             json.dump({"store": a.store, "bytes": nbytes, "cold": cold, "runs_bytes_per_s": runs,
-                       "median_bytes_per_s": med, "streamed_over_raw": med["streamed epoch"] / med["raw read"],
+                       "median_bytes_per_s": med, "streamed_over_raw": ratios["streamed epoch"],
+                       "median_ratios_to_raw": ratios, "synthetic_mb": a.synthetic_mb,
                        "wait_fraction_in_ram": wait, "wait_fractions": fractions,
                        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}}, f, indent=1)
 

@@ -88,7 +88,15 @@ def _config(out: str, opts: dict, **more):
 @click.option("--compression", default="none", show_default=True,
               help="; ".join(f"{f}: {'|'.join(compressions(f))}" for f in FORMATS) + ".")
 @click.option("--batch-tokens", default=16384, show_default=True, type=int, help="Padded tokens per forward batch.")
-@click.option("--chunk-mb", default=4.0, show_default=True, type=float, help="Target chunk size.")
+@click.option("--chunk-mb", default=4.0, show_default=True, type=float,
+              help="Largest chunk; each array's chunks are fitted to its row count (no padding on disk).")
+@click.option("--io-threads", default=None, type=click.IntRange(min=1),
+              help="Threads that write and checksum segment files (default: twice the cores, 2 to 8).")
+@click.option("--encode-on", default="auto", show_default=True, type=click.Choice(["auto", "device", "host"]),
+              help="Where 8-bit codes are computed: on the device before the copy to the host (auto: on a GPU), "
+                   "or on the host writer thread. The stored codes are the same.")
+@click.option("--hash", "hash_name", default="sha256", show_default=True, type=click.Choice(["sha256", "blake3"]),
+              help="Checksum of each file in the manifest; blake3 is ~2.5x faster per core (docs/speed.md).")
 @click.option("--compute-dtype", default="auto", show_default=True,
               help="Model dtype for the forward pass (auto: bfloat16 on CUDA, float32 on CPU).")
 @click.option("--out", required=True,
@@ -104,8 +112,8 @@ def _config(out: str, opts: dict, **more):
 @click.option("--quiet", is_flag=True, help="No progress bar and no size estimate on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @user_errors(interrupted=RESUMABLE)
-def extract(compression, batch_tokens, chunk_mb, compute_dtype, out, storage_option, overwrite, no_space_check,
-            free_space, quiet, as_json, **inputs) -> None:
+def extract(compression, batch_tokens, chunk_mb, io_threads, encode_on, hash_name, compute_dtype, out, storage_option,
+            overwrite, no_space_check, free_space, quiet, as_json, **inputs) -> None:
     """Run the frozen MODEL once over every split and write the chosen layers to a store.
 
     Prints the estimated store size first and refuses to start (exit 2) when --out's file system lacks the
@@ -115,6 +123,7 @@ def extract(compression, batch_tokens, chunk_mb, compute_dtype, out, storage_opt
     from featstore.extract.estimate import parse_size
 
     cfg = _config(out, inputs, compression=compression, batch_tokens=batch_tokens, chunk_mb=chunk_mb,
+                  io_threads=io_threads, hash=hash_name, encode_on=encode_on,
                   compute_dtype=compute_dtype, overwrite=overwrite, progress=not quiet,
                   storage_options=options(storage_option), space_check=not no_space_check,
                   free_space=parse_size(free_space) if free_space is not None else None)
@@ -168,17 +177,19 @@ def info(store, as_json, storage_option, cache_dir) -> None:
 @click.argument("store")
 @click.option("--no-values", is_flag=True, help="Skip the finiteness scan of every value (checksums only).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--io-threads", default=None, type=click.IntRange(min=1),
+              help="Files checksummed side by side (default: twice the cores, 2 to 8; 8 downloads for a URL).")
 @storage_options
 @cache_dir
 @user_errors
-def verify(store, no_values, quiet, storage_option, cache_dir) -> None:
+def verify(store, no_values, quiet, io_threads, storage_option, cache_dir) -> None:
     """Check STORE: manifest complete, checksums, counts and offsets, all values finite. Exit 1 on any problem.
 
     STORE may be a URL: the published copy is verified in place (every file downloaded and checked)."""
     from featstore.verify import verify as run
 
     problems = run(store, check_values=not no_values, progress=not quiet, storage_options=options(storage_option),
-                   cache_dir=cache_dir)
+                   cache_dir=cache_dir, io_threads=io_threads)
     if problems:
         for p in problems:
             click.echo(f"FAIL {p}", err=True)

@@ -10,6 +10,7 @@ from .errors import StoreError
 from .io.transport import printable
 from .store import Split, Store, open_store
 from .store.encoding import SIDE, code_problems, encoding_of, from_stored, is_coded, itemsize, row_overhead
+from .io.hashing import algorithm_of, expected
 from .store.manifest import all_files
 
 
@@ -39,6 +40,7 @@ def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: st
             "bytes": int(sum(f["size"] for f in files.values())), "files": len(files),
             "compression": m["layout"]["compression"], "created": m.get("created"),
             "tool_version": m["tool"]["version"], "task": m["dataset"].get("task"),
+            "disk": disk_summary(store.backend.disk_usage()),
         }.items()}
     except (KeyError, TypeError, AttributeError) as e:  # a manifest from elsewhere may lack optional fields
         raise StoreError(f"{path}: manifest lacks or mangles {e}; the store is damaged or from another tool")
@@ -58,6 +60,9 @@ def format_info(d: dict[str, Any]) -> str:
         f"{'  projected to ' + str(d['project']) + ' dims' if d.get('project') else ''}",
         f"per token    {d['bytes_per_token']:,} bytes (all kept layers, token features and their scales)",
         f"size         {format_bytes(d['bytes'])} in {d['files']} files",
+        *([f"on disk      {format_bytes(d['disk']['bytes'])} of array data for {format_bytes(d['disk']['ideal'])} of "
+           f"values ({d['disk']['ratio']:.3f}x; most padded array {d['disk']['worst_ratio']:.3f}x: "
+           f"{d['disk']['worst']})"] if d.get("disk") else []),
         "splits",
     ]
     for name, s in d["splits"].items():
@@ -90,6 +95,18 @@ def _unseen(unseen: dict[str, dict[str, int]] | None) -> str:
     return f"; not in train: {describe_unseen(unseen)}"
 
 
+def disk_summary(usage: dict[str, tuple[int, int]] | None) -> dict[str, Any] | None:
+    """Bytes the arrays take on disk against the bytes of their values (the ideal: no padding), and the most
+    padded array."""
+    if not usage:
+        return None
+    stored, ideal = sum(s for s, _ in usage.values()), sum(i for _, i in usage.values())
+    ratios = {k: s / i for k, (s, i) in usage.items() if i > 0} or {"-": 1.0}
+    worst = max(ratios, key=ratios.get)
+    return {"bytes": stored, "ideal": ideal, "ratio": stored / max(ideal, 1), "worst": worst,
+            "worst_ratio": ratios[worst]}
+
+
 def _bytes_per_token(m: dict[str, Any]) -> int:
     """Stored bytes of one token's features over all kept layers (codes plus per-row scale)."""
     enc = encoding_of(m["settings"])
@@ -112,11 +129,13 @@ def _count(n: Any) -> str:
 
 
 def verify(path: str, check_values: bool = True, progress: bool = False,
-           storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> list[str]:
+           storage_options: dict[str, Any] | None = None, cache_dir: str | None = None,
+           io_threads: int | None = None) -> list[str]:
     """Every problem found (empty list = the store is whole): manifest, checksums, counts, finiteness.
 
     On a URL this verifies the published copy in place: every file is downloaded and checked against the
-    manifest (verified files stay in the local cache, so the value scan reads them locally)."""
+    manifest (verified files stay in the local cache, so the value scan reads them locally). `io_threads`
+    files are checksummed side by side (default: `io.hashing.default_io_threads`, 8 downloads for a URL)."""
     try:
         store = open_store(path, allow_incomplete=True, storage_options=storage_options, cache_dir=cache_dir)
     except StoreError as e:
@@ -132,13 +151,13 @@ def verify(path: str, check_values: bool = True, progress: bool = False,
 
         def checksum(name: str) -> Any:
             try:
-                return store.backend.checksum(name)
+                return store.backend.checksum(name, algorithm_of(files[name]))
             except Exception as e:  # noqa: BLE001 - an unreadable item is a problem to list, not a crash
                 return e
 
         items = sorted(files.items())
-        # a remote store: one download per file, so fetch several at once
-        jobs = 8 if store.is_remote else 1
+        # files are hashed side by side (hashlib and blake3 release the GIL); a remote store: one download each
+        jobs = io_threads or (8 if store.is_remote else store.backend.io.threads)
         with ThreadPoolExecutor(jobs) as pool:
             results = pool.map(checksum, [name for name, _ in items])
             checked = progress_bar(progress, zip(items, results), total=len(items), desc="checksums", unit="file")
@@ -161,8 +180,8 @@ def _checksum_problem(name: str, meta: dict, got: Any) -> list[str]:
         problems.append(f"{name}: missing")
     elif got[0] != meta["size"]:
         problems.append(f"{name}: size {got[0]} != {meta['size']} in the manifest")
-    elif got[1] != meta["sha256"]:
-        problems.append(f"{name}: checksum mismatch (the file was changed or corrupted)")
+    elif got[1] != expected(meta)[1]:
+        problems.append(f"{name}: {algorithm_of(meta)} checksum mismatch (the file was changed or corrupted)")
     return problems
 
 

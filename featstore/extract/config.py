@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..io.hashing import ALGORITHMS
 from ..store import DEFAULT_FORMAT, FORMATS, check_url_format, compressions
 from ..store.encoding import CODED, DTYPES, ENCODINGS
 from .tasks import TASKS
@@ -32,6 +33,9 @@ class ExtractConfig:
     batch_tokens: int = 16384
     segment_mb: float = 256
     chunk_mb: float = 4.0
+    io_threads: int | None = None  # threads that write and hash segment files (default: io.hashing)
+    hash: str = "sha256"  # checksum of new files: sha256 or blake3 (faster; docs/speed.md)
+    encode_on: str = "auto"  # 8-bit codes computed on the device (auto: when it is a GPU) or on the host writer
     device: str = "auto"
     compute_dtype: str = "auto"
     overwrite: bool = False
@@ -76,6 +80,12 @@ class ExtractConfig:
             problems.append("--segment-mb and --chunk-mb must be positive")
         if self.truncation is None:
             self.truncation = "only_second" if self.task == "span" else "longest_first"
+        if self.io_threads is not None and self.io_threads < 1:
+            problems.append(f"--io-threads {self.io_threads}: give at least 1 (default: twice the cores, 2 to 8)")
+        if self.encode_on not in ("auto", "device", "host"):
+            problems.append(f"--encode-on {self.encode_on!r}: use auto, device or host")
+        if self.hash not in ALGORITHMS:
+            problems.append(f"--hash {self.hash!r}: use one of {', '.join(ALGORITHMS)}")
         if self.truncation not in ("longest_first", "only_first", "only_second"):
             problems.append(f"--truncation {self.truncation!r}: use longest_first, only_first or only_second")
         if self.compute_dtype not in ("auto",) + DTYPES:

@@ -2,17 +2,19 @@
 kept layers, cast to the stored dtype, screened for values the stored dtype cannot hold."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import ExtractionError
+from .device_side import HostCopy
 from .models import LoadedModel
 from .plan import Tokenized, pad_batch
 
 
 def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, layers: list[int], dtype: str,
-                  device: str, stats: dict[int, list[float]], projection: dict[int, Any] | None = None) -> dict[str, Any]:
+                  device: str, stats: dict[int, list[float]], projection: dict[int, Any] | None = None,
+                  hand_over: str = "host") -> dict[str, Any]:
     """One padded forward pass; returns host arrays of the kept layers (ragged tokens + pooled).
 
     `projection`: layer -> (mean (D,), basis (D, N)) tensors on `device`; each layer is projected there, before
@@ -25,33 +27,11 @@ def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, laye
     kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if types is not None:
         kwargs["token_type_ids"] = types.to(device)
-    store_dtype = getattr(torch, dtype)
-    limit = torch.finfo(store_dtype).max
     with torch.inference_mode():
         out = lm.model(**kwargs, output_hidden_states=True)
-        m = kwargs["attention_mask"].bool()  # (B, T)
-        weights = (kwargs["attention_mask"].float() / m.sum(1, keepdim=True)).unsqueeze(1)  # (B, 1, T)
-        result: dict[str, Any] = {}
-        for k in layers:
-            h = out.hidden_states[k].float()  # (B, T, D)
-            if projection is not None:
-                mean, basis = projection[k]
-                h = (h - mean) @ basis  # (B, T, N)
-            flat = h[m]  # (n_tokens, D), example after example
-            pooled = torch.cat([h[:, 0], torch.bmm(weights, h).squeeze(1)])  # (2B, D): cls then mean
-            # Sum and sum of squares give the statistics and screen for overflow in one BLAS pass each:
-            # every |x| is below the stored dtype's max whenever the sum of squares is.
-            total, squares = float(flat.sum()), float(torch.dot(flat.view(-1), flat.view(-1)))
-            p_squares = float(torch.dot(pooled.view(-1), pooled.view(-1)))
-            if not (abs(total) < float("inf") and squares < limit * limit and p_squares < limit * limit):
-                _check_finite(k, h, pooled, m, rows, split, store_dtype, dtype)
-            st = stats.setdefault(k, [0.0, 0.0, 0])
-            st[0] += total
-            st[1] += squares
-            st[2] += flat.numel()
-            pooled = _host(pooled.to(store_dtype))
-            result[f"L{k}/tokens"] = _host(flat.to(store_dtype))
-            result[f"L{k}/cls"], result[f"L{k}/mean"] = pooled[:len(rows)], pooled[len(rows):]
+        result = keep_layers(out.hidden_states, kwargs["attention_mask"], layers, dtype, stats, projection,
+                             lambda k, h, pooled, m, store_dtype: _check_finite(k, h, pooled, m, rows, split,
+                                                                                store_dtype, dtype), hand_over)
     result["lengths"] = lengths
     result["rows"] = rows
     result["ids"] = [split.ids[r] for r in rows]
@@ -61,11 +41,46 @@ def forward_batch(lm: LoadedModel, tok: Tokenized, split, rows: np.ndarray, laye
     return result
 
 
-def _host(t) -> np.ndarray:
+def keep_layers(hidden_states: Sequence[Any], attention_mask: Any, layers: list[int], dtype: str,
+                stats: dict[int, list[float]], projection: dict[int, Any] | None = None,
+                on_overflow: Callable[..., None] | None = None, hand_over: str = "host") -> dict[str, Any]:
+    """Everything extraction does to a batch after the model: keep the chosen layers' hidden states (B, T, D),
+    project them, pool them, screen them for values the stored dtype cannot hold, gather statistics, cast,
+    and hand them over: `hand_over="host"` as numpy arrays (waits for the copy), `"copying"` as `HostCopy`s
+    (the extraction loop: non-blocking on a GPU, the writer waits), `"device"` as the (float32) tensors where
+    they are, for `encode_segment_on_device`. `on_overflow(layer, h, pooled, mask,
+    store_dtype)` raises naming the example when the cheap screen fires (benchmarks/bench_pipeline.py feeds
+    this synthetic hidden states)."""
     import torch
 
-    t = t.detach().to("cpu")
-    return t.view(torch.uint16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    store_dtype = getattr(torch, dtype)
+    limit = torch.finfo(store_dtype).max
+    m = attention_mask.bool()  # (B, T)
+    B = m.shape[0]
+    weights = (attention_mask.float() / m.sum(1, keepdim=True)).unsqueeze(1)  # (B, 1, T)
+    result: dict[str, Any] = {}
+    for k in layers:
+        h = hidden_states[k].float()  # (B, T, D)
+        if projection is not None:
+            mean, basis = projection[k]
+            h = (h - mean) @ basis  # (B, T, N)
+        flat = h[m]  # (n_tokens, D), example after example
+        pooled = torch.cat([h[:, 0], torch.bmm(weights, h).squeeze(1)])  # (2B, D): cls then mean
+        # Sum and sum of squares give the statistics and screen for overflow in one BLAS pass each:
+        # every |x| is below the stored dtype's max whenever the sum of squares is.
+        total, squares = float(flat.sum()), float(torch.dot(flat.view(-1), flat.view(-1)))
+        p_squares = float(torch.dot(pooled.view(-1), pooled.view(-1)))
+        if not (abs(total) < float("inf") and squares < limit * limit and p_squares < limit * limit):
+            if on_overflow is not None:
+                on_overflow(k, h, pooled, m, store_dtype)
+        st = stats.setdefault(k, [0.0, 0.0, 0])
+        st[0] += total
+        st[1] += squares
+        st[2] += flat.numel()
+        keep = {"host": lambda t: HostCopy(t).numpy(), "copying": HostCopy, "device": lambda t: t}[hand_over]
+        result[f"L{k}/tokens"] = keep(flat.to(store_dtype))
+        result[f"L{k}/cls"], result[f"L{k}/mean"] = keep(pooled[:B].to(store_dtype)), keep(pooled[B:].to(store_dtype))
+    return result
 
 
 def _check_finite(layer: int, h, pooled, mask, rows, split, store_dtype, dtype: str) -> None:

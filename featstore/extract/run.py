@@ -19,13 +19,15 @@ import numpy as np
 from .. import __version__
 from ..device import pick_device
 from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
+from ..io.hashing import IOOptions, default_io_threads
 from ..store import StorageBackend, writable_backend
-from ..store.encoding import itemsize
+from ..store.encoding import CODED, itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
 from ..store.projection import array_names as projection_arrays
 from ..testhooks import fail_at_segment
 from .config import ExtractConfig, ExtractSummary
 from .featurise import tokenize_split
+from .device_side import encode_segment_on_device
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
 from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_model_layers, tokenizer_hash, \
@@ -145,6 +147,8 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
                                   segments_resumed=n, device=device, already_complete=True, rank=rank)
         manifest["layout"] = old["layout"]  # resume with the recorded segmentation
         segment_tokens = old["layout"]["segment_tokens"]
+    # a resumed run keeps the checksum the store was started with
+    backend.io = IOOptions(cfg.io_threads or default_io_threads(), manifest["layout"].get("hash", "sha256"))
     barrier(world)
     if rank == 0:
         if old is not None and cfg.overwrite:
@@ -283,7 +287,7 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
         "format": cfg.format, "fingerprint": fp, "complete": False, "model": model, "tokenizer": tokenizer,
         "settings": settings,
         "layout": {"segment_tokens": segment_tokens, "chunk_bytes": int(cfg.chunk_mb * MiB),
-                   "compression": cfg.compression},
+                   "compression": cfg.compression, "hash": cfg.hash},
         "runtime": {"device": device, "compute_dtype": compute_dtype, "batch_tokens": cfg.batch_tokens},
         "dataset": dataset,
     }
@@ -303,6 +307,7 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
     total_tokens = sum(int(toks[s.split].lengths[s.examples].sum()) for s in todo)
     scale = global_tokens / total_tokens if total_tokens else 1.0
     desc = "extract" if prep.world == 1 else f"extract ({prep.world} ranks, est. from rank 0)"
+    on_device = encode_on_device(cfg, prep.device)
     with _progress(global_tokens, cfg.progress and prep.rank == 0, desc) as bar, \
             SegmentWriter(prep.backend, lay["compression"], lay["chunk_bytes"], rank=prep.rank) as writer:
         for n, seg in enumerate(todo):
@@ -311,10 +316,21 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
-                                                 cfg.dtype, prep.device, job.stats, prep.projection))
+                                                 cfg.dtype, prep.device, job.stats, prep.projection,
+                                                 "device" if on_device else "copying"))
                 bar.update(int(toks[seg.split].lengths[rows].sum()) * scale)
+            if on_device:
+                job.encoded = encode_segment_on_device(job.batches, prep.layers, cfg.encoding)
             writer.put(job)
     return total_tokens, writer.bytes_written
+
+
+def encode_on_device(cfg: ExtractConfig, device: str) -> bool:
+    """8-bit codes are computed where the features are when that is a GPU (a quarter of the bytes cross to the
+    host), else on the writer thread, overlapping the next forward passes."""
+    if cfg.encoding not in CODED:
+        return False
+    return cfg.encode_on == "device" or (cfg.encode_on == "auto" and device.startswith("cuda"))
 
 
 def _progress(total: int, enabled: bool, desc: str = "extract"):

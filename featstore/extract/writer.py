@@ -19,6 +19,7 @@ from ..io.background import BackgroundWorker
 from ..testhooks import pause_point
 from ..store import StorageBackend
 from ..store.encoding import storable
+from .device_side import host_array
 
 
 TOKEN_ARRAYS = ("word_index", "char_start", "char_end")  # token/span tasks: (n_tokens,) int32, -1 = none
@@ -34,6 +35,7 @@ class SegmentJob:
     batches: list[dict] = field(default_factory=list)
     stats: dict[int, list[float]] = field(default_factory=dict)  # layer -> [sum, sum of squares, count]
     encoding: str | None = None  # default: the dtype; `int8`/`fp8` code the rows here, on the writer thread
+    encoded: dict[str, Any] | None = None  # feature arrays already coded on the device (`device_side`)
 
 
 def assemble(job: SegmentJob) -> dict[str, np.ndarray]:
@@ -56,9 +58,12 @@ def assemble(job: SegmentJob) -> dict[str, np.ndarray]:
     for name in TOKEN_ARRAYS:
         if name in b[0]:
             arrays[name] = np.concatenate([x[name] for x in b]).astype(np.int32)
+    if job.encoded is not None:  # coded on the device: wait for the copies
+        arrays.update({name: host_array(a) for name, a in job.encoded.items()})
+        return arrays
     for k in job.layers:
         for kind in ("tokens", "cls", "mean"):
-            rows = np.concatenate([x[f"L{k}/{kind}"] for x in b])  # (R, D)
+            rows = np.concatenate([host_array(x[f"L{k}/{kind}"]) for x in b])  # (R, D)
             for suffix, a in storable(rows, job.encoding or job.dtype).items():
                 arrays[f"L{k}/{kind}{suffix}"] = a
     return arrays

@@ -16,7 +16,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from ..errors import StoreError
-from .files import sha256_file
+from .hashing import algorithm_of, expected, file_matches
 
 if TYPE_CHECKING:
     from .transport import Remote
@@ -73,7 +73,7 @@ class FileCache:
 
     def fetch(self, remote: "Remote", fingerprint: str, rel: str, meta: dict) -> str:
         """Local path of a verified copy of `rel`, downloading it if absent or damaged."""
-        path = self.path(fingerprint, meta["sha256"])
+        path = self.path(fingerprint, expected(meta)[1])
         if meta["size"] > self.max_bytes:
             raise StoreError(f"{remote.url}: file {rel} ({meta['size'] / GiB:.2f} GiB) is larger than the cache bound "
                              f"({self.max_bytes / GiB:.2f} GiB); raise FEATSTORE_CACHE_MAX_GB, or `featstore pull` "
@@ -83,19 +83,19 @@ class FileCache:
                 self._mark(path)  # a use: eviction takes the least recently used files first
                 return path
             if os.path.isfile(path):
-                if os.path.getsize(path) == meta["size"] and sha256_file(path) == meta["sha256"]:
+                if file_matches(path, meta):
                     self._mark(path)
                     return path
                 os.remove(path)  # a damaged cache entry: fetch it again
             got = self._download(remote, rel, meta, path)
-            if got != (meta["size"], meta["sha256"]):
+            if got != expected(meta):
                 raise mismatch(remote.url, rel, meta, got)
             return path
 
     def refresh(self, remote: "Remote", fingerprint: str, rel: str, meta: dict) -> tuple[int, str] | None:
-        """Download `rel` again whatever the cache holds; (size, sha256) of what the remote serves, or None
+        """Download `rel` again whatever the cache holds; (size, digest) of what the remote serves, or None
         if it is missing. A copy that matches the manifest replaces the cached one."""
-        path = self.path(fingerprint, meta["sha256"])
+        path = self.path(fingerprint, expected(meta)[1])
         with self._lock(path):
             try:
                 return self._download(remote, rel, meta, path)
@@ -117,8 +117,8 @@ class FileCache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}{PART}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
-            got = remote.download(rel, meta["size"], tmp)
-            if got == (meta["size"], meta["sha256"]):
+            got = remote.download(rel, meta["size"], tmp, algorithm_of(meta))
+            if got == expected(meta):
                 os.replace(tmp, path)
                 self._mark(path)
                 self._account(meta["size"], keep=path)
@@ -192,7 +192,7 @@ def mismatch(url: str, rel: str, meta: dict, got: tuple[int, str] | None) -> Che
         n = f"more than {meta['size']}" if got[0] > meta["size"] else str(got[0])
         what = f"has {n} bytes, the manifest says {meta['size']}"
     else:
-        what = "fails its sha256 checksum"
+        what = f"fails its {algorithm_of(meta)} checksum"
     return ChecksumError(f"{url}: file {rel} {what}: the remote copy is corrupted or was changed after publishing; "
                          "ask its publisher to push it again", rel)
 

@@ -8,7 +8,6 @@ no file is ever read past the size it declares.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import uuid
 from typing import Any, Iterable, Iterator
 
 from ..errors import InputError, StoreError
+from .hashing import new_hasher
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://")
 MAX_MANIFEST_BYTES = 64 << 20
@@ -130,9 +130,9 @@ class Remote:
                     limit -= len(b)
                     yield b
 
-    def download(self, rel: str, size: int, dest: str) -> tuple[int, str]:
-        """Stream `rel` into local file `dest`; returns (bytes, sha256) of what was received."""
-        h, n = hashlib.sha256(), 0
+    def download(self, rel: str, size: int, dest: str, algorithm: str = "sha256") -> tuple[int, str]:
+        """Stream `rel` into local file `dest`; returns (bytes, digest by `algorithm`) of what was received."""
+        h, n = new_hasher(algorithm), 0
         with open(dest, "wb") as out:
             for b in self.blocks(rel, size):
                 h.update(b)
@@ -140,9 +140,9 @@ class Remote:
                 out.write(b)
         return n, h.hexdigest()
 
-    def digest(self, rel: str, size: int) -> tuple[int, str] | None:
-        """(bytes, sha256) of the remote file without keeping it; None when it is missing."""
-        h, n = hashlib.sha256(), 0
+    def digest(self, rel: str, size: int, algorithm: str = "sha256") -> tuple[int, str] | None:
+        """(bytes, digest by `algorithm`) of the remote file without keeping it; None when it is missing."""
+        h, n = new_hasher(algorithm), 0
         try:
             for b in self.blocks(rel, size):
                 h.update(b)

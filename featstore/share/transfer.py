@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ..errors import InputError, StoreError
 from ..io.background import parallel_map
 from ..io.cache import mismatch
-from ..io.files import sha256_bytes, sha256_file
+from ..io.hashing import algorithm_of, digest_bytes, expected, file_matches
 from ..io.transport import SMALL, Remote, is_url
 from ..store import install_pulled, local_backend, open_store
 from ..store.manifest import MANIFEST, PUSH_MARKER, diff_settings, transfer_files
@@ -102,8 +102,8 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
     strays = [rel for rel in present if rel not in files and ".part-" in rel.rsplit("/", 1)[-1]]
     parallel_map(strays, lambda rel: remote.remove(rel) or True, jobs)
     candidates = [rel for rel in files if present.get(rel) == files[rel]["size"]]
-    kept = set(parallel_map(candidates, lambda rel: remote.digest(rel, files[rel]["size"]) ==
-                            (files[rel]["size"], files[rel]["sha256"]), jobs))
+    kept = set(parallel_map(candidates, lambda rel: remote.digest(rel, files[rel]["size"], algorithm_of(files[rel]))
+                            == expected(files[rel]), jobs))
     todo = [rel for rel in files if rel not in kept]
 
     def upload(rel: str) -> bool:
@@ -113,11 +113,11 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
         if meta["size"] < SMALL:  # read once, check, send those very bytes
             with open(path, "rb") as f:
                 data = f.read(meta["size"] + 1)
-            if len(data) != meta["size"] or sha256_bytes(data) != meta["sha256"]:
+            if len(data) != meta["size"] or digest_bytes(data, algorithm_of(meta)) != expected(meta)[1]:
                 raise damaged
             remote.put_bytes(rel, data)
         else:
-            if os.path.getsize(path) != meta["size"] or sha256_file(path) != meta["sha256"]:
+            if not file_matches(path, meta):
                 raise damaged
             remote.put_file(rel, path)
         pause_point("file-transferred")  # crash tests kill the process here
@@ -180,7 +180,7 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
 
     def have(rel: str) -> bool:
         p = targets[rel]
-        return os.path.isfile(p) and os.path.getsize(p) == files[rel]["size"] and sha256_file(p) == files[rel]["sha256"]
+        return file_matches(p, files[rel])
 
     kept = set(parallel_map(list(files), have, jobs))
     todo = [rel for rel in files if rel not in kept]
@@ -192,10 +192,10 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
         part = f"{final}.part-{uuid.uuid4().hex[:8]}"
         try:
             try:
-                got = remote.download(rel, meta["size"], part)
+                got = remote.download(rel, meta["size"], part, algorithm_of(meta))
             except FileNotFoundError:
                 got = None
-            if got != (meta["size"], meta["sha256"]):
+            if got != expected(meta):
                 problems.append(str(mismatch(remote.url, rel, meta, got)))
                 return False
             os.replace(part, final)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Iterable, Protocol
 import numpy as np
 
 from ..errors import StoreError
+from ..io.hashing import IOOptions
 
 SEGMENT_RECORD = "segment.json"
 
@@ -60,7 +61,7 @@ class PendingSegment:
 
     split: str
     name: str
-    files: dict[str, dict[str, Any]]  # store path -> {size, sha256}
+    files: dict[str, dict[str, Any]]  # store path -> {size, <algorithm>: digest} (featstore.io.hashing)
     location: str  # where the backend wrote it (backend-private)
     record: dict[str, Any] = field(default_factory=dict)  # backend-specific record fields
 
@@ -75,10 +76,15 @@ class Publication:
 
 
 def chunk_rows(shape: tuple[int, ...], itemsize: int, chunk_bytes: int) -> tuple[int, ...]:
-    """Chunks span whole rows; a few MiB each, never more rows than exist."""
+    """Chunks span whole rows, at most `chunk_bytes` each, and fit the row count: the number of chunks is
+    fixed first, then rows per chunk = ceil(rows / chunks). The last chunk (stored full size by Zarr and HDF5)
+    then pads fewer rows than there are chunks, instead of up to a whole chunk (measured before on an 8-bit
+    store: 32% of its bytes were padding)."""
     row_bytes = itemsize * int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else itemsize
-    rows = max(1, min(shape[0] or 1, chunk_bytes // max(row_bytes, 1)))
-    return (rows,) + tuple(shape[1:])
+    n_rows = max(1, shape[0] if shape else 1)
+    most = max(1, chunk_bytes // max(row_bytes, 1))
+    chunks = -(-n_rows // most)
+    return (-(-n_rows // chunks),) + tuple(shape[1:])
 
 
 def root_attributes(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -117,8 +123,9 @@ class StoreReader(ABC):
     read_only: ClassVar[bool] = True
     is_remote: ClassVar[bool] = False  # files come through the local cache (prefetch helps)
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, io: IOOptions | None = None):
         self.root = root
+        self.io = io or IOOptions()  # threads and checksum algorithm of the files this backend writes
 
     def holds_store(self) -> bool:
         """Whether `root` holds a featstore store (complete or not): a manifest of ours that validates."""
@@ -151,8 +158,8 @@ class StoreReader(ABC):
         """A stored array by name, opened lazily."""
 
     @abstractmethod
-    def checksum(self, name: str) -> tuple[int, str] | None:
-        """(size, sha256) of a checksummed item as it is now, or None if it is missing."""
+    def checksum(self, name: str, algorithm: str = "sha256") -> tuple[int, str] | None:
+        """(size, hex digest by `algorithm`) of a checksummed item as it is now, or None if it is missing."""
 
     @abstractmethod
     def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
@@ -161,6 +168,11 @@ class StoreReader(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release open files."""
+
+    def disk_usage(self) -> dict[str, tuple[int, int]] | None:
+        """Per stored array: (bytes its data takes on disk, bytes of its values), or None where the format
+        cannot tell (stores read from a URL). Padding of the last chunk is the difference."""
+        return None
 
 
 class StorageBackend(StoreReader):

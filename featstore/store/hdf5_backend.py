@@ -7,12 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable
 
 import numpy as np
 
 from ..errors import InputError, StoreError
-from ..io.files import check_can_create, load_json, sha256_array, sha256_file, write_json_atomic
+from ..io.files import check_can_create, load_json, write_json_atomic
+from ..io.hashing import IOOptions, algorithm_of, digest_bytes, digest_file, record
 from .base import ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, register_format, root_attributes
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, validate_published
@@ -29,16 +32,23 @@ def _compression(compression: str) -> dict:
     raise StoreError(f"unknown compression {compression!r} for hdf5: use one of {', '.join(CODECS)}")
 
 
-def _write_datasets(f: Any, arrays: dict[str, np.ndarray], compression: str, chunk_bytes: int) -> dict[str, dict]:
+def _array_digest(data: np.ndarray, algorithm: str) -> str:
+    return digest_bytes(np.ascontiguousarray(data).view(np.uint8).reshape(-1).data, algorithm)
+
+
+def _write_datasets(f: Any, arrays: dict[str, np.ndarray], compression: str, chunk_bytes: int,
+                    io: IOOptions) -> dict[str, dict]:
+    """Write `arrays` into the open file; their values are hashed on `io.threads` threads meanwhile (h5py
+    writes hold the GIL, hashing does not)."""
     kw = _compression(compression)
-    sums = {}
-    for name, data in arrays.items():
-        if name in f:
-            del f[name]
-        chunks = chunk_rows(data.shape, data.dtype.itemsize, chunk_bytes) if data.size else None
-        f.create_dataset(name, data=data, chunks=chunks, **(kw if data.ndim == 2 and data.size else {}))
-        sums[name] = {"size": int(data.nbytes), "sha256": sha256_array(data)}
-    return sums
+    with ThreadPoolExecutor(max(1, io.threads)) as pool:
+        digests = {name: pool.submit(_array_digest, data, io.hash) for name, data in arrays.items()}
+        for name, data in arrays.items():
+            if name in f:
+                del f[name]
+            chunks = chunk_rows(data.shape, data.dtype.itemsize, chunk_bytes) if data.size else None
+            f.create_dataset(name, data=data, chunks=chunks, **(kw if data.ndim == 2 and data.size else {}))
+        return {name: record(data.nbytes, digests[name].result(), io.hash) for name, data in arrays.items()}
 
 
 @register_format
@@ -58,12 +68,13 @@ class HDF5Backend(StorageBackend):
         h = manifest.get("hdf5")
         if not isinstance(h, dict):
             raise StoreError("manifest of a published hdf5 store lacks its 'hdf5' file entry")
-        return [(h.get("file"), {"size": h.get("size"), "sha256": h.get("sha256")})]
+        return [(h.get("file"), {k: h.get(k) for k in ("size", algorithm_of(h))})]
 
-    def __init__(self, root: str):
-        super().__init__(root)
+    def __init__(self, root: str, io: IOOptions | None = None):
+        super().__init__(root, io)
         self.parts = root + ".parts"
         self._file: Any = None
+        self._lock = threading.Lock()
 
     def _h5(self) -> Any:
         """The store file; while a store is being written, the part holding its non-segment arrays (a resumed
@@ -125,7 +136,7 @@ class HDF5Backend(StorageBackend):
         os.makedirs(parent, exist_ok=True)
         tmp = partial_name(parent, name + ".h5")
         with h5py.File(tmp, "w") as f:
-            sums = _write_datasets(f, arrays, compression, chunk_bytes)
+            sums = _write_datasets(f, arrays, compression, chunk_bytes, self.io)
         rel = f"segments/{split}/{name}"
         return PendingSegment(split=split, name=name, files={f"{rel}/{k}": v for k, v in sums.items()},
                               location=tmp, record={"compression": compression, "chunk_bytes": chunk_bytes})
@@ -149,7 +160,7 @@ class HDF5Backend(StorageBackend):
 
         os.makedirs(self.parts, exist_ok=True)  # packed into the final file by finalize; a part meanwhile
         with h5py.File(os.path.join(self.parts, "extra.h5"), "a") as f:
-            return _write_datasets(f, arrays, "none", chunk_bytes)
+            return _write_datasets(f, arrays, "none", chunk_bytes, self.io)
 
     def finalize(self, manifest):
         """Pack every part into one file, manifest last, then rename into place."""
@@ -182,7 +193,7 @@ class HDF5Backend(StorageBackend):
         try:
             with h5py.File(tmp, "a") as f:
                 manifest.setdefault("files", {}).update(_write_datasets(f, arrays, "none",
-                                                                        manifest["layout"]["chunk_bytes"]))
+                                                                        manifest["layout"]["chunk_bytes"], self.io))
                 f.attrs["manifest"] = json.dumps(manifest)
             os.replace(tmp, self.root)
         finally:
@@ -196,16 +207,31 @@ class HDF5Backend(StorageBackend):
         except KeyError:
             raise StoreError(f"store {self.root}: dataset {name!r} is missing; run `featstore verify` on it")
 
-    def checksum(self, name):
-        try:
-            ds = self._h5()[name]
-        except KeyError:
-            return None
-        data = ds[()]
-        return int(data.nbytes), sha256_array(np.asarray(data))
+    def checksum(self, name, algorithm="sha256"):
+        with self._lock:  # verify calls this from several threads: one read of the file at a time, ...
+            try:
+                ds = self._h5()[name]
+            except KeyError:
+                return None
+            data = np.asarray(ds[()])  # ... the hashing below runs side by side
+        return int(data.nbytes), _array_digest(data, algorithm)
 
     def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
         return 0
+
+    def disk_usage(self) -> dict[str, tuple[int, int]] | None:
+        import h5py
+
+        if not os.path.isfile(self.root):
+            return None  # still being written: its parts are packed at the end
+        out = {}
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (int(obj.id.get_storage_size()), int(obj.size) * obj.dtype.itemsize)
+
+        self._h5().visititems(visit)
+        return out
 
     def close(self) -> None:
         if self._file is not None:
@@ -218,7 +244,9 @@ class HDF5Backend(StorageBackend):
         self.close()
         if m is None:
             raise StoreError(f"{self.root} is not a featstore store (no manifest)")
-        m["hdf5"] = {"file": PUBLISHED_NAME, "size": os.path.getsize(self.root), "sha256": sha256_file(self.root)}
+        algorithm = m.get("layout", {}).get("hash", "sha256")  # the store's own choice for its one file
+        m["hdf5"] = {"file": PUBLISHED_NAME, **record(os.path.getsize(self.root), digest_file(self.root, algorithm),
+                                                      algorithm)}
         validate_published(m, self.root)
         return Publication(manifest=m, raw_manifest=json.dumps(m, indent=1).encode(),
                            local_files={PUBLISHED_NAME: self.root})

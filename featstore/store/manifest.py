@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import StoreError
 from .base import format_backend
+from ..io.hashing import algorithm_of, expected
 from .encoding import CODED, DTYPES, ENCODINGS
 
 FORMAT_VERSION = 1
@@ -200,10 +201,12 @@ def validate_published(m: Any, source: str) -> dict[str, Any]:
         safe_path(path)
         if len(path) > MAX_PATH or any(p.startswith(".") for p in path.split("/")) or path == MANIFEST:
             raise StoreError(f"manifest: file path {path[:MAX_PATH]!r} is reserved or too long; refusing the store")
-        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"]):
-            raise StoreError(f"{source}: file {path} has no valid sha256 in the manifest; refusing the store")
+        digest = meta.get(algorithm_of(meta)) if isinstance(meta, dict) else None
+        if not isinstance(digest, str) or not _HEX64.match(digest):
+            raise StoreError(f"{source}: file {path} has no valid sha256 (or blake3) checksum in the manifest; "
+                             "refusing the store")
         total += _count(meta.get("size"), f"size of {path}")
-        if path in seen and (seen[path]["size"], seen[path]["sha256"]) != (meta["size"], meta["sha256"]):
+        if path in seen and expected(seen[path]) != expected(meta):
             raise StoreError(f"{source}: file {path} is declared twice with different contents; refusing the store")
         seen[path] = meta
     _count(total, "total size of the store")

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError, StoreError
 from ..io.background import parallel_map
+from ..io.hashing import algorithm_of, expected
 from ..io.transport import Remote
 from .base import SEGMENT_RECORD, ArrayLike, PendingSegment, Publication, StorageBackend
 from .manifest import EXTRACT_MARKER, MANIFEST
@@ -44,7 +45,7 @@ class ObjectStoreBackend(StorageBackend):
     def staging(self) -> ZarrBackend:
         """This process's local scratch store: holds a segment only between writing and uploading it."""
         if self._staging is None:
-            self._staging = ZarrBackend(os.path.join(tempfile.mkdtemp(prefix="featstore-upload-"), "store"))
+            self._staging = ZarrBackend(os.path.join(tempfile.mkdtemp(prefix="featstore-upload-"), "store"), self.io)
             self._staging.create()
         return self._staging
 
@@ -129,8 +130,9 @@ class ObjectStoreBackend(StorageBackend):
         records, present = self._records()
         files = {(key, f): meta for key, r in records.items() for f, meta in r["files"].items()}
         sized = [kf for kf, meta in files.items() if present.get(kf[1]) == meta["size"]]
-        good = set(parallel_map(sized, lambda kf: self.remote.digest(kf[1], files[kf]["size"]) ==
-                                (files[kf]["size"], files[kf]["sha256"]), self.jobs))
+        good = set(parallel_map(sized, lambda kf: self.remote.digest(kf[1], files[kf]["size"],
+                                                                     algorithm_of(files[kf])) ==
+                                expected(files[kf]), self.jobs))
         bad = {key for key, f in files if (key, f) not in good}
         for key in sorted(bad):
             self.remote.remove(f"segments/{key}/{SEGMENT_RECORD}")
@@ -165,8 +167,8 @@ class ObjectStoreBackend(StorageBackend):
                 self.remote.download(rel, files[rel], dest)
         return self.staging.array(name)
 
-    def checksum(self, name: str) -> tuple[int, str] | None:
-        return self.remote.digest(name, self.remote.listing().get(name, 0))
+    def checksum(self, name: str, algorithm: str = "sha256") -> tuple[int, str] | None:
+        return self.remote.digest(name, self.remote.listing().get(name, 0), algorithm)
 
     def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
         return 0

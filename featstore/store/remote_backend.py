@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from ..errors import StoreError
 from ..io.cache import FileCache, mismatch
+from ..io.hashing import expected
 from ..io.transport import Remote
 from .base import ArrayLike, StorageBackend, StoreReader, format_backend
 from .manifest import EXTRACT_MARKER, MANIFEST, PUSH_MARKER, transfer_files, validate_published
@@ -106,17 +107,17 @@ class RemoteBackend(StoreReader):
             raise StoreError(f"store {self.root}: array {name!r} is not in its manifest; the store is damaged")
         return zarr.open_array(store=_cached_zarr_store(self, name), mode="r", zarr_format=3)
 
-    def checksum(self, name: str) -> tuple[int, str] | None:
+    def checksum(self, name: str, algorithm: str = "sha256") -> tuple[int, str] | None:
         """Verifies the remote copy itself (not the cache): downloads it again, keeping it when it matches."""
         if self._single_file:
             with self._whole_lock:
                 if not self._whole_checked:
                     (rel,) = self.files
                     got = self.cache.refresh(self.remote, self.fingerprint, rel, self.files[rel])
-                    if got != (self.files[rel]["size"], self.files[rel]["sha256"]):
+                    if got != expected(self.files[rel]):
                         raise mismatch(self.remote.url, rel, self.files[rel], got)
                     self._whole_checked = True
-                return self._local_copy().checksum(name)
+                return self._local_copy().checksum(name, algorithm)
         meta = self.files.get(name)
         if meta is None:
             return None

@@ -3,7 +3,6 @@ under a temporary name and renamed into place. Group metadata at every level and
 array, so generic Zarr tools (`zarr.open_group(path).tree()`) browse a store. Checksums are per file."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,11 +13,14 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import InputError, StoreError
-from ..io.files import check_can_create, load_json, sha256_file, write_json_atomic
+from ..io.files import check_can_create, load_json, write_json_atomic
+from ..io.hashing import IOOptions, digest_file, new_hasher, record
 from .base import SEGMENT_RECORD, ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, \
     dimension_names, register_format, root_attributes
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, transfer_files, validate_published
+from .raw_chunks import RawChunks
+from ..testhooks import pause_point
 
 CODECS = ("none", "zstd", "blosc-zstd", "blosc-lz4")
 
@@ -80,33 +82,38 @@ def _ensure_groups(root: str, rel_dir: str) -> None:
             os.replace(tmp, meta)  # never half a file, even for a writer killed here
 
 
-def _write_raw_chunks(jobs: list[tuple[str, np.ndarray, int]]) -> dict[str, tuple[int, str]]:
+def _write_raw_chunks(jobs: list[tuple[str, np.ndarray, int]], io: IOOptions) -> dict[str, tuple[int, str]]:
     """Write uncompressed Zarr v3 chunks straight from memory and hash the same bytes on the way.
 
     What zarr-python itself would write for the `bytes` codec (keys `c/<i>/0...`, edge chunks padded to the
     full chunk shape with the fill value 0), without its per-chunk pipeline and without reading the files
-    back to checksum them (benchmarks/bench_write.py: about twice the throughput).
+    back to checksum them. Chunks are written and hashed on `io.threads` threads (file writes, hashlib and
+    blake3 release the GIL).
     """
     def one(args: tuple[str, np.ndarray, int, int]) -> tuple[str, tuple[int, str]]:
         adir, data, rows, i = args
         block = np.ascontiguousarray(data[i * rows:(i + 1) * rows])
-        if len(block) < rows:  # edge chunk: zarr stores the full chunk shape
-            block = np.concatenate([block, np.zeros((rows - len(block),) + data.shape[1:], dtype=data.dtype)])
+        parts = [block.view(np.uint8).reshape(-1).data]
+        if len(block) < rows:  # edge chunk: zarr stores the full chunk shape (fitted chunks keep this small)
+            parts.append(memoryview(bytes((rows - len(block)) * (block.nbytes // max(len(block), 1)))))
         path = os.path.join(adir, "c", str(i), *["0"] * (data.ndim - 1))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        buf = block.view(np.uint8).reshape(-1).data
+        h = new_hasher(io.hash)
         with open(path, "wb") as f:
-            f.write(buf)
-        return path, (len(buf), hashlib.sha256(buf).hexdigest())
+            for buf in parts:
+                f.write(buf)
+                h.update(buf)
+        pause_point("chunk-written")  # crash tests kill the process here, other chunks still being written
+        return path, (sum(len(b) for b in parts), h.hexdigest())
 
     tasks = [(adir, data, rows, i) for adir, data, rows in jobs for i in range(-(-len(data) // rows))]
-    with ThreadPoolExecutor(4) as pool:  # file writes and hashlib release the GIL
+    with ThreadPoolExecutor(max(1, io.threads)) as pool:
         return dict(pool.map(one, tasks))
 
 
-def _write_group(path: str, arrays: dict[str, np.ndarray], compression: str, chunk_bytes: int,
+def _write_group(path: str, arrays: dict[str, np.ndarray], compression: str, chunk_bytes: int, io: IOOptions,
                  name_prefix: str = "") -> dict[str, tuple[int, str]]:
-    """Write `arrays` under the group at `path`; returns (size, sha256) of the chunk files written raw.
+    """Write `arrays` under the group at `path`; returns (size, digest) of the chunk files written raw.
 
     Uncompressed arrays (the default) are written without zarr-python: their `zarr.json` is the spec's
     plain JSON and their chunks are the raw bytes (`_write_raw_chunks`). Compressed ones go through zarr.
@@ -138,19 +145,19 @@ def _write_group(path: str, arrays: dict[str, np.ndarray], compression: str, chu
                                   dimension_names=dimension_names(name_prefix + name, data.ndim))
         if data.size:
             arr[...] = data
-    return _write_raw_chunks(raw)
+    return _write_raw_chunks(raw, io)
 
 
-def _file_sums(base: str, prefix: str, known: dict[str, tuple[int, str]] | None = None) -> dict[str, dict]:
-    """{store path: {size, sha256}} of every file under `base`; hashes what `known` lacks, side by side."""
+def _file_sums(base: str, prefix: str, io: IOOptions,
+               known: dict[str, tuple[int, str]] | None = None) -> dict[str, dict]:
+    """{store path: file record} of every file under `base`; hashes what `known` lacks, side by side."""
     known = known or {}
     paths = sorted(os.path.join(d, n) for d, _, names in os.walk(base) for n in names if n != SEGMENT_RECORD)
     todo = [p for p in paths if p not in known]
-    with ThreadPoolExecutor(4) as pool:  # hashlib releases the GIL
-        sums = dict(zip(todo, pool.map(lambda p: (os.path.getsize(p), sha256_file(p)), todo)))
+    with ThreadPoolExecutor(max(1, io.threads)) as pool:
+        sums = dict(zip(todo, pool.map(lambda p: (os.path.getsize(p), digest_file(p, io.hash)), todo)))
     sums.update(known)
-    return {prefix + "/" + os.path.relpath(p, base).replace(os.sep, "/"): {"size": sums[p][0], "sha256": sums[p][1]}
-            for p in paths}
+    return {prefix + "/" + os.path.relpath(p, base).replace(os.sep, "/"): record(*sums[p], io.hash) for p in paths}
 
 
 @register_format
@@ -193,8 +200,8 @@ class ZarrBackend(StorageBackend):
         _ensure_groups(self.root, f"segments/{split}")
         tmp = partial_name(parent, name)
         shutil.rmtree(tmp, ignore_errors=True)
-        known = _write_group(tmp, arrays, compression, chunk_bytes, name_prefix=rel + "/")
-        return PendingSegment(split=split, name=name, files=_file_sums(tmp, rel, known), location=tmp)
+        known = _write_group(tmp, arrays, compression, chunk_bytes, self.io, name_prefix=rel + "/")
+        return PendingSegment(split=split, name=name, files=_file_sums(tmp, rel, self.io, known), location=tmp)
 
     def commit_segment(self, pending, meta):
         record = {"files": pending.files, **pending.record, **meta}
@@ -210,10 +217,10 @@ class ZarrBackend(StorageBackend):
 
     # -- arrays outside segments, and completion ----------------------------------------------------------
     def write_arrays(self, arrays, chunk_bytes):
-        known = _write_group(self.root, arrays, "none", chunk_bytes)
+        known = _write_group(self.root, arrays, "none", chunk_bytes, self.io)
         files: dict[str, dict] = {}
         for name in arrays:
-            files.update(_file_sums(os.path.join(self.root, name), name, known))
+            files.update(_file_sums(os.path.join(self.root, name), name, self.io, known))
         return files
 
     def finalize(self, manifest):
@@ -229,22 +236,44 @@ class ZarrBackend(StorageBackend):
         import zarr
 
         try:
+            raw = RawChunks.open(os.path.join(self.root, name))
+            if raw is not None:
+                return raw
             return zarr.open_array(os.path.join(self.root, name), mode="r", zarr_format=3)
         except Exception as e:  # noqa: BLE001 - surface any open failure as a store problem
             raise StoreError(f"store {self.root}: cannot open array {name!r} ({type(e).__name__}); "
                              "run `featstore verify` on it")
 
-    def checksum(self, name):
+    def checksum(self, name, algorithm="sha256"):
         p = os.path.join(self.root, name)
         if not os.path.isfile(p):
             return None
-        return os.path.getsize(p), sha256_file(p)
+        return os.path.getsize(p), digest_file(p, algorithm)
 
     def prefetch(self, prefixes: Iterable[str] | None = None, jobs: int = 8, progress: bool = False) -> int:
         return 0
 
     def close(self) -> None:
         pass
+
+    def disk_usage(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for d, dirs, names in os.walk(self.root):
+            dirs[:] = [x for x in dirs if not x.startswith(".")]  # partial segments are not part of the store
+            if "zarr.json" not in names:
+                continue
+            meta = load_json(os.path.join(d, "zarr.json"), "array metadata")
+            if not isinstance(meta, dict) or meta.get("node_type") != "array":
+                continue
+            dirs[:] = []
+            try:
+                ideal = int(np.prod(meta["shape"], dtype=np.int64)) * np.dtype(meta["data_type"]).itemsize
+            except (KeyError, TypeError, ValueError):
+                continue  # not an array this summary can size (verify names what is wrong with it)
+            stored = sum(os.path.getsize(os.path.join(cd, n)) for cd, _, ns in os.walk(os.path.join(d, "c"))
+                         for n in ns)
+            out[os.path.relpath(d, self.root).replace(os.sep, "/")] = (stored, ideal)
+        return out
 
     # -- sharing ------------------------------------------------------------------------------------------
     def publication(self) -> Publication:
