@@ -65,6 +65,13 @@ INPUT_OPTIONS = [  # what extract and estimate both take: the inputs, the model 
     click.option("--repair-answers", is_flag=True,
                  help="Span task: move an answer whose text is not at its answer_start to the nearest place it "
                       "occurs."),
+    click.option("--stride", default=None, type=click.IntRange(min=1), metavar="N",
+                 help="Span task: a context longer than --max-length becomes overlapping windows that share N tokens "
+                      "(HF's doc_stride), each stored as an example linked to its question; windows without the "
+                      "answer point at token 0."),
+    click.option("--strict-labels", is_flag=True,
+                 help="Refuse a tag or class that occurs in another split but not in train (by default it is kept in "
+                      "the vocabulary, counted in the summary and the manifest, and warned about)."),
 ]
 
 
