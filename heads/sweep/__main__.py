@@ -8,5 +8,5 @@ from .driver import worker_main
 try:
     worker_main(sys.stdin.read())
 except InputError as e:
-    print(f"Error: {e}", file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
