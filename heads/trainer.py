@@ -53,6 +53,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float | None =
     return [{**g, "lr": lr} for g in groups] if lr is not None else groups
 
 
+class Diverged(InputError):
+    """A head's loss became NaN or infinite."""
+
+
 def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The global generators' state (CPU, and the GPU's): what dropout draws from next."""
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -91,6 +95,7 @@ class Member:
     loss_sum: float = 0.0
     n: int = 0
     pruned: bool = False
+    diverged: str | None = None  # why it left its group, when `fit_group(..., drop_diverged=True)`
 
     def __post_init__(self) -> None:
         self.rng = rng_state(self.device)
@@ -115,7 +120,7 @@ class Member:
             out = self.model(x, mask)
         loss = self.task.loss(out, y, mask, self.spec)
         if not torch.isfinite(loss):  # a diverged head is never saved as if it had trained
-            raise InputError(f"training diverged (seed {self.seed}, epoch {self.epoch}): the loss is {loss.item()}; "
+            raise Diverged(f"training diverged (seed {self.seed}, epoch {self.epoch}): the loss is {loss.item()}; "
                              f"lower --lr (now {self.cfg.lr:g}) or keep --grad-clip on")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,9 +160,11 @@ class Member:
 
 
 def fit_group(members: list[Member], loaders: dict[str, Loader], gold: dict[str, Any], *, progress: bool = True,
-              desc: str = "heads", final_splits: list[str] | None = None) -> list[SeedResult]:
+              desc: str = "heads", final_splits: list[str] | None = None,
+              drop_diverged: bool = False) -> list[SeedResult | None]:
     """Train every member on loaders["_train"] (read once per batch for all), each selecting its best epoch on
-    its dev split; then score each on `final_splits` (default: its train, dev and test splits)."""
+    its dev split; then score each on `final_splits` (default: its train, dev and test splits).
+    `drop_diverged`: a head whose loss diverges leaves the group (its result is None) instead of failing all."""
     from tqdm.auto import tqdm
 
     train_loader = loaders["_train"]
@@ -178,7 +185,13 @@ def fit_group(members: list[Member], loaders: dict[str, Loader], gold: dict[str,
             x, mask = to_device(batch, device)
             y = torch.from_numpy(batch.y).to(device)
             for m in active:
-                m.step(x, mask, y, len(batch.index))
+                try:
+                    m.step(x, mask, y, len(batch.index))
+                except Diverged as e:
+                    if not drop_diverged:
+                        raise
+                    m.diverged = str(e)
+            active = [m for m in active if m.diverged is None]
             bar.update(1)
         seconds = time.perf_counter() - t0
         dev_split = active[0].cfg.dev_split  # members of a group share their splits
@@ -194,13 +207,14 @@ def fit_group(members: list[Member], loaders: dict[str, Loader], gold: dict[str,
         if not active:
             bar.update(bar.total - bar.n)
     bar.close()
-    for m in members:
+    done = [m for m in members if m.diverged is None]
+    for m in done:
         m.restore_best()
     cfg = members[0].cfg
     names = final_splits if final_splits is not None else \
         list(dict.fromkeys(n for n in (cfg.train_split, cfg.dev_split, cfg.test_split) if n is not None))
-    select = cfg.dev_split or cfg.train_split
-    return score_members(members, names, select, loaders, gold)
+    scored = iter(score_members(done, names, cfg.dev_split or cfg.train_split, loaders, gold) if done else [])
+    return [next(scored) if m.diverged is None else None for m in members]
 
 
 def score_members(members: list[Member], names: list[str], select: str, loaders: dict[str, Loader],

@@ -26,7 +26,7 @@ import torch
 from featstore.store import Store, open_store
 
 from ..artifacts import _write_json
-from ..data import check_splits
+from ..data import check_splits, default_max_memory
 from ..errors import InputError
 from ..metrics import higher_is_better, mean_std
 from ..nets import count_trainable
@@ -47,7 +47,7 @@ POLL_SECONDS = 2.0
 class Row:
     key: str
     params: dict[str, Any]
-    state: str  # complete | pruned
+    state: str  # complete | pruned | diverged
     dev: dict[str, float]  # the primary metric on dev: mean, std, n over seeds
     best_epochs: list[int]
 
@@ -142,6 +142,10 @@ def work(sc: SweepConfig, store: Store, study: Study, bar: Any) -> None:
             if states.get(key) == "pruned":
                 study.study.tell(t, state=study.trial_state.PRUNED)
                 continue
+            if states.get(key) == "diverged":  # listed in the table, never picked
+                t.set_user_attr("diverged", True)
+                study.study.tell(t, state=study.trial_state.FAIL)
+                continue
             rec = read_trial(sc.out, key)  # trained now, or before a crash that came between writing and telling
             t.set_user_attr("seeds", {s: {"dev": r["metrics"][dev_of(sc)][rec["primary_metric"]],
                                           "best_epoch": r["best_epoch"]} for s, r in rec["seeds"].items()})
@@ -164,7 +168,7 @@ def wait_for_others(study: Study) -> bool:
         with study.locked():
             study.requeue_stale()
         c = study.counts()
-        if c["waiting"] or (study.samples and c["complete"] + c["pruned"] + c["running"] < study.samples):
+        if c["waiting"] or (study.samples and study.made() < study.samples):
             return False
         if not c["running"]:
             return True
@@ -176,8 +180,11 @@ def start_workers(sc: SweepConfig) -> list[subprocess.Popen]:
     GPU when there are several); they take configs from the study as this one does."""
     n = sc.workers
     threads = sc.fixed.get("threads") or max(1, (os.cpu_count() or 1) // n)
+    # each process holds its own copy of the features it keeps in RAM: they share the budget
+    budget = sc.fixed.get("max_memory")
+    share = (budget if budget is not None else default_max_memory()) // n
     child = SweepConfig(**{**sc.to_json(secrets=True), "workers": 1, "progress": False})
-    child.fixed = {**child.fixed, "threads": threads}
+    child.fixed = {**child.fixed, "threads": threads, "max_memory": share}
     gpus = _gpu_count(sc.fixed.get("device", "auto"))
     procs = []
     for i in range(1, n):
@@ -188,7 +195,7 @@ def start_workers(sc: SweepConfig) -> list[subprocess.Popen]:
         p.stdin.write(json.dumps(child.to_json(secrets=True)).encode())
         p.stdin.close()
         procs.append(p)
-    sc.fixed = {**sc.fixed, "threads": threads}  # this process's share
+    sc.fixed = {**sc.fixed, "threads": threads, "max_memory": share}  # this process's share
     torch.set_num_threads(threads)
     if gpus > 1:
         torch.cuda.set_device(0)
@@ -223,7 +230,8 @@ def finish(sc: SweepConfig, store: Store, study: Study, space: Space, seconds: f
     for t in sorted(study.finished(), key=lambda t: (order.get(t.user_attrs["key"], len(order)), t.number)):
         seeds = t.user_attrs.get("seeds") or {}
         dev = mean_std([v["dev"] for v in seeds.values()]) if seeds else {"mean": float("nan"), "std": 0.0, "n": 0}
-        rows.append(Row(key=t.user_attrs["key"], params=dict(t.params), state=t.state.name.lower(), dev=dev,
+        state = "diverged" if t.user_attrs.get("diverged") else t.state.name.lower()
+        rows.append(Row(key=t.user_attrs["key"], params=dict(t.params), state=state, dev=dev,
                         best_epochs=[v["best_epoch"] for v in seeds.values()]))
 
     def rank(r: Row) -> tuple:

@@ -10,8 +10,6 @@ def format_sweep(r: SweepResult) -> str:
     cols = [c for c in r.swept if len({repr(row.params.get(c)) for row in r.rows}) > 1]
     fixed = [c for c in r.swept if c not in cols]
     width = {c: max(len(c), *(len(_show(row.params.get(c))) for row in r.rows)) for c in cols}
-    if not cols:
-        width, cols = {}, []
     head = "  ".join(f"{c:>{width[c]}}" for c in cols) + f"  {'dev ' + pm:>20}  {'best epochs':>12}  state"
     lines = [f"{len(r.rows)} configs x seeds {','.join(map(str, r.seeds))}; sorted by {pm} on {r.dev_split!r} "
              f"(mean ± std over seeds, {'higher' if r.higher_is_better else 'lower'} is better)"

@@ -33,37 +33,39 @@ def train_configs(sc: SweepConfig, store: Store, params_list: list[dict[str, Any
                   prune: bool = False, bar: Any = None) -> dict[str, str]:
     """Train every config x seed, those reading the same features together, and write each config's trial
     directory. `trials` (Optuna's, parallel to `params_list`) receive per-epoch dev values for pruning.
-    Returns key -> complete | pruned."""
-    seeds = sc.seeds
+    Returns key -> complete | pruned | diverged."""
+    cfgs = [config_of({**sc.fixed, "out": "-", "test_split": None, "progress": False}, p) for p in params_list]
+    # configs whose options name the same features: planned together, so one set of features is in RAM at once
+    by_options: dict[tuple, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        by_options.setdefault((c.head, c.layers, c.pooling, c.tune_top_layers), []).append(i)
     shared: dict[tuple, tuple] = {}
-    plans = []
-    for params in params_list:
-        cfg = config_of({**sc.fixed, "out": "-", "test_split": None, "progress": False}, params)
-        plans.append(plan_run(cfg, store, shared))
-    order = sorted(range(len(plans)), key=lambda i: (plans[i].read, plans[i].cfg.batch_size))
     states: dict[str, str] = {}
-    groups: dict[tuple, list[int]] = {}
-    for i in order:
-        groups.setdefault((plans[i].read, plans[i].cfg.batch_size), []).append(i)
-    for idx in groups.values():
-        k = heads_per_pass([plans[i] for i in idx], sc.heads_per_pass)
-        for a in range(0, len(idx), k):
-            chunk = idx[a:a + k]
-            states.update(_train_chunk(sc, store, [plans[i] for i in chunk], [params_list[i] for i in chunk],
-                                       [trials[i] for i in chunk] if trials else None, seeds, prune, bar))
+    for members in by_options.values():
+        plans = {i: plan_run(cfgs[i], store, shared) for i in members}
+        groups: dict[tuple, list[int]] = {}  # the same features and batch order: one pass trains them all
+        for i in members:
+            groups.setdefault((plans[i].read, cfgs[i].batch_size), []).append(i)
+        for idx in groups.values():
+            k = heads_per_pass([plans[i] for i in idx], sc.heads_per_pass)
+            for a in range(0, len(idx), k):
+                chunk = idx[a:a + k]
+                states.update(_train_chunk(sc, [plans[i] for i in chunk], [params_list[i] for i in chunk],
+                                           [trials[i] for i in chunk] if trials else None, prune, bar))
     return states
 
 
-def _train_chunk(sc: SweepConfig, store: Store, plans: list[RunPlan], params_list: list[dict[str, Any]],
-                 trials: list[Any] | None, seeds: list[int], prune: bool, bar: Any) -> dict[str, str]:
+def _train_chunk(sc: SweepConfig, plans: list[RunPlan], params_list: list[dict[str, Any]], trials: list[Any] | None,
+                 prune: bool, bar: Any) -> dict[str, str]:
     """One group of configs reading the same features: per seed, one pass over the store trains them all."""
     n = len(plans)
     logs: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     results: list[dict[int, SeedResult]] = [{} for _ in range(n)]
     models: list[dict[int, Any]] = [{} for _ in range(n)]
     pruned = [False] * n
-    for s, seed in enumerate(seeds):
-        alive = [i for i in range(n) if not pruned[i]]
+    failed: list[str | None] = [None] * n
+    for s, seed in enumerate(sc.seeds):
+        alive = [i for i in range(n) if not pruned[i] and failed[i] is None]
         if not alive:
             break
         loaders = plans[alive[0]].loaders(seed)
@@ -77,8 +79,11 @@ def _train_chunk(sc: SweepConfig, store: Store, plans: list[RunPlan], params_lis
         cfg0 = plans[alive[0]].cfg
         names = [cfg0.train_split] + ([cfg0.dev_split] if cfg0.dev_split else [])
         out = fit_group(members, loaders, plans[alive[0]].gold, progress=sc.progress and sys.stderr.isatty(),
-                        desc=desc, final_splits=names)
+                        desc=desc, final_splits=names, drop_diverged=True)
         for i, m, r in zip(alive, members, out):
+            if m.diverged:  # the config fails; the others go on
+                failed[i] = m.diverged
+                continue
             pruned[i] = m.pruned
             results[i][seed], models[i][seed] = r, split_state(plans[i], m.model)
         if bar is not None:
@@ -86,8 +91,8 @@ def _train_chunk(sc: SweepConfig, store: Store, plans: list[RunPlan], params_lis
     states = {}
     for i in range(n):
         key = config_key(params_list[i])
-        if pruned[i]:
-            states[key] = "pruned"
+        if pruned[i] or failed[i]:
+            states[key] = "pruned" if pruned[i] else "diverged"
             continue
         write_trial(sc.out, key, params_list[i], plans[i], results[i], models[i], logs[i])
         states[key] = "complete"

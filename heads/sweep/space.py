@@ -87,16 +87,22 @@ def _name(raw: str, flag: str, problems: list[str]) -> str | None:
     return None
 
 
+def _item(item: str, flag: str, usage: str, problems: list[str]) -> tuple[str, str | None, str]:
+    """`NAME=REST` -> (NAME as given, the option's field name or None when it is no sweepable option, REST)."""
+    raw, eq, rest = item.partition("=")
+    if not eq:
+        problems.append(f"{flag} {item!r}: use {usage}")
+        return raw, None, rest
+    return raw, _name(raw, flag, problems), rest
+
+
 def parse_space(grid: list[str], ranges: list[str], samples: int | None) -> Space:
     """`lr=3e-4,1e-3` (values split on `|` instead when one holds a comma: `layers=all|-2,-1`) and
     `lr=1e-4:1e-2:log` -> a checked Space."""
     problems: list[str] = []
     space = Space()
     for item in grid:
-        raw, eq, values = item.partition("=")
-        name = _name(raw, "--grid", problems) if eq else None
-        if not eq:
-            problems.append(f"--grid {item!r}: use NAME=V1,V2 (e.g. lr=3e-4,1e-3)")
+        raw, name, values = _item(item, "--grid", "NAME=V1,V2 (e.g. lr=3e-4,1e-3)", problems)
         if name is None:
             continue
         parts = [v for v in values.split("|" if "|" in values else ",") if v.strip()]
@@ -108,10 +114,7 @@ def parse_space(grid: list[str], ranges: list[str], samples: int | None) -> Spac
         space.grid[name] = list(dict.fromkeys(_value(name, v, problems) if name != "layers" else v.strip()
                                               for v in parts))
     for item in ranges:
-        raw, eq, spec = item.partition("=")
-        name = _name(raw, "--range", problems) if eq else None
-        if not eq:
-            problems.append(f"--range {item!r}: use NAME=LOW:HIGH[:log] (e.g. lr=1e-4:1e-2:log)")
+        raw, name, spec = _item(item, "--range", "NAME=LOW:HIGH[:log] (e.g. lr=1e-4:1e-2:log)", problems)
         if name is None:
             continue
         if KINDS[name] is str:

@@ -147,9 +147,7 @@ class Study:
             self.requeue_stale()
             for _ in range(k):
                 if self.samples:
-                    made = self.study.get_trials(deepcopy=False, states=(TS.RUNNING, TS.COMPLETE, TS.PRUNED,
-                                                                        TS.WAITING))
-                    if len(made) >= self.samples and not any(t.state == TS.WAITING for t in made):
+                    if self.made() >= self.samples and not self.counts()["waiting"]:
                         break
                 elif not self.study.get_trials(deepcopy=False, states=(TS.WAITING,)):
                     break
@@ -172,14 +170,22 @@ class Study:
                 n += 1
         return n
 
+    def made(self) -> int:
+        """Configs of a sampled sweep so far: claimed, queued or finished (a trial put back in the queue counts
+        once)."""
+        c = self.counts()
+        return c["waiting"] + c["running"] + c["complete"] + c["pruned"] + c["diverged"]
+
     def counts(self) -> dict[str, int]:
-        states = [t.state.name.lower() for t in self.study.get_trials(deepcopy=False)]
-        return {s: states.count(s) for s in ("waiting", "running", "complete", "pruned", "fail")}
+        states = ["diverged" if t.user_attrs.get("diverged") else t.state.name.lower()
+                  for t in self.study.get_trials(deepcopy=False)]
+        return {s: states.count(s) for s in ("waiting", "running", "complete", "pruned", "diverged", "fail")}
 
     def finished(self) -> list[Any]:
-        """Completed trials, one per config (the first to complete)."""
+        """Finished trials (complete, pruned or diverged), one per config (the first to finish)."""
         TS = _optuna().trial.TrialState
         seen: dict[str, Any] = {}
-        for t in self.study.get_trials(deepcopy=True, states=(TS.COMPLETE, TS.PRUNED)):
-            seen.setdefault(t.user_attrs["key"], t)
+        for t in self.study.get_trials(deepcopy=True, states=(TS.COMPLETE, TS.PRUNED, TS.FAIL)):
+            if t.state != TS.FAIL or t.user_attrs.get("diverged"):
+                seen.setdefault(t.user_attrs["key"], t)
         return list(seen.values())

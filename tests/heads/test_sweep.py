@@ -86,6 +86,14 @@ def test_configs_reading_other_features_and_samples(store, tmp_path):
     assert os.path.isfile(os.path.join(r.best, "head.json"))
 
 
+def test_a_diverged_config_is_listed_not_picked(store, tmp_path):
+    fixed = dict(head="ytuning", store=store, label_column="label", seeds=[0])
+    r = sweep(SweepConfig(fixed=fixed, grid=["lr=1e9,1e-3", *GRID[:-2], "epochs=2"], out=str(tmp_path / "d"),
+                          progress=False))
+    assert [(row.params["lr"], row.state) for row in r.rows] == [(1e-3, "complete"), (1e9, "diverged")]
+    assert r.picked["lr"] == 1e-3
+
+
 def invoke(args):
     return CliRunner().invoke(main, args)
 
@@ -110,6 +118,11 @@ def test_bad_grid_is_one_line(store, tmp_path, grid, fragments):
     for f in fragments:
         assert f in err, err
     assert not os.path.exists(tmp_path / "o")  # nothing made before the options were checked
+
+
+def test_help():
+    r = invoke(["sweep", "--help"])
+    assert r.exit_code == 0 and "--grid" in r.output and "--samples" in r.output and "--workers" in r.output
 
 
 def _cmd(store, out, *extra):
