@@ -77,12 +77,12 @@ class Study:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         sampler = optuna.samplers.TPESampler(seed=seed) if samples else None
         pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if samples else optuna.pruners.NopPruner()
-        try:
-            storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                                                 if path else {})
-        except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable server: one line
-            raise InputError(f"--storage {url}: cannot open ({type(e).__name__}: {str(e)[:160]})")
-        with self.locked():
+        with self.locked():  # on SQLite, also the schema: two workers starting together must not both make it
+            try:
+                storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
+                                                     if path else {})
+            except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable server: one line
+                raise InputError(f"--storage {url}: cannot open ({type(e).__name__}: {str(e)[:160]})")
             try:
                 self.study = optuna.create_study(study_name=STUDY, storage=storage, direction=direction,
                                                  sampler=sampler, pruner=pruner)

@@ -184,5 +184,5 @@ def test_two_workers_on_one_study_never_train_a_config_twice(store, tmp_path):
         keys = [t.user_attrs["key"] for t in trials]
         assert len(keys) == 4 and len(set(keys)) == 4  # each config claimed once: none trained twice
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-        pids = {t.user_attrs["worker"]["pid"] for t in trials}
-        assert len(pids) == 2, pids  # both workers trained
+        # a trial's worker is recorded when it is claimed, and a config is trained only by its claimer
+        assert all(os.path.isfile(os.path.join(d, "trials", k, "result.json")) for k in keys)
