@@ -109,25 +109,11 @@ def open_study(sc: SweepConfig, space: Space) -> tuple[Store, Study]:
         raise
 
 
-class _NoBar:
-    n = 0
-
-    def update(self, k: int = 1) -> None:
-        self.n += k
-
-    def __enter__(self) -> "_NoBar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
 def _bar(sc: SweepConfig, total: int) -> Any:
+    """Configs x seeds trained by this process (each config's epochs have a bar of their own)."""
     from tqdm.auto import tqdm
 
-    if not sc.progress or not sys.stderr.isatty():
-        return _NoBar()
-    return tqdm(total=total, desc="configs x seeds", unit="head")
+    return tqdm(total=total, desc="configs x seeds", unit="head", disable=not (sc.progress and sys.stderr.isatty()))
 
 
 def work(sc: SweepConfig, store: Store, study: Study, bar: Any) -> None:
@@ -215,7 +201,7 @@ def worker_main(payload: str) -> None:
     store, study = open_study(sc, space)
     try:
         with torch_threads(sc.fixed.get("threads")):
-            work(sc, store, study, _NoBar())
+            work(sc, store, study, _bar(sc, 0))
     finally:
         store.close()
 

@@ -105,7 +105,8 @@ class Study:
                 if attr == "enqueued":  # its creator died before queueing the grid: queue it here
                     self._enqueue_grid()
                     return
-                raise InputError(f"the study at {self.url} has no {attr!r}; it was not made by heads sweep")
+                raise InputError(f"the study at {self.url} has no {attr!r}: it was not made by heads sweep, or its "
+                                 "maker died while creating it; remove it (or use another --out/--storage)")
             time.sleep(1)
 
     def _enqueue_grid(self) -> None:
