@@ -16,8 +16,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from cli.heads_cli import main
-from heads import TrainConfig, train
-from heads.evaluate import evaluate
+from heads import TrainConfig, evaluate, train
 from heads.sweep import SweepConfig, sweep
 from heads.sweep.run import MODEL, read_trial, trial_dir
 from heads.sweep.space import config_key
@@ -92,6 +91,20 @@ def test_a_diverged_config_is_listed_not_picked(store, tmp_path):
                           progress=False))
     assert [(row.params["lr"], row.state) for row in r.rows] == [(1e-3, "complete"), (1e9, "diverged")]
     assert r.picked["lr"] == 1e-3
+
+
+def test_streamed_chunks_equal_one_pass_in_ram(store, tmp_path):
+    """Streamed from the store, two heads per pass (3 configs: passes of 2 and 1) = all three in one pass in RAM."""
+    grid = ["lr=1e-3,3e-3,1e-2", *GRID[:-2], "epochs=2"]
+    runs = {}
+    for name, max_memory, hpp in (("ram", None, None), ("streamed", 0, 2)):
+        fixed = dict(head="ytuning", store=store, label_column="label", seeds=[0], max_memory=max_memory)
+        runs[name] = sweep(SweepConfig(fixed=fixed, grid=grid, out=str(tmp_path / name), heads_per_pass=hpp,
+                                       progress=False))
+    assert [r.dev for r in runs["ram"].rows] == [r.dev for r in runs["streamed"].rows]
+    for row in runs["ram"].rows:
+        a, b = (load_file(os.path.join(trial_dir(runs[n].out, row.key), "0", MODEL)) for n in ("ram", "streamed"))
+        torch.testing.assert_close(a, b)
 
 
 def invoke(args):
