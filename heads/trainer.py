@@ -193,7 +193,11 @@ def fit_group(members: list[Member], loaders: dict[str, Loader], gold: dict[str,
                     m.diverged = str(e)
             active = [m for m in active if m.diverged is None]
             bar.update(1)
+            if not active:
+                break
         seconds = time.perf_counter() - t0
+        if not active:  # every head of the group diverged
+            break
         dev_split = active[0].cfg.dev_split  # members of a group share their splits
         devs = [None] * len(active)
         if dev_split is not None:

@@ -78,7 +78,10 @@ def sweep(sc: SweepConfig) -> SweepResult:
     store, study = open_study(sc, space)
     try:
         with torch_threads(sc.fixed.get("threads")):
-            total = (len(space.configs()) if not sc.samples else sc.samples) * len(sc.seeds)
+            configs = len(space.configs()) if not sc.samples else sc.samples
+            total = configs * len(sc.seeds)
+            if sc.workers > 1 and sc.heads_per_pass is None:  # claims small enough that every worker gets some
+                sc.heads_per_pass = max(1, min(CLAIM, math.ceil(configs / sc.workers)))
             with _bar(sc, total) as bar:
                 procs = start_workers(sc) if sc.workers > 1 else []
                 while True:  # this process trains too: configs requeued from dead workers, or all of them

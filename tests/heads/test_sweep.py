@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from cli.heads_cli import main
 from heads import TrainConfig, evaluate, train
+from heads.errors import InputError
 from heads.sweep import SweepConfig, sweep
 from heads.sweep.run import MODEL, read_trial, trial_dir
 from heads.sweep.space import config_key
@@ -91,6 +92,10 @@ def test_a_diverged_config_is_listed_not_picked(store, tmp_path):
                           progress=False))
     assert [(row.params["lr"], row.state) for row in r.rows] == [(1e-3, "complete"), (1e9, "diverged")]
     assert r.picked["lr"] == 1e-3
+    # a pass whose every head diverges ends early; the sweep reports that no config finished
+    with pytest.raises(InputError, match="no config of the sweep"):
+        sweep(SweepConfig(fixed=fixed, grid=["lr=1e9,1e10", *GRID[:-2], "epochs=2"], out=str(tmp_path / "all"),
+                          progress=False))
 
 
 def test_streamed_chunks_equal_one_pass_in_ram(store, tmp_path):
