@@ -21,6 +21,7 @@ from heads.errors import InputError
 from heads.sweep import SweepConfig, sweep
 from heads.sweep.run import MODEL, read_trial, trial_dir
 from heads.sweep.space import config_key
+from tests.cli.test_heads_cli import assert_user_error
 
 from .synthetic import classification_store
 
@@ -129,12 +130,7 @@ def invoke(args):
 def test_bad_grid_is_one_line(store, tmp_path, grid, fragments):
     r = invoke(["sweep", "ytuning", "--store", store, "--label-column", "label", "--out", str(tmp_path / "o"),
                 "--quiet", *grid])
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    assert isinstance(r.exception, SystemExit)  # handled: no traceback
-    err = r.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for f in fragments:
-        assert f in err, err
+    assert_user_error(r, *fragments)
     assert not os.path.exists(tmp_path / "o")  # nothing made before the options were checked
 
 
