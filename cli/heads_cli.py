@@ -99,6 +99,65 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_train(result))
 
 
+@main.command()
+@click.argument("head", type=click.Choice(list(HEADS)))
+@click.option("--store", required=True, help="Store written by `featstore extract` (directory or .h5).")
+@click.option("--label-column", default=None, help="Label column of the store to predict (sentence tasks).")
+@click.option("--task", default="auto", show_default=True, type=click.Choice(["auto", *TASKS]))
+@click.option("--train-split", default="train", show_default=True)
+@click.option("--dev-split", default="validation", show_default=True, help="Split that picks epochs and the config.")
+@click.option("--test-split", default="test", show_default=True,
+              help="Split scored once, for the picked config only; or 'none'.")
+@click.option("--seeds", default="0", show_default=True, help="Every config is trained with each seed, e.g. 0,1,2; "
+              "the dev mean over seeds picks the config.")
+@click.option("--grid", "grid", multiple=True, metavar="NAME=V1,V2",
+              help="Values of a `heads train` option, e.g. lr=3e-4,1e-3 or layers=all,-1 (split on | instead when a "
+                   "value holds a comma: layers=all|-2,-1). Repeatable: every combination is trained. One value "
+                   "fixes an option: dropout=0.2.")
+@click.option("--range", "ranges", multiple=True, metavar="NAME=LOW:HIGH[:log]",
+              help="A numeric option sampled in a range with --samples, e.g. lr=1e-4:1e-2:log. Repeatable.")
+@click.option("--samples", default=None, type=int,
+              help="Sample this many configs (Optuna TPE over --range and --grid, with pruning) instead of the grid.")
+@click.option("--out", required=True, help="Sweep directory: the study, each config's heads, and best/ (the picked "
+              "config's head directory).")
+@click.option("--storage", default=None, help="Database URL of the study, for workers on several machines (e.g. "
+              "postgresql://host/db).  [default: SQLite at OUT/sweep.db]")
+@click.option("--workers", default=1, show_default=True, type=int,
+              help="Processes that train configs side by side (one per GPU when there are several).")
+@click.option("--heads-per-pass", default=None, type=int,
+              help="Most heads trained from one read of each batch.  [default: as many as memory allows, up to 16]")
+@click.option("--max-memory", default=None,
+              help="RAM for features, e.g. 8GB; larger splits are streamed.  [default: half the available RAM]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--threads", default=None, type=int, help="CPU threads for torch, per worker.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@common.storage_options
+@common.cache_dir
+@user_errors
+def sweep(head, store, label_column, task, train_split, dev_split, test_split, seeds, grid, ranges, samples, out,
+          storage, workers, heads_per_pass, max_memory, device, threads, quiet, as_json, storage_option,
+          cache_dir) -> None:
+    """Train HEAD with every config of a grid (or sampled ranges) x seed; pick the config on dev.
+
+    Configs that read the same features train together, each batch read once for all of them. Only the picked
+    config is scored on test; its heads are the head directory OUT/best. Rerun the same command to resume a
+    killed sweep; run it on several machines with one --storage to share the work.
+    """
+    from heads.config import parse_bytes, parse_seeds
+    from heads.sweep import SweepConfig, sweep as run
+    from heads.sweep.report import format_sweep
+
+    fixed = dict(head=head, store=store, label_column=label_column, task=task, train_split=train_split,
+                 dev_split=dev_split, test_split=test_split, seeds=parse_seeds(seeds),
+                 max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
+                 threads=threads, storage_options=common.options(storage_option), cache_dir=cache_dir)
+    sc = SweepConfig(fixed=fixed, grid=list(grid), ranges=list(ranges), samples=samples, out=out, storage=storage,
+                     workers=workers, heads_per_pass=heads_per_pass, progress=not quiet)
+    result = run(sc)
+    click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_sweep(result))
+
+
 @main.command("eval")
 @click.argument("run")
 @click.option("--store", required=True, help="Store with the same features as the head's (same fingerprint).")

@@ -69,20 +69,26 @@ def decode_on_device(codes: torch.Tensor, batch: Any, mask: torch.Tensor, device
     return x * mask[:, :, None, None]
 
 
+def infer(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, device: torch.device) -> Any:
+    """The task's outputs for every example of the loader's source, in storage order."""
+    return infer_many([model], [task], [spec], loader, device)[0]
 
 
 @torch.no_grad()
-def infer(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, device: torch.device) -> Any:
-    """The task's outputs for every example of the loader's source, in storage order."""
-    model.eval()
-    res: list[Any] = [None] * len(loader.source)
+def infer_many(models: list[torch.nn.Module], tasks: list[Task], specs: list[Any], loader: Loader,
+               device: torch.device) -> list[Any]:
+    """`infer` for several heads on one pass over the loader: each batch is read and moved once."""
+    for model in models:
+        model.eval()
+    res: list[list[Any]] = [[None] * len(loader.source) for _ in models]
     for batch in loader.epoch(0):
         x, mask = to_device(batch, device)
-        with autocast(device):
-            out = model(x, mask)
-        for i, row in zip(batch.index, task.collect(out, batch, spec)):
-            res[int(i)] = row
-    return task.gather(res)
+        for model, task, spec, rows in zip(models, tasks, specs, res):
+            with autocast(device):
+                out = model(x, mask)
+            for i, row in zip(batch.index, task.collect(out, batch, spec)):
+                rows[int(i)] = row
+    return [task.gather(rows) for task, rows in zip(tasks, res)]
 
 
 def score(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, gold: Any,

@@ -27,7 +27,7 @@ from .nets import build_head, count_trainable, reads
 from .runtime import batch_dtype, torch_threads
 from .spec import HeadSpec
 from .tasks import Task, resolve_task
-from .trainer import SeedResult, fit, param_groups
+from .trainer import Member, SeedResult, fit_group, param_groups
 
 
 @dataclass(kw_only=True)
@@ -90,8 +90,40 @@ def label_prior(store: Store, task: Task, layers: list[int]) -> np.ndarray:
     return np.stack(feats, axis=1)
 
 
-def _train(cfg: TrainConfig, store: Store) -> TrainResult:
-    roles = {"train": cfg.train_split, "dev": cfg.dev_split, "test": cfg.test_split}
+@dataclass(kw_only=True)
+class RunPlan:
+    """What one config needs before its heads are built: task, features, head spec. `sources` may be shared
+    with other configs that read the same features (a sweep)."""
+    cfg: TrainConfig
+    task: Task
+    layers: list[int]
+    pooling: str | None
+    top: Any  # heads.top_layers.TopSetup when top layers are tuned, else None
+    prior: np.ndarray | None
+    names: list[str]
+    sources: dict[str, Any]
+    in_ram: dict[str, bool]
+    targets: dict[str, Any]
+    gold: dict[str, Any]
+    spec: HeadSpec
+    device: torch.device
+    dtype: Any
+    read: tuple  # (tokens|pooled, stored layers, pooling): configs with equal `read` share a pass over the store
+    stats: Any = None  # a probe's input standardisation, computed once
+
+    def loaders(self, seed: int) -> dict[str, Loader]:
+        """Eval loaders of every split and the shuffled `_train` one of `seed` (its batch order)."""
+        gpu = self.device.type == "cuda"  # 8-bit codes travel to a GPU as codes and are decoded there
+        cfg = self.cfg
+        loaders = {n: Loader(self.sources[n], self.targets[n], cfg.batch_size, shuffle=False, dtype=self.dtype,
+                             codes_out=gpu) for n in self.names}
+        loaders["_train"] = Loader(self.sources[cfg.train_split], self.targets[cfg.train_split], cfg.batch_size,
+                                   shuffle=True, seed=seed, dtype=self.dtype, codes_out=gpu)
+        return loaders
+
+
+def plan_run(cfg: TrainConfig, store: Store, shared: dict[tuple, tuple] | None = None) -> RunPlan:
+    """Resolve the task, the features and the head spec of `cfg`. `shared`: sources by feature key, reused."""
     check_splits(store, cfg.train_split, cfg.dev_split, cfg.test_split)
     task = resolve_task(store, cfg.task, cfg.label_column)
     feature = reads(cfg.head, task.name)  # tokens | pooled
@@ -107,45 +139,72 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     device = torch.device(pick_device(cfg.device))
     names = [n for n in (cfg.train_split, cfg.dev_split, cfg.test_split) if n is not None]
     max_memory = cfg.max_memory if cfg.max_memory is not None else default_max_memory()
-    if top is None:
-        sources, in_ram = make_sources(store, names, feature, layers, pooling, max_memory)
-    else:  # token features of the stored layers the tuned model reads, for either head
-        sources, in_ram = make_sources(store, names, "tokens", top.plan.read_layers, None, max_memory)
+    # a tuned model reads token features of the stored layers it is fed, for either head
+    read = ("tokens", tuple(top.plan.read_layers), None) if top is not None else (feature, tuple(layers), pooling)
+    key = (*read, tuple(names))
+    if shared is not None and key in shared:
+        sources, in_ram = shared[key]
+    else:
+        sources, in_ram = make_sources(store, names, read[0], list(read[1]), read[2], max_memory)
+        if shared is not None:
+            shared.clear()  # one set of features in RAM at a time
+            shared[key] = (sources, in_ram)
     targets = {n: task.targets(store.split(n)) for n in names}
     gold = {n: task.gold(store.split(n)) for n in names}
     spec = HeadSpec(kind=cfg.head, task=task.name, n_outputs=task.n_outputs, hidden_size=store.width,
                     n_layers_in=len(layers), d_head=cfg.d_head, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
                     dropout=cfg.dropout, pooling=pooling, **task.fit(targets[cfg.train_split], cfg.train_split))
-    dtype = batch_dtype(device, store.dtype)
-    gpu = device.type == "cuda"  # 8-bit codes travel to a GPU as codes and are decoded there
-    stats = None
+    return RunPlan(cfg=cfg, task=task, layers=layers, pooling=pooling, top=top, prior=prior, names=names,
+                   sources=sources, in_ram=in_ram, targets=targets, gold=gold, spec=spec, device=device,
+                   dtype=batch_dtype(device, store.dtype), read=read)
+
+
+def build_member(plan: RunPlan, seed: int, loaders: dict[str, Loader], log: list[dict[str, Any]]) -> Member:
+    """A freshly initialised head for `seed` (weights and dropout from the seed's random stream), on the device."""
+    torch.manual_seed(seed)
+    head = build_head(plan.spec)
+    if plan.prior is not None:
+        head.init_queries_from(plan.prior)
+    if hasattr(head, "set_input_stats") and plan.top is None:  # a probe standardises its inputs
+        plan.stats = plan.stats or plan.sources[plan.cfg.train_split].input_stats()
+        head.set_input_stats(*plan.stats)
+    groups, model, frozen = param_groups(head, plan.cfg.weight_decay), head, None
+    if plan.top is not None:
+        model, more, frozen = plan.top.wrap(head, plan.spec, loaders[plan.cfg.train_split], plan.device)
+        groups += more
+    model.to(plan.device)
+    return Member(model=model, groups=groups, task=plan.task, spec=plan.spec, cfg=plan.cfg, seed=seed,
+                  device=plan.device, log=log, frozen=frozen)
+
+
+def split_state(plan: RunPlan, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The head's weights, and the tuned top layers' (empty without them), on the CPU."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if plan.top is None:
+        return state, {}
+    # the wrapper's state: head.* and top.* -> two files
+    return ({k[5:]: v for k, v in state.items() if k.startswith("head.")},
+            {k[4:]: v for k, v in state.items() if k.startswith("top.")})
+
+
+def _train(cfg: TrainConfig, store: Store) -> TrainResult:
+    plan = plan_run(cfg, store)
     log: list[dict[str, Any]] = []
     results, states, tops = [], {}, {}
     for seed in cfg.seeds:
-        loaders = {n: Loader(sources[n], targets[n], cfg.batch_size, shuffle=False, dtype=dtype, codes_out=gpu)
-                   for n in names}
-        loaders["_train"] = Loader(sources[cfg.train_split], targets[cfg.train_split], cfg.batch_size, shuffle=True,
-                                   seed=seed, dtype=dtype, codes_out=gpu)
-        torch.manual_seed(seed)
-        head = build_head(spec)
-        if prior is not None:
-            head.init_queries_from(prior)
-        if hasattr(head, "set_input_stats") and top is None:  # a probe standardises its inputs
-            stats = stats or sources[cfg.train_split].input_stats()
-            head.set_input_stats(*stats)
-        groups, model, frozen = param_groups(head, cfg.weight_decay), head, None
-        if top is not None:
-            model, more, frozen = top.wrap(head, spec, loaders[cfg.train_split], device)
-            groups += more
-        model.to(device)
-        n_params = count_trainable(model)
-        results.append(fit(model, groups, task, spec, cfg, seed, loaders, gold, device, log, frozen))
-        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        if top is not None:  # the wrapper's state: head.* and top.* -> two files
-            tops[seed] = {k[4:]: v for k, v in state.items() if k.startswith("top.")}
-            state = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
-        states[seed] = state
+        loaders = plan.loaders(seed)
+        member = build_member(plan, seed, loaders, log)
+        n_params = count_trainable(member.model)
+        results += fit_group([member], loaders, plan.gold, progress=cfg.progress, desc=f"{cfg.head} seed {seed}")
+        states[seed], tops[seed] = split_state(plan, member.model)
+    return save_result(plan, store, results, states, tops, log, n_params)
 
+
+def save_result(plan: RunPlan, store: Store, results: list[SeedResult], states: dict[int, dict[str, torch.Tensor]],
+                tops: dict[int, dict[str, torch.Tensor]], log: list[dict[str, Any]], n_params: int) -> TrainResult:
+    """Summarise the seeds and write the head directory to `plan.cfg.out`."""
+    cfg, task, names, layers = plan.cfg, plan.task, plan.names, plan.layers
+    roles = {"train": cfg.train_split, "dev": cfg.dev_split, "test": cfg.test_split}
     primary = task.primary
     select = cfg.dev_split or cfg.train_split  # best seed by the dev metric (train when there is no dev split)
     best_seed = max(results, key=lambda r: r.metrics[select][primary]).seed
@@ -154,11 +213,11 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     result = TrainResult(out=cfg.out, head=cfg.head, task=task.name, label_column=task.column, primary_metric=primary,
                          splits=roles, layers=layers, seeds=results, summary=summary, best_seed=best_seed,
                          trainable_parameters=n_params, backbone_parameters=store.manifest["model"].get("num_parameters"),
-                         seconds_per_epoch=per_epoch, device=str(device), in_ram=in_ram)
-    meta = head_meta(cfg, store, spec, task, layers, result)
+                         seconds_per_epoch=per_epoch, device=str(plan.device), in_ram=plan.in_ram)
+    meta = head_meta(cfg, store, plan.spec, task, layers, result)
     extra = None
-    if top is not None:
-        meta.update(top.meta(cfg, pooling))
+    if plan.top is not None:
+        meta.update(plan.top.meta(cfg, plan.pooling))
         extra = {seed: {meta["top_layers"]["weights"]: t} for seed, t in tops.items()}
     metrics = {"primary_metric": primary, "splits": roles,
                "seeds": {str(r.seed): {**r.metrics, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
