@@ -49,12 +49,13 @@ def _problems(line: str) -> list[str]:
 
 def _shown_commands(path: str) -> list[tuple[int, str]]:
     """Command lines in the other fenced blocks (templates, transcripts with `$ `), without `...` placeholders."""
-    out, block, start = [], None, 0
+    out, block, start, diagram = [], None, 0, False
     for n, line in enumerate(open(path, encoding="utf-8").read().splitlines(), 1):
         if line.strip().startswith("```"):
-            if block is not None:
+            if block is not None and not diagram:  # ```text blocks are diagrams and output, not commands
                 text = "\n".join(x.strip()[2:] if x.strip().startswith("$ ") else x.strip() for x in block)
                 out += [(start, c) for c in commands(text) if "..." not in c]
+            diagram = block is None and line.strip() == "```text"
             block, start = (None, 0) if block is not None else ([], n)
         elif block is not None:
             block.append(line)
