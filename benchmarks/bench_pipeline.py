@@ -143,17 +143,10 @@ def fsync_tree(path: str) -> None:
 
 
 def raw_write(root: str, blob: np.ndarray, nbytes: int) -> float:
-    """A plain sequential write + fsync of `nbytes` on the same disk."""
-    path = os.path.join(root, "raw.bin")
-    os.sync()
-    t0 = time.perf_counter()
-    with open(path, "wb") as f:
-        f.write(blob[:nbytes].data)
-        f.flush()
-        os.fsync(f.fileno())
-    t = time.perf_counter() - t0
-    os.remove(path)
-    return t
+    """A plain sequential write + fsync of `nbytes` on the same disk (bench_write's raw reference)."""
+    from benchmarks.bench_write import timed_raw
+
+    return timed_raw(blob[:nbytes], root)
 
 
 def scratch_dir() -> str:
