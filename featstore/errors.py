@@ -27,3 +27,7 @@ class RankFailed(FeatstoreError):
 
 class PeerFailed(FeatstoreError):
     """Under torchrun: this rank stopped because another one failed (that rank reports the cause)."""
+
+
+class NewerFormatError(StoreError):
+    """A store written in a format version newer than this reader: not damage, the reader needs an upgrade."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import NewerFormatError, StoreError
 from .io.transport import printable
 from .store import Split, Store, open_store
 from .store.encoding import SIDE, code_problems, encoding_of, from_stored, is_coded, itemsize, row_overhead
@@ -108,6 +108,8 @@ def verify(path: str, check_values: bool = True, progress: bool = False,
     manifest (verified files stay in the local cache, so the value scan reads them locally)."""
     try:
         store = open_store(path, allow_incomplete=True, storage_options=storage_options, cache_dir=cache_dir)
+    except NewerFormatError:
+        raise  # not damage: this reader is too old, which verify cannot judge
     except StoreError as e:
         return [str(e)]
     problems: list[str] = []

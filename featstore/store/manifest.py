@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import NewerFormatError, StoreError
 from .encoding import CODED, DTYPES, ENCODINGS
 
 FORMAT_VERSION = 1
@@ -67,13 +67,22 @@ def validate(m: Any, source: str) -> dict[str, Any]:
         raise StoreError(f"{source}: manifest is malformed ({type(e).__name__}: {e}); refusing the store")
 
 
+def check_format_version(v: Any, source: str) -> int:
+    """Compatibility policy: every format version up to this reader's is read; a newer one is refused with the
+    version it needs (docs/compatibility.md)."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise StoreError(f"{source}: manifest format_version {str(v)[:40]!r} is not a format version (1, 2, ...); "
+                         "the store is damaged, re-extract or re-pull it")
+    if v > FORMAT_VERSION:
+        raise NewerFormatError(f"{source}: store format version {v} needs a featstore that reads format version {v} "
+                         f"(this one reads versions 1 to {FORMAT_VERSION}); upgrade featstore")
+    return v
+
+
 def _validate(m: Any, source: str) -> dict[str, Any]:
     if not isinstance(m, dict):
         raise StoreError(f"{source}: manifest is not a JSON object")
-    v = m.get("format_version")
-    if v != FORMAT_VERSION:
-        raise StoreError(f"{source}: store format version {v!r}, this featstore reads version {FORMAT_VERSION}; "
-                         "upgrade featstore or re-extract")
+    check_format_version(m.get("format_version"), source)
     for key in ("fingerprint", "model", "tokenizer", "settings", "dataset", "complete"):
         if key not in m:
             raise StoreError(f"{source}: manifest lacks {key!r}; the store is damaged, re-extract or re-pull it")
