@@ -53,3 +53,43 @@ def fail_at_segment(rank: int, n: int, committed: Callable[[], int]) -> None:
 
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"FEATSTORE_TEST_FAIL after {n} committed segments")
+
+
+def barrier(name: str, timeout: float = 120.0) -> None:
+    """FEATSTORE_TEST_BARRIER=<name>:<dir>:<n>: the processes reaching `barrier(name)` wait there until n of them
+    have arrived, then all go on together. A race test uses it to force every racer past a check before any of
+    them acts on it (two pushes past the `is the name free?` check before either claims it): no timing luck."""
+    spec = os.environ.get("FEATSTORE_TEST_BARRIER")
+    if not spec:
+        return
+    want, _, rest = spec.partition(":")
+    directory, _, n = rest.rpartition(":")
+    if want != name:
+        return
+    with open(os.path.join(directory, f"arrived-{os.getpid()}-{threading.get_ident()}"), "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while sum(f.startswith("arrived-") for f in os.listdir(directory)) < int(n):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"test barrier {name}: fewer than {n} processes arrived within {timeout} s")
+        time.sleep(0.005)
+
+
+def step_point(name: str, timeout: float = 120.0) -> None:
+    """FEATSTORE_TEST_STEP=<name>:<dir>: each call of `step_point(name)` writes `<dir>/reached-<k>` and waits for
+    `<dir>/go-<k>`, so a test can look at the world (open the store being published) at every step."""
+    spec = os.environ.get("FEATSTORE_TEST_STEP")
+    if not spec:
+        return
+    want, _, directory = spec.partition(":")
+    if want != name:
+        return
+    with _lock:
+        k = _counts[f"step:{name}"] = _counts.get(f"step:{name}", 0) + 1
+    with open(os.path.join(directory, f"reached-{k}"), "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(os.path.join(directory, f"go-{k}")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"test step {name}: no go-{k} within {timeout} s")
+        time.sleep(0.005)
