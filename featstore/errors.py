@@ -31,3 +31,7 @@ class PeerFailed(FeatstoreError):
 
 class NewerFormatError(StoreError):
     """A store written in a format version newer than this reader: not damage, the reader needs an upgrade."""
+
+
+class Stopped(FeatstoreError):
+    """SIGTERM arrived: the run stopped at a safe point with its committed work kept (a re-run resumes)."""

@@ -17,7 +17,11 @@ _lock = threading.Lock()
 
 
 def pause_point(name: str) -> None:
-    """Block here forever when FEATSTORE_TEST_PAUSE names this point and its count is reached."""
+    """A named point of a long run (a segment committed, a file transferred) where tests act: fill the disk
+    (FEATSTORE_TEST_FSIZE), hand over to the test (FEATSTORE_TEST_STEP), or block forever to be killed there
+    (FEATSTORE_TEST_PAUSE, when its count is reached)."""
+    _limit_file_size(name)
+    step_point(name)
     spec = os.environ.get("FEATSTORE_TEST_PAUSE")
     if not spec:
         return
@@ -93,3 +97,21 @@ def step_point(name: str, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"test step {name}: no go-{k} within {timeout} s")
         time.sleep(0.005)
+
+
+def _limit_file_size(name: str) -> None:
+    """FEATSTORE_TEST_FSIZE=<name>:<n>:<bytes>: at the n-th pass through `name`, lower this process's RLIMIT_FSIZE
+    to <bytes>. Every later write past that size fails with EFBIG (CPython ignores SIGXFSZ), the way a full disk
+    refuses writes with ENOSPC: a real write error, raised where the code really writes, at a known point."""
+    spec = os.environ.get("FEATSTORE_TEST_FSIZE")
+    if not spec:
+        return
+    want, at, limit = spec.split(":")
+    if want != name:
+        return
+    with _lock:
+        k = _counts[f"fsize:{name}"] = _counts.get(f"fsize:{name}", 0) + 1
+    if k == int(at):
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -23,11 +23,12 @@ from ..errors import InputError, StoreError
 from ..io.background import parallel_map
 from ..io.cache import mismatch
 from ..io.files import sha256_bytes, sha256_file
+from ..io.limits import disk_full, is_disk_full, stop_on_sigterm
 from ..io.transport import SMALL, Remote, is_url, printable
 from ..store import install_pulled, local_backend, open_store
 from ..store.manifest import MANIFEST, PUSH_MARKER, diff_settings, transfer_files
 from ..store.remote_backend import read_published
-from ..testhooks import barrier, pause_point, step_point
+from ..testhooks import barrier, pause_point
 
 PULL_SUFFIX = ".featstore-pull"
 
@@ -97,7 +98,6 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
                 raise damaged
             remote.put_file(rel, path)
         pause_point("file-transferred")  # crash tests kill the process here
-        step_point("file-pushed")  # race tests look at the half-published name here
         return True
 
     _transfer(todo, upload, jobs, {r: files[r]["size"] for r in todo}, "push", progress)
@@ -223,6 +223,7 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
     problems: list[str] = []
 
     def fetch(rel: str) -> bool:
+        stop.check(f"the files fetched so far are kept in {tmp}")
         meta, final = files[rel], targets[rel]
         os.makedirs(os.path.dirname(final), exist_ok=True)
         part = f"{final}.part-{uuid.uuid4().hex[:8]}"
@@ -241,7 +242,18 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
             if os.path.exists(part):
                 os.remove(part)
 
-    done = _transfer(todo, fetch, jobs, {r: files[r]["size"] for r in todo}, "pull", progress, keep_going=True)
+    try:
+        with stop_on_sigterm() as stop:
+            done = _transfer(todo, fetch, jobs, {r: files[r]["size"] for r in todo}, "pull", progress,
+                             keep_going=True)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        fetched = [rel for rel in files if os.path.isfile(targets[rel])
+                   and os.path.getsize(targets[rel]) == files[rel]["size"]]
+        needed = sum(files[rel]["size"] for rel in files) - sum(files[rel]["size"] for rel in fetched)
+        raise disk_full(e, "pull into", dest, needed,
+                        f"{len(fetched)} of {len(files)} files are fetched and kept in {tmp}") from None
     if problems:
         more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
         raise StoreError(f"{problems[0]}{more}; nothing was installed at {dest}")

@@ -97,7 +97,7 @@ def test_reader_during_publish_sees_nothing_or_the_whole_store(remote, shared_st
     url = remote.url("watched")
     steps = tmp_path / "steps"
     steps.mkdir()
-    env = {**os.environ, "FEATSTORE_TEST_STEP": f"file-pushed:{steps}"}
+    env = {**os.environ, "FEATSTORE_TEST_STEP": f"file-transferred:{steps}"}
     proc = subprocess.Popen(_push(other_store, url)[:-2] + ["--jobs", "1"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     looks, k = 0, 0
