@@ -177,6 +177,30 @@ _META_CHECKS = [
 ]
 
 
+def _check_fits(spec: HeadSpec, state: dict[str, torch.Tensor], path: str) -> None:
+    """Sizes in head.json are untrusted: bound them by the weights actually saved, then build the head on the
+    meta device (no memory) and compare shapes, so nothing is ever allocated by a number in head.json."""
+    numel = sum(t.numel() for t in state.values())
+    counts = {"n_layers": spec.n_layers, "n_layers_in": spec.n_layers_in}
+    sizes = {k: getattr(spec, k) for k in ("n_outputs", "hidden_size", "d_head", "n_heads", "ffn_mult")}
+    bad = [f"{k} = {v}" for k, v in counts.items() if v > len(state) + 2] + \
+        [f"{k} = {v}" for k, v in sizes.items() if v > numel]
+    if bad:
+        raise HeadError(f"{path}: architecture {', '.join(bad)} cannot fit the {numel} saved weights; the head is "
+                        "damaged")
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in build_head(spec).state_dict().items()}
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
+        raise HeadError(f"{path}: the architecture in {HEAD_JSON} cannot be built ({type(e).__name__}); the head is "
+                        "damaged")
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[0][0]
+        raise HeadError(f"{path}: weights do not fit the architecture in {HEAD_JSON} (first difference: {diff}); "
+                        "the head is damaged")
+
+
 @dataclass
 class LoadedHead:
     run: str
@@ -226,6 +250,7 @@ def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedH
     if md.get("format") != FORMAT or md.get("format_version") != str(FORMAT_VERSION):
         raise HeadError(f"{path}: weights of format {md.get('format')!r} version {md.get('format_version')!r}; "
                         f"this heads reads {FORMAT} version {FORMAT_VERSION}")
+    _check_fits(spec, state, path)
     model = build_head(spec)
     try:
         model.load_state_dict(state, strict=True)

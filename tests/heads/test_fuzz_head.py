@@ -1,0 +1,77 @@
+"""Fuzzed head.json: every hostile variant of a trained head's head.json is refused by `heads.load_head` (and the
+CLI) with one line, or loads; never a traceback, a file opened outside the head, a hang, or an allocation sized by
+a number in head.json (the head is built on the meta device and checked against the saved weights first)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, strategies as st
+
+import heads
+from featstore.errors import FeatstoreError
+from tests.fuzzing import FUZZ, guarded, mutated_bytes, one_line
+from tests.guarantees import record
+
+HERE = "tests/heads/test_fuzz_head.py"
+GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "golden", "v1")
+
+
+@pytest.fixture(scope="module")
+def head_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuzz-head")
+    store = str(d / "store")
+    shutil.copytree(os.path.join(GOLDEN, "zarr-sentence-float16"), store)
+    run = str(d / "run")
+    heads.train(heads.TrainConfig("ytuning", store=store, label_column="label", out=run, epochs=1, d_head=8,
+                                  n_layers=1, n_heads=2, seeds=[0], device="cpu", threads=1, progress=False,
+                                  test_split=None))
+    with open(os.path.join(run, "head.json"), "rb") as f:
+        return run, f.read()
+
+
+@given(data=st.data())
+@FUZZ
+def test_fuzzed_head_json(head_run, data):
+    import torch
+
+    run, good = head_run
+    raw = mutated_bytes(data, json.loads(good))
+    try:
+        with open(os.path.join(run, "head.json"), "wb") as f:
+            f.write(raw)
+        before = torch.get_num_threads()
+        with guarded(run):
+            try:
+                head = heads.load_head(run)
+                assert isinstance(head.model, torch.nn.Module)
+            except FeatstoreError as e:
+                one_line(str(e))
+        assert torch.get_num_threads() == before
+        record("fuzz-head", f"{HERE}::test_fuzzed_head_json", 1, 1)
+    finally:
+        with open(os.path.join(run, "head.json"), "wb") as f:
+            f.write(good)
+
+
+def test_huge_architecture_is_refused_before_any_allocation(head_run):
+    """A width of 10^9 in head.json would ask for petabytes; it is refused against the saved weights."""
+    run, good = head_run
+    meta = json.loads(good)
+    meta["architecture"]["d_head"] = 10 ** 9
+    meta["architecture"]["n_heads"] = 1
+    try:
+        with open(os.path.join(run, "head.json"), "w") as f:
+            json.dump(meta, f)
+        with guarded(run), pytest.raises(heads.HeadError, match="cannot fit the .* saved weights"):
+            heads.load_head(run)
+        from cli.heads_cli import main
+
+        r = CliRunner().invoke(main, ["eval", run, "--store", os.path.join(GOLDEN, "zarr-sentence-float16")])
+        assert r.exit_code == 2 and "cannot fit" in r.stderr and "\n" not in r.stderr.strip(), r.output
+    finally:
+        with open(os.path.join(run, "head.json"), "wb") as f:
+            f.write(good)
