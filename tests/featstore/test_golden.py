@@ -81,6 +81,8 @@ def test_newer_format_version_is_refused_with_the_version_needed(golden_copy, tm
         r = CliRunner().invoke(main, cmd)
         err = r.stderr.strip()
         assert r.exit_code == 2 and "\n" not in err and f"format version {newer}" in err and "upgrade" in err, err
+    record("newer-version", "tests/featstore/test_golden.py::test_newer_format_version_is_refused_with_the_version_"
+           "needed", 3, 3)  # open_store, info, verify
 
 
 @pytest.mark.parametrize("bad", [0, -1, "1", 1.0, None, True, [1]])
