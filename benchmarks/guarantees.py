@@ -4,7 +4,8 @@ Runs those tests with their fault counters on (FEATSTORE_GUARANTEES_JSON, see te
 counts per guarantee and test, prints the table and writes the document and a JSON copy. Nothing is written
 when a test fails: a guarantee is listed only with the run that held it.
 
-    .venv/bin/python benchmarks/guarantees.py            # from the repository root, after `make test`'s set-up
+    make guarantees                                      # or, after `make test`'s set-up:
+    .venv/bin/python benchmarks/guarantees.py
     .venv/bin/python benchmarks/guarantees.py --examples 500   # a longer fuzzing run
 """
 from __future__ import annotations
@@ -44,8 +45,8 @@ GUARANTEES = {
     "disk-full": ("A full disk (a write refused with EFBIG/ENOSPC) stops extract, convert and pull with one line "
                   "naming the store and the room still needed; committed work is kept and a re-run finishes an "
                   "equal store.", "write refused"),
-    "sigterm": ("SIGTERM stops an extraction at its next batch (exit 143, one line), committed segments kept; a "
-                "re-run finishes an equal store.", "SIGTERM"),
+    "sigterm": ("SIGTERM stops an extraction at its next batch, a pull at its next file (exit 143, one line), "
+                "committed work kept; a re-run finishes an equal store.", "SIGTERM"),
     "fuzz-manifest": ("A hostile manifest (Hypothesis: wrong types, missing keys, huge or negative numbers, path "
                       "tricks, unicode, truncated bytes) is refused with one line or read correctly; no traceback, "
                       "no file opened outside the store, no hang, no allocation sized by it.", "mutated manifest"),
@@ -90,7 +91,7 @@ def main() -> None:
 def _write(args: argparse.Namespace, table: list[tuple[str, str, int, int]], seconds: float) -> None:
     lines = ["# Guarantees", "",
              "What featstore promises when things go wrong, each with the test that holds it and how many faults that",
-             "test injected and survived in the run that wrote this page (`python benchmarks/guarantees.py`; the",
+             "test injected and survived in the run that wrote this page (`make guarantees`; the",
              "counts come from the tests' own counters, never typed by hand). Every test here also runs in",
              "`make test`.", "",
              "| guarantee | test | faults injected | survived |", "|---|---|---:|---:|"]

@@ -147,7 +147,7 @@ def _out_of_space(e: OSError, dst: str, source: Store, backend, manifest: dict[s
     got_tokens = sum(r["n_tokens"] for r in done.values())
     got_bytes = sum(f["size"] for r in done.values() for f in r["files"].values())
     per_token = got_bytes / got_tokens if got_tokens else bytes_per_token(manifest)
-    return disk_full(e, "DST", dst, int(todo_tokens * per_token),
+    return disk_full(e, "DST", dst, int(todo_tokens * per_token) or None,
                      f"{len(done)} of {len(segs)} segments are committed and kept")
 
 

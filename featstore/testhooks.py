@@ -63,39 +63,48 @@ def barrier(name: str, timeout: float = 120.0) -> None:
     """FEATSTORE_TEST_BARRIER=<name>:<dir>:<n>: the processes reaching `barrier(name)` wait there until n of them
     have arrived, then all go on together. A race test uses it to force every racer past a check before any of
     them acts on it (two pushes past the `is the name free?` check before either claims it): no timing luck."""
-    spec = os.environ.get("FEATSTORE_TEST_BARRIER")
-    if not spec:
+    rest = _armed("FEATSTORE_TEST_BARRIER", name)
+    if rest is None:
         return
-    want, _, rest = spec.partition(":")
     directory, _, n = rest.rpartition(":")
-    if want != name:
-        return
-    with open(os.path.join(directory, f"arrived-{os.getpid()}-{threading.get_ident()}"), "w"):
-        pass
-    deadline = time.monotonic() + timeout
-    while sum(f.startswith("arrived-") for f in os.listdir(directory)) < int(n):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"test barrier {name}: fewer than {n} processes arrived within {timeout} s")
-        time.sleep(0.005)
+    _touch(os.path.join(directory, f"arrived-{os.getpid()}-{threading.get_ident()}"))
+    _wait(lambda: sum(f.startswith("arrived-") for f in os.listdir(directory)) >= int(n), timeout,
+          f"test barrier {name}: fewer than {n} processes arrived")
 
 
 def step_point(name: str, timeout: float = 120.0) -> None:
     """FEATSTORE_TEST_STEP=<name>:<dir>: each call of `step_point(name)` writes `<dir>/reached-<k>` and waits for
     `<dir>/go-<k>`, so a test can look at the world (open the store being published) at every step."""
-    spec = os.environ.get("FEATSTORE_TEST_STEP")
-    if not spec:
+    directory = _armed("FEATSTORE_TEST_STEP", name)
+    if directory is None:
         return
-    want, _, directory = spec.partition(":")
-    if want != name:
-        return
+    k = _tick(f"step:{name}")
+    _touch(os.path.join(directory, f"reached-{k}"))
+    _wait(lambda: os.path.exists(os.path.join(directory, f"go-{k}")), timeout, f"test step {name}: no go-{k}")
+
+
+def _armed(variable: str, name: str) -> str | None:
+    """What follows `<name>:` in the environment variable when it names this point, else None."""
+    want, _, rest = os.environ.get(variable, "").partition(":")
+    return rest if want == name and rest else None
+
+
+def _tick(key: str) -> int:
     with _lock:
-        k = _counts[f"step:{name}"] = _counts.get(f"step:{name}", 0) + 1
-    with open(os.path.join(directory, f"reached-{k}"), "w"):
+        _counts[key] = _counts.get(key, 0) + 1
+        return _counts[key]
+
+
+def _touch(path: str) -> None:
+    with open(path, "w"):
         pass
+
+
+def _wait(done: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
-    while not os.path.exists(os.path.join(directory, f"go-{k}")):
+    while not done():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"test step {name}: no go-{k} within {timeout} s")
+            raise RuntimeError(f"{what} within {timeout} s")
         time.sleep(0.005)
 
 
@@ -103,15 +112,11 @@ def _limit_file_size(name: str) -> None:
     """FEATSTORE_TEST_FSIZE=<name>:<n>:<bytes>: at the n-th pass through `name`, lower this process's RLIMIT_FSIZE
     to <bytes>. Every later write past that size fails with EFBIG (CPython ignores SIGXFSZ), the way a full disk
     refuses writes with ENOSPC: a real write error, raised where the code really writes, at a known point."""
-    spec = os.environ.get("FEATSTORE_TEST_FSIZE")
-    if not spec:
+    rest = _armed("FEATSTORE_TEST_FSIZE", name)
+    if rest is None:
         return
-    want, at, limit = spec.split(":")
-    if want != name:
-        return
-    with _lock:
-        k = _counts[f"fsize:{name}"] = _counts.get(f"fsize:{name}", 0) + 1
-    if k == int(at):
+    at, _, limit = rest.partition(":")
+    if _tick(f"fsize:{name}") == int(at):
         import resource
 
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -119,3 +119,17 @@ def guarded(*allowed: str) -> Iterator[None]:
 
 def one_line(message: str) -> None:
     assert message and "\n" not in message.strip() and "Traceback" not in message, message
+
+
+@contextlib.contextmanager
+def replaced(path: str, raw: bytes) -> Iterator[None]:
+    """`path` holds `raw` inside the block and its original bytes again after it."""
+    with open(path, "rb") as f:
+        good = f.read()
+    try:
+        with open(path, "wb") as f:
+            f.write(raw)
+        yield
+    finally:
+        with open(path, "wb") as f:
+            f.write(good)

@@ -109,7 +109,7 @@ def _out_of_space(cfg: ExtractConfig, prep: _Prepared | None, e: OSError) -> Sto
     got_tokens = sum(r["n_tokens"] for r in done.values())
     got_bytes = sum(f["size"] for r in done.values() for f in r["files"].values())
     per_token = got_bytes / got_tokens if got_tokens else bytes_per_token(prep.manifest)
-    return disk_full(e, "--out", cfg.out, int(todo_tokens * per_token),
+    return disk_full(e, "--out", cfg.out, int(todo_tokens * per_token) or None,
                      f"{len(done)} of {len(prep.segments)} segments are committed and kept")
 
 

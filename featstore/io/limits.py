@@ -35,8 +35,7 @@ def disk_full(e: OSError, what: str, path: str, needed: int | None, kept: str) -
     """The one line for a full disk: which store, why, how much more room is needed, what was kept."""
     free = free_bytes(path)
     why = os.strerror(e.errno) if e.errno else str(e)
-    room = f"about {format_bytes(needed)} more free space is needed" if needed is not None else \
-        "more free space is needed"
+    room = f"about {format_bytes(needed)} more free space is needed" if needed else "more free space is needed"
     return StoreError(f"{what} {path}: out of disk space ({why}); {room} (free now: "
                       f"{format_bytes(free) if free is not None else 'unknown'}); {kept}; free space and re-run the "
                       "same command to resume")

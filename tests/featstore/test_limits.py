@@ -1,7 +1,8 @@
 """Full disks and polite stops, in real subprocesses: a write refused by the OS (RLIMIT_FSIZE lowered in the child
 at a known point, so the write fails with EFBIG as a full disk fails with ENOSPC) stops extract, convert and pull
 with one line naming the store and the room still needed; committed work is kept and the same command, re-run
-with room, finishes an equal store. SIGTERM stops extraction at its next batch with committed segments kept."""
+with room, finishes an equal store. SIGTERM stops extraction at its next batch (pull at its next file) with
+committed work kept."""
 from __future__ import annotations
 
 import json
@@ -118,27 +119,29 @@ def test_pull_out_of_space_keeps_files_and_resumes(shared_store, tmp_path):
     record("disk-full", f"{HERE}::test_pull_out_of_space_keeps_files_and_resumes", 1, 1)
 
 
-def test_sigterm_stops_extraction_at_the_next_batch_and_resumes(bert, splits, shared_store, tmp_path):
-    """The writer hands over after every committed segment; after the 2nd, the test sends SIGTERM and lets
-    everything go on: the run stops at its next batch with what it committed kept."""
-    out, steps = str(tmp_path / "store"), tmp_path / "steps"
+def _sigterm_at(cmd: list[str], point: str, k: int, steps) -> tuple[int, str]:
+    """Run `cmd` handing over at every pass through `point`; SIGTERM it while it holds the k-th, and let
+    everything go on until it exits. Returns (exit code, the one line it printed)."""
     steps.mkdir()
-    env = {**os.environ, "FEATSTORE_TEST_STEP": f"segment-committed:{steps}"}
-    proc = subprocess.Popen(_extract_cmd(bert, splits, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline, k = time.monotonic() + 300, 1
-    while proc.poll() is None:  # release the writer at every step; SIGTERM while it holds the 2nd segment
+    env = {**os.environ, "FEATSTORE_TEST_STEP": f"{point}:{steps}"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, n = time.monotonic() + 300, 1
+    while proc.poll() is None:
         assert time.monotonic() < deadline
-        if (steps / f"reached-{k}").exists():
-            if k == 2:
+        if (steps / f"reached-{n}").exists():
+            if n == k:
                 proc.send_signal(signal.SIGTERM)
-            (steps / f"go-{k}").touch()
-            k += 1
+            (steps / f"go-{n}").touch()
+            n += 1
         time.sleep(0.01)
-    err = proc.stderr.read().decode()
-    line = _one_line(err)
-    assert proc.returncode == 143 and line.startswith("interrupted: stopped by SIGTERM; committed segments are kept"), \
-        err
+    return proc.returncode, _one_line(proc.stderr.read().decode())
+
+
+def test_sigterm_stops_extraction_at_the_next_batch_and_resumes(bert, splits, shared_store, tmp_path):
+    """SIGTERM while the writer holds the 2nd committed segment: the run stops at its next batch."""
+    out = str(tmp_path / "store")
+    rc, line = _sigterm_at(_extract_cmd(bert, splits, out), "segment-committed", 2, tmp_path / "steps")
+    assert rc == 143 and line.startswith("interrupted: stopped by SIGTERM; committed segments are kept"), line
     done = local_backend(out).committed_segments()
     with featstore.open_store(shared_store) as s:
         total = len(s.manifest["segments"])
@@ -147,3 +150,19 @@ def test_sigterm_stops_extraction_at_the_next_batch_and_resumes(bert, splits, sh
     assert rc == 0 and json.loads(out_json)["segments_resumed"] == len(done), err
     assert store_digests(out) == store_digests(shared_store) and verify(out) == []
     record("sigterm", f"{HERE}::test_sigterm_stops_extraction_at_the_next_batch_and_resumes", 1, 1)
+
+
+def test_sigterm_stops_pull_at_the_next_file_and_resumes(shared_store, tmp_path):
+    from featstore.share import push
+
+    url = "file://" + str(tmp_path / "published" / "sst2")
+    push(shared_store, url, progress=False)
+    dest = str(tmp_path / "copy")
+    cmd = _cli("pull", url, dest, "--jobs", "1", "--quiet", "--json")
+    rc, line = _sigterm_at(cmd, "file-transferred", 3, tmp_path / "steps")
+    assert rc == 143 and line.startswith("interrupted: stopped by SIGTERM; the files fetched so far are kept"), line
+    assert not os.path.exists(dest)
+    rc, out_json, err = _run(cmd)
+    assert rc == 0 and json.loads(out_json)["resumed"] >= 3, err
+    assert store_digests(dest) == store_digests(shared_store) and verify(dest) == []
+    record("sigterm", f"{HERE}::test_sigterm_stops_pull_at_the_next_file_and_resumes", 1, 1)

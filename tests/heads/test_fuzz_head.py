@@ -13,7 +13,7 @@ from hypothesis import given, strategies as st
 
 import heads
 from featstore.errors import FeatstoreError
-from tests.fuzzing import FUZZ, guarded, mutated_bytes, one_line
+from tests.fuzzing import FUZZ, guarded, mutated_bytes, one_line, replaced
 from tests.guarantees import record
 
 HERE = "tests/heads/test_fuzz_head.py"
@@ -29,8 +29,12 @@ def head_run(tmp_path_factory):
     heads.train(heads.TrainConfig("ytuning", store=store, label_column="label", out=run, epochs=1, d_head=8,
                                   n_layers=1, n_heads=2, seeds=[0], device="cpu", threads=1, progress=False,
                                   test_split=None))
-    with open(os.path.join(run, "head.json"), "rb") as f:
-        return run, f.read()
+    return run
+
+
+def _meta(run: str) -> dict:
+    with open(os.path.join(run, "head.json")) as f:
+        return json.load(f)
 
 
 @given(data=st.data())
@@ -38,11 +42,8 @@ def head_run(tmp_path_factory):
 def test_fuzzed_head_json(head_run, data):
     import torch
 
-    run, good = head_run
-    raw = mutated_bytes(data, json.loads(good))
-    try:
-        with open(os.path.join(run, "head.json"), "wb") as f:
-            f.write(raw)
+    run = head_run
+    with replaced(os.path.join(run, "head.json"), mutated_bytes(data, _meta(run))):
         before = torch.get_num_threads()
         with guarded(run):
             try:
@@ -51,27 +52,19 @@ def test_fuzzed_head_json(head_run, data):
             except FeatstoreError as e:
                 one_line(str(e))
         assert torch.get_num_threads() == before
-        record("fuzz-head", f"{HERE}::test_fuzzed_head_json", 1, 1)
-    finally:
-        with open(os.path.join(run, "head.json"), "wb") as f:
-            f.write(good)
+    record("fuzz-head", f"{HERE}::test_fuzzed_head_json", 1, 1)
 
 
 def test_huge_architecture_is_refused_before_any_allocation(head_run):
     """A width of 10^9 in head.json would ask for petabytes; it is refused against the saved weights."""
-    run, good = head_run
-    meta = json.loads(good)
+    run = head_run
+    meta = _meta(run)
     meta["architecture"]["d_head"] = 10 ** 9
     meta["architecture"]["n_heads"] = 1
-    try:
-        with open(os.path.join(run, "head.json"), "w") as f:
-            json.dump(meta, f)
+    with replaced(os.path.join(run, "head.json"), json.dumps(meta).encode()):
         with guarded(run), pytest.raises(heads.HeadError, match="cannot fit the .* saved weights"):
             heads.load_head(run)
         from cli.heads_cli import main
 
         r = CliRunner().invoke(main, ["eval", run, "--store", os.path.join(GOLDEN, "zarr-sentence-float16")])
         assert r.exit_code == 2 and "cannot fit" in r.stderr and "\n" not in r.stderr.strip(), r.output
-    finally:
-        with open(os.path.join(run, "head.json"), "wb") as f:
-            f.write(good)
