@@ -62,6 +62,24 @@ def _segment_bytes(path: str, skip: set[str]) -> int:
                    for f in seg["files"].values())
 
 
+def _finishes_equal(cmd: list[str], out: str, reference: str) -> dict:
+    """Re-run `cmd` with room and no signal: it succeeds and `out` equals `reference`; returns its JSON summary."""
+    rc, out_json, err = _run(cmd)
+    assert rc == 0, err
+    assert store_digests(out) == store_digests(reference) and verify(out) == []
+    return json.loads(out_json)
+
+
+def _pull_cmd(shared_store: str, tmp_path) -> tuple[str, list[str]]:
+    """Publish `shared_store` to a directory URL; (destination, the pull command that fetches it)."""
+    from featstore.share import push
+
+    url = "file://" + str(tmp_path / "published" / "sst2")
+    push(shared_store, url, progress=False)
+    dest = str(tmp_path / "copy")
+    return dest, _cli("pull", url, dest, "--jobs", "1", "--quiet", "--json")
+
+
 def test_extract_out_of_space_keeps_segments_and_resumes(bert, splits, shared_store, tmp_path):
     out = str(tmp_path / "store")
     rc, _, err = _run(_extract_cmd(bert, splits, out), FEATSTORE_TEST_FSIZE="segment-committed:2:0")
@@ -75,11 +93,8 @@ def test_extract_out_of_space_keeps_segments_and_resumes(bert, splits, shared_st
     with pytest.raises(StoreError, match="incomplete"):
         featstore.open_store(out)
 
-    rc, out_json, err = _run(_extract_cmd(bert, splits, out))  # room again
-    assert rc == 0, err
-    summary = json.loads(out_json)
+    summary = _finishes_equal(_extract_cmd(bert, splits, out), out, shared_store)  # room again
     assert summary["segments_resumed"] == 2 and summary["segments_total"] > 2
-    assert store_digests(out) == store_digests(shared_store) and verify(out) == []
     record("disk-full", f"{HERE}::test_extract_out_of_space_keeps_segments_and_resumes", 1, 1)
 
 
@@ -95,27 +110,18 @@ def test_convert_out_of_space_keeps_segments_and_resumes(shared_store, tmp_path)
     assert rc == 2 and line.startswith(f"error: DST {dst}: out of disk space") and "2 of " in line, line
     assert len(local_backend(dst).committed_segments()) == 2
     assert _needed(line) > 0
-    rc, out_json, err = _run(cmd)
-    assert rc == 0 and json.loads(out_json)["segments_resumed"] == 2, err
-    assert store_digests(dst) == store_digests(whole) and verify(dst) == []
+    assert _finishes_equal(cmd, dst, whole)["segments_resumed"] == 2
     record("disk-full", f"{HERE}::test_convert_out_of_space_keeps_segments_and_resumes", 1, 1)
 
 
 def test_pull_out_of_space_keeps_files_and_resumes(shared_store, tmp_path):
-    from featstore.share import push
-
-    url = "file://" + str(tmp_path / "published" / "sst2")
-    push(shared_store, url, progress=False)
-    dest = str(tmp_path / "copy")
-    cmd = _cli("pull", url, dest, "--jobs", "1", "--quiet", "--json")
+    dest, cmd = _pull_cmd(shared_store, tmp_path)
     rc, _, err = _run(cmd, FEATSTORE_TEST_FSIZE="file-transferred:5:0")
     line = _one_line(err)
     assert rc == 2 and line.startswith(f"error: pull into {dest}: out of disk space"), line
     assert "5 of " in line and "files are fetched and kept" in line
     assert _needed(line) > 0 and not os.path.exists(dest)
-    rc, out_json, err = _run(cmd)
-    assert rc == 0 and json.loads(out_json)["resumed"] == 5, err
-    assert store_digests(dest) == store_digests(shared_store) and verify(dest) == []
+    assert _finishes_equal(cmd, dest, shared_store)["resumed"] == 5
     record("disk-full", f"{HERE}::test_pull_out_of_space_keeps_files_and_resumes", 1, 1)
 
 
@@ -146,23 +152,14 @@ def test_sigterm_stops_extraction_at_the_next_batch_and_resumes(bert, splits, sh
     with featstore.open_store(shared_store) as s:
         total = len(s.manifest["segments"])
     assert 2 <= len(done) < total
-    rc, out_json, err = _run(_extract_cmd(bert, splits, out))
-    assert rc == 0 and json.loads(out_json)["segments_resumed"] == len(done), err
-    assert store_digests(out) == store_digests(shared_store) and verify(out) == []
+    assert _finishes_equal(_extract_cmd(bert, splits, out), out, shared_store)["segments_resumed"] == len(done)
     record("sigterm", f"{HERE}::test_sigterm_stops_extraction_at_the_next_batch_and_resumes", 1, 1)
 
 
 def test_sigterm_stops_pull_at_the_next_file_and_resumes(shared_store, tmp_path):
-    from featstore.share import push
-
-    url = "file://" + str(tmp_path / "published" / "sst2")
-    push(shared_store, url, progress=False)
-    dest = str(tmp_path / "copy")
-    cmd = _cli("pull", url, dest, "--jobs", "1", "--quiet", "--json")
+    dest, cmd = _pull_cmd(shared_store, tmp_path)
     rc, line = _sigterm_at(cmd, "file-transferred", 3, tmp_path / "steps")
     assert rc == 143 and line.startswith("interrupted: stopped by SIGTERM; the files fetched so far are kept"), line
     assert not os.path.exists(dest)
-    rc, out_json, err = _run(cmd)
-    assert rc == 0 and json.loads(out_json)["resumed"] >= 3, err
-    assert store_digests(dest) == store_digests(shared_store) and verify(dest) == []
+    assert _finishes_equal(cmd, dest, shared_store)["resumed"] >= 3  # the 3rd, or one more fetched meanwhile
     record("sigterm", f"{HERE}::test_sigterm_stops_pull_at_the_next_file_and_resumes", 1, 1)
