@@ -178,16 +178,13 @@ _META_CHECKS = [
 
 
 def _check_fits(spec: HeadSpec, state: dict[str, torch.Tensor], path: str) -> None:
-    """Sizes in head.json are untrusted: bound them by the weights actually saved, then build the head on the
-    meta device (no memory) and compare shapes, so nothing is ever allocated by a number in head.json."""
-    numel = sum(t.numel() for t in state.values())
-    counts = {"n_layers": spec.n_layers, "n_layers_in": spec.n_layers_in}
-    sizes = {k: getattr(spec, k) for k in ("n_outputs", "hidden_size", "d_head", "n_heads", "ffn_mult")}
-    bad = [f"{k} = {v}" for k, v in counts.items() if v > len(state) + 2] + \
-        [f"{k} = {v}" for k, v in sizes.items() if v > numel]
+    """Sizes in head.json are untrusted: build the head on the meta device (no memory) and compare its shapes
+    with the weights actually saved, so nothing is ever allocated by a number in head.json."""
+    bad = [f"{k} = {v}" for k, v in (("n_layers", spec.n_layers), ("n_layers_in", spec.n_layers_in))
+           if v > max(64, len(state))]  # module counts: bounded before building even on the meta device
     if bad:
-        raise HeadError(f"{path}: architecture {', '.join(bad)} cannot fit the {numel} saved weights; the head is "
-                        "damaged")
+        raise HeadError(f"{path}: architecture {', '.join(bad)} cannot fit the {len(state)} saved weights; the "
+                        "head is damaged")
     try:
         with torch.device("meta"):
             want = {k: tuple(v.shape) for k, v in build_head(spec).state_dict().items()}

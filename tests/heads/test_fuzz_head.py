@@ -56,15 +56,20 @@ def test_fuzzed_head_json(head_run, data):
 
 
 def test_huge_architecture_is_refused_before_any_allocation(head_run):
-    """A width of 10^9 in head.json would ask for petabytes; it is refused against the saved weights."""
+    """A width of 10^9 in head.json would ask for petabytes; it is refused against the saved weights, and a
+    count of 10^9 blocks before even the meta-device build."""
     run = head_run
     meta = _meta(run)
     meta["architecture"]["d_head"] = 10 ** 9
     meta["architecture"]["n_heads"] = 1
     with replaced(os.path.join(run, "head.json"), json.dumps(meta).encode()):
-        with guarded(run), pytest.raises(heads.HeadError, match="cannot fit the .* saved weights"):
+        with guarded(run), pytest.raises(heads.HeadError, match="(weights do not fit|cannot be built).*the head is damaged"):
             heads.load_head(run)
         from cli.heads_cli import main
 
         r = CliRunner().invoke(main, ["eval", run, "--store", os.path.join(GOLDEN, "zarr-sentence-float16")])
-        assert r.exit_code == 2 and "cannot fit" in r.stderr and "\n" not in r.stderr.strip(), r.output
+        assert r.exit_code == 2 and "the head is damaged" in r.stderr and "\n" not in r.stderr.strip(), r.output
+    meta["architecture"]["n_layers"] = 10 ** 9
+    with replaced(os.path.join(run, "head.json"), json.dumps(meta).encode()):
+        with pytest.raises(heads.HeadError, match="n_layers = 1000000000 cannot fit"):
+            heads.load_head(run)
