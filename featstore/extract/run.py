@@ -23,7 +23,7 @@ from ..io.limits import StopFlag, disk_full, is_disk_full, stop_on_sigterm
 from ..store.encoding import bytes_per_token, itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
 from ..store.projection import array_names as projection_arrays
-from ..testhooks import fail_at_segment
+from ..testhooks import fail_at_segment, pause_point
 from .config import ExtractConfig, ExtractSummary
 from .forward import forward_batch, label_name_features
 from .inputs import Dataset, load_dataset
@@ -297,6 +297,7 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int, st
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
+                pause_point("batch")  # SIGTERM tests signal the run here
                 stop.check("committed segments are kept")  # SIGTERM: stop here; the writer ends its segment
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
                                                  cfg.dtype, prep.device, job.stats, prep.projection))
