@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 DEMO := demo_out
 
-.PHONY: test demo bench bench-quality bench-robustness bench-compact clean help
+.PHONY: test demo bench bench-quality bench-robustness bench-compact guarantees clean help
 
 help:
 	@echo "make demo           set up, extract BBC News with the packaged MiniLM, train Y-Tuning + linear, compare"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench-quality  Y-Tuning vs full fine-tuning on the embedded default"
 	@echo "make bench-robustness  accuracy on perturbed test copies, per method"
 	@echo "make bench-compact  encodings and projections: bytes per token, throughput, epoch time, accuracy"
+	@echo "make guarantees     run the fault-injection tests and write docs/guarantees.md with their counts"
 
 # Without a GPU, take the CPU build of torch first (a plain `pip install torch` pulls a multi-GB CUDA build).
 $(STAMP): setup.cfg setup.py
@@ -42,6 +43,9 @@ bench-robustness: $(STAMP)
 bench-compact: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/bench_compact.py --work bench_out/compact \
 		--json benchmarks/results/compact.json
+
+guarantees: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python benchmarks/guarantees.py
 
 clean:
 	rm -rf $(DEMO) bench_out

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from featstore.errors import FeatstoreError, PeerFailed
+from featstore.errors import FeatstoreError, PeerFailed, Stopped
 
 
 RESUMABLE = "interrupted: committed work is kept; re-run the same command to resume"
@@ -31,6 +31,9 @@ def user_errors(fn: Callable[..., Any] | None = None, *, interrupted: str = NOT_
         except PeerFailed as e:  # not the cause: the rank that failed prints the `error:` line
             click.echo(str(e), err=True)
             sys.exit(1)
+        except Stopped as e:  # SIGTERM honoured at a safe point: the conventional 128 + 15
+            click.echo(f"interrupted: {e}", err=True)
+            sys.exit(143)
         except FeatstoreError as e:
             fail(str(e))
         except OSError as e:

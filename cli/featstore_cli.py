@@ -218,6 +218,8 @@ def push(store, url, storage_option, jobs, quiet, as_json) -> None:
 
     Data files go first and the manifest last, so readers see the whole store or none. A published store is
     immutable: a different store at URL is refused, the same one is a no-op. Re-run to resume an interrupted push.
+    Pushes racing for one URL: the name is claimed atomically, so exactly one store wins (the others exit 2);
+    pushes of the same store all succeed.
     """
     from featstore.share import push as run
 

@@ -20,9 +20,11 @@ import numpy as np
 from . import __version__
 from .errors import InputError, StoreError
 from .store import DEFAULT_FORMAT, FORMATS, Store, local_backend, open_store
-from .store.encoding import CODED, ENCODINGS, cast_float, storable
+from .io.limits import disk_full, is_disk_full, stop_on_sigterm
+from .store.encoding import CODED, ENCODINGS, bytes_per_token, cast_float, storable
 from .store.manifest import FORMAT_VERSION, complete_manifest, diff_settings
 from .store.projection import array_names as projection_arrays, fit_pca, project as project_rows, sample_rows
+from .testhooks import pause_point
 
 ROW_ARRAYS = ("offsets", "length", "row", "id_bytes", "id_offsets", "input_ids")  # copied as they are
 
@@ -102,23 +104,53 @@ def convert(src: str, dst: str, encoding: str | None = None, layers: str | None 
         # a deterministic fit on the same sample: a resumed convert projects with the same basis
         projection = _fit(source, keep, project) if project else None
         written, total = 0, 0
-        for split in source.splits:
-            sp = source.split(split)
-            for i, seg in enumerate(sp.segments):
-                total += 1
-                if f"{split}/{seg['name']}" in done:
-                    continue
-                arrays, stats = _segment(sp, i, keep, encoding, manifest["settings"]["dtype"], projection)
-                pending = backend.write_segment(split, seg["name"], arrays, "none", manifest["layout"]["chunk_bytes"])
-                record = backend.commit_segment(pending, {
-                    "split": split, "name": seg["name"], "index": seg["index"], "n_examples": seg["n_examples"],
-                    "n_tokens": seg["n_tokens"], "stats": stats})
-                written += sum(f["size"] for f in record["files"].values())
-        _finalize(source, backend, manifest, keep, projection)
+        try:
+            with stop_on_sigterm() as stop:
+                for split in source.splits:
+                    sp = source.split(split)
+                    for i, seg in enumerate(sp.segments):
+                        total += 1
+                        if f"{split}/{seg['name']}" in done:
+                            continue
+                        stop.check("committed segments are kept")
+                        written += _convert_segment(backend, sp, i, keep, encoding, manifest, projection)
+            _finalize(source, backend, manifest, keep, projection)
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise _out_of_space(e, dst, source, backend, manifest) from None
         return ConvertResult(out=dst, fingerprint=manifest["fingerprint"], segments_total=total,
                              segments_resumed=len(done), bytes_written=written, seconds=time.perf_counter() - t0)
     finally:
         source.close()
+
+
+def _convert_segment(backend, sp, i: int, keep: list[int], encoding: str, manifest: dict[str, Any],
+                     projection: dict[int, tuple[np.ndarray, np.ndarray]] | None) -> int:
+    """Write and commit segment `i` of split `sp` converted; returns the bytes written."""
+    seg = sp.segments[i]
+    arrays, stats = _segment(sp, i, keep, encoding, manifest["settings"]["dtype"], projection)
+    pending = backend.write_segment(sp.name, seg["name"], arrays, "none", manifest["layout"]["chunk_bytes"])
+    record = backend.commit_segment(pending, {
+        "split": sp.name, "name": seg["name"], "index": seg["index"], "n_examples": seg["n_examples"],
+        "n_tokens": seg["n_tokens"], "stats": stats})
+    pause_point("segment-committed")  # disk-full and crash tests act here
+    return sum(f["size"] for f in record["files"].values())
+
+
+def _out_of_space(e: OSError, dst: str, source: Store, backend, manifest: dict[str, Any]) -> StoreError:
+    """A full disk: the room the segments still to convert need, estimated from those committed."""
+    try:
+        done = backend.committed_segments()
+    except (OSError, StoreError):
+        done = {}
+    segs = [s for name in source.splits for s in source.split(name).segments]
+    todo_tokens = sum(s["n_tokens"] for s in segs if f"{s['split']}/{s['name']}" not in done)
+    got_tokens = sum(r["n_tokens"] for r in done.values())
+    got_bytes = sum(f["size"] for r in done.values() for f in r["files"].values())
+    per_token = got_bytes / got_tokens if got_tokens else bytes_per_token(manifest)
+    return disk_full(e, "DST", dst, int(todo_tokens * per_token) or None,
+                     f"{len(done)} of {len(segs)} segments are committed and kept")
 
 
 def _manifest(source: Store, src: str, encoding: str, keep: list[int], fmt: str,

@@ -27,3 +27,11 @@ class RankFailed(FeatstoreError):
 
 class PeerFailed(FeatstoreError):
     """Under torchrun: this rank stopped because another one failed (that rank reports the cause)."""
+
+
+class NewerFormatError(StoreError):
+    """A store written in a format version newer than this reader: not damage, the reader needs an upgrade."""
+
+
+class Stopped(FeatstoreError):
+    """SIGTERM arrived: the run stopped at a safe point with its committed work kept (a re-run resumes)."""

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StoreError
+from .errors import NewerFormatError, StoreError
+from .io.files import format_bytes  # noqa: F401 - re-exported: callers import it from here
 from .io.transport import printable
 from .store import Split, Store, open_store
-from .store.encoding import SIDE, code_problems, encoding_of, from_stored, is_coded, itemsize, row_overhead
+from .store.encoding import SIDE, bytes_per_token, code_problems, encoding_of, from_stored, is_coded
 from .io.hashing import algorithm_of, expected
 from .store.manifest import all_files
 
@@ -32,7 +33,7 @@ def info(path: str, storage_options: dict[str, Any] | None = None, cache_dir: st
             "hidden_size": m["model"]["hidden_size"], "backbone_parameters": m["model"].get("num_parameters"),
             "layers": m["settings"]["layers"], "dtype": m["settings"]["dtype"],
             "encoding": encoding_of(m["settings"]), "project": m["settings"].get("project"),
-            "bytes_per_token": _bytes_per_token(m),
+            "bytes_per_token": bytes_per_token(m),
             "max_length": m["settings"]["max_length"], "splits": splits,
             "label_columns": {c["name"]: {"kind": c["kind"], "labels": c["names"],
                                           "unseen_in_train": c.get("unseen_in_train", {})}
@@ -107,21 +108,6 @@ def disk_summary(usage: dict[str, tuple[int, int]] | None) -> dict[str, Any] | N
             "worst_ratio": ratios[worst]}
 
 
-def _bytes_per_token(m: dict[str, Any]) -> int:
-    """Stored bytes of one token's features over all kept layers (codes plus per-row scale)."""
-    enc = encoding_of(m["settings"])
-    width = int(m["settings"].get("project") or m["model"]["hidden_size"])
-    return len(m["settings"]["layers"]) * (width * itemsize(enc) + row_overhead(enc))
-
-
-def format_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
-
-
 def _count(n: Any) -> str:
     if not isinstance(n, int):
         return "?"
@@ -138,6 +124,8 @@ def verify(path: str, check_values: bool = True, progress: bool = False,
     files are checksummed side by side (default: `io.hashing.default_io_threads`, 8 downloads for a URL)."""
     try:
         store = open_store(path, allow_incomplete=True, storage_options=storage_options, cache_dir=cache_dir)
+    except NewerFormatError:
+        raise  # not damage: this reader is too old, which verify cannot judge
     except StoreError as e:
         return [str(e)]
     problems: list[str] = []

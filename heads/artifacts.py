@@ -215,6 +215,27 @@ _META_CHECKS = [
 ]
 
 
+def _check_fits(spec: HeadSpec, state: dict[str, torch.Tensor], path: str) -> None:
+    """Sizes in head.json are untrusted: build the head on the meta device (no memory) and compare its shapes
+    with the weights actually saved, so nothing is ever allocated by a number in head.json."""
+    bad = [f"{k} = {v}" for k, v in (("n_layers", spec.n_layers), ("n_layers_in", spec.n_layers_in))
+           if v > max(64, len(state))]  # module counts: bounded before building even on the meta device
+    if bad:
+        raise HeadError(f"{path}: architecture {', '.join(bad)} cannot fit the {len(state)} saved weights; the "
+                        "head is damaged")
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in build_head(spec).state_dict().items()}
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as e:
+        raise HeadError(f"{path}: the architecture in {HEAD_JSON} cannot be built ({type(e).__name__}); the head is "
+                        "damaged")
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[0][0]
+        raise HeadError(f"{path}: weights do not fit the architecture in {HEAD_JSON} (first difference: {diff}); "
+                        "the head is damaged")
+
+
 @dataclass
 class LoadedHead:
     run: str
@@ -271,6 +292,7 @@ def load_head(run: str, seed: int | None = None, device: str = "cpu") -> LoadedH
     if md.get("format") != FORMAT or md.get("format_version") != str(FORMAT_VERSION):
         raise HeadError(f"{path}: weights of format {md.get('format')!r} version {md.get('format_version')!r}; "
                         f"this heads reads {FORMAT} version {FORMAT_VERSION}")
+    _check_fits(spec, state, path)
     model = build_head(spec)
     try:
         model.load_state_dict(state, strict=True)

@@ -21,10 +21,11 @@ from ..device import pick_device
 from ..errors import FeatstoreError, InputError, PeerFailed, RankFailed, StoreError
 from ..io.hashing import IOOptions, default_io_threads
 from ..store import StorageBackend, writable_backend
-from ..store.encoding import CODED, itemsize
+from ..io.limits import StopFlag, disk_full, is_disk_full, stop_on_sigterm
+from ..store.encoding import CODED, bytes_per_token, itemsize
 from ..store.manifest import FORMAT_VERSION, complete_manifest, diff_settings, fingerprint
 from ..store.projection import array_names as projection_arrays
-from ..testhooks import fail_at_segment
+from ..testhooks import fail_at_segment, pause_point
 from .config import ExtractConfig, ExtractSummary
 from .featurise import tokenize_split
 from .device_side import encode_segment_on_device
@@ -64,6 +65,7 @@ class _Prepared:
 def extract(cfg: ExtractConfig) -> ExtractSummary:
     """Extract features of every split into `cfg.out`; resumes a matching interrupted run."""
     t_start = time.perf_counter()
+    prep: _Prepared | None = None
     try:
         prep = _prepare(cfg)
         if isinstance(prep, ExtractSummary):
@@ -71,7 +73,8 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
             return prep
         todo, global_tokens = _share(prep)
         t_loop = time.perf_counter()
-        tokens, bytes_written = _write_segments(prep, todo, global_tokens)
+        with stop_on_sigterm() as stop:
+            tokens, bytes_written = _write_segments(prep, todo, global_tokens, stop)
         loop_seconds = time.perf_counter() - t_loop
         barrier(prep.world)
         tokens, bytes_written = sum_over_ranks(prep.world, tokens, bytes_written)
@@ -80,10 +83,13 @@ def extract(cfg: ExtractConfig) -> ExtractSummary:
         barrier(prep.world)
         prep.backend.close()
     except Exception as e:  # noqa: BLE001 - under torchrun: one line naming the rank that failed
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(e, PeerFailed):
-            raise
+        err = _out_of_space(cfg, prep, e) if is_disk_full(e) else e
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or isinstance(err, PeerFailed):
+            if err is e:
+                raise
+            raise err from None
         rank = os.environ.get("RANK", "?")
-        what = str(e) if isinstance(e, FeatstoreError) else f"{type(e).__name__}: {e}"
+        what = str(err) if isinstance(err, FeatstoreError) else f"{type(err).__name__}: {err}"
         raise RankFailed(f"rank {rank} of {os.environ['WORLD_SIZE']}: {what}; committed segments are kept, "
                          "re-run (with any number of ranks) to resume") from e
     return ExtractSummary(out=cfg.out, fingerprint=prep.manifest["fingerprint"],
@@ -101,6 +107,23 @@ def _unseen(prep: _Prepared) -> dict[str, dict[str, dict[str, int]]]:
     if prep.task is not None and prep.task.unseen:
         out["tags"] = prep.task.unseen
     return out
+
+
+def _out_of_space(cfg: ExtractConfig, prep: _Prepared | None, e: OSError) -> StoreError:
+    """A full disk: how much the segments still to write need, estimated from those committed."""
+    if prep is None:
+        return disk_full(e, "--out", cfg.out, None, "no segment was committed yet")
+    try:
+        done = prep.backend.committed_segments()
+    except (OSError, StoreError):
+        done = {}
+    remaining = [s for s in prep.segments if f"{s.split}/{s.name}" not in done]
+    todo_tokens = sum(int(prep.toks[s.split].lengths[s.examples].sum()) for s in remaining)
+    got_tokens = sum(r["n_tokens"] for r in done.values())
+    got_bytes = sum(f["size"] for r in done.values() for f in r["files"].values())
+    per_token = got_bytes / got_tokens if got_tokens else bytes_per_token(prep.manifest)
+    return disk_full(e, "--out", cfg.out, int(todo_tokens * per_token) or None,
+                     f"{len(done)} of {len(prep.segments)} segments are committed and kept")
 
 
 # -- step 1: check, load, plan, open ----------------------------------------------------------------------
@@ -295,7 +318,7 @@ def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: li
 
 # -- step 2: forward passes into the background writer -----------------------------------------------------
 
-def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) -> tuple[int, int]:
+def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int, stop: StopFlag) -> tuple[int, int]:
     """Forward every planned segment of this rank; returns (tokens, bytes written).
 
     One progress bar, on rank 0, over the tokens of every rank: it advances by rank 0's tokens scaled by
@@ -315,6 +338,8 @@ def _write_segments(prep: _Prepared, todo: list[Segment], global_tokens: int) ->
             plan_batches(seg, toks[seg.split].lengths, cfg.batch_tokens)
             job = SegmentJob(seg.split, seg.name, seg.index, prep.layers, cfg.dtype, encoding=cfg.encoding)
             for rows in seg.batches:
+                pause_point("batch")  # SIGTERM tests signal the run here
+                stop.check("committed segments are kept")  # SIGTERM: stop here; the writer ends its segment
                 job.batches.append(forward_batch(lm, toks[seg.split], prep.ds.splits[seg.split], rows, prep.layers,
                                                  cfg.dtype, prep.device, job.stats, prep.projection,
                                                  "device" if on_device else "copying"))

@@ -56,3 +56,12 @@ def check_can_create(path: str, flag: str) -> None:
         raise StoreError(f"{flag} {path}: {parent} is a file, not a directory; choose another {flag}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise StoreError(f"{flag} {path}: no permission to write in {parent}; choose another {flag}")
+
+
+def format_bytes(n: float) -> str:
+    """Human size in binary units."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)

@@ -113,6 +113,12 @@ class Remote:
         p = self.path(rel)
         if end <= 1:  # a range on an empty object is an error on S3: ask for its size instead
             return b"\0" if self.fs.size(p) else b""
+        if self.local:  # in blocks: one read(end) would allocate `end` bytes up front, however small the file
+            out = bytearray()
+            with self.fs.open(p, "rb") as f:
+                while len(out) < end and (b := f.read(min(1 << 20, end - len(out)))):
+                    out += b
+            return bytes(out)
         return self.fs.cat_file(p, start=0, end=end)
 
     def blocks(self, rel: str, size: int) -> Iterator[bytes]:
@@ -183,6 +189,35 @@ class Remote:
             self.fs.pipe_file(tmp, data)
             os.replace(tmp, final)
 
+    def create_exclusive(self, rel: str, data: bytes) -> bool:
+        """Create `rel` holding `data` only if it does not exist, atomically: True if this call created it, False
+        if it was already there. A file system: a complete temporary file hard-linked into place (link fails if
+        the name exists, also on NFS), falling back to O_EXCL where links are not supported. S3: a conditional
+        PUT (If-None-Match: *). Two racers can never both get True."""
+        with self._io(f"creating {rel}"):
+            if not self.local:
+                try:
+                    self.fs.pipe_file(self.path(rel), data, mode="create")
+                except FileExistsError:
+                    return False
+                return True
+            final = self.path(rel)
+            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            tmp = f"{final}.part-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, final)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links here: exclusive creation (a reader may briefly see it empty)
+                return _create_excl(final, data)
+            finally:
+                os.remove(tmp)
+
     def put_file(self, rel: str, local_path: str) -> None:
         with self._io(f"uploading {rel}"):
             if not self.local:
@@ -200,6 +235,16 @@ class Remote:
                 self.fs.rm_file(self.path(rel))
             except FileNotFoundError:
                 pass
+
+
+def _create_excl(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
 
 
 def printable(s: Any) -> str | None:

@@ -22,12 +22,14 @@ from typing import Any, Callable
 from ..errors import InputError, StoreError
 from ..io.background import parallel_map
 from ..io.cache import mismatch
+from ..io.files import sha256_bytes
 from ..io.hashing import algorithm_of, digest_bytes, expected, file_matches
-from ..io.transport import SMALL, Remote, is_url
+from ..io.limits import disk_full, is_disk_full, stop_on_sigterm
+from ..io.transport import SMALL, Remote, is_url, printable
 from ..store import install_pulled, local_backend, open_store
 from ..store.manifest import MANIFEST, PUSH_MARKER, diff_settings, transfer_files
 from ..store.remote_backend import read_published
-from ..testhooks import pause_point
+from ..testhooks import barrier, pause_point
 
 PULL_SUFFIX = ".featstore-pull"
 
@@ -69,33 +71,12 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
     fp = m["fingerprint"]
     result = _result(src, remote.url, fp, len(files))
 
-    theirs = _published_manifest(remote)
-    if theirs is not None:
-        if theirs["fingerprint"] != fp:
-            raise StoreError(f"{remote.url} already holds a different store ({', '.join(_diff(theirs, m))} "
-                             f"differ; fingerprint {theirs['fingerprint'][:16]}); published stores are immutable: "
-                             "push to another URL")
-        if transfer_files(theirs) != files or theirs["dataset"]["label_columns"] != m["dataset"]["label_columns"]:
-            raise StoreError(f"{remote.url} already holds these features (fingerprint {fp[:16]}) with other files or "
-                             "label columns; published stores are immutable: push under a new name")
+    content = _content_id(m)
+    present = _claim(remote, m, fp, content)
+    if present is None:  # the destination already holds this very store
         result.already, result.resumed = True, len(files)
         result.seconds = time.perf_counter() - t0
         return result
-
-    marker = remote.read_small(PUSH_MARKER, 1 << 16)
-    present = remote.listing()
-    if marker is not None:
-        try:
-            theirs_fp = json.loads(marker).get("fingerprint")
-        except (ValueError, AttributeError):
-            theirs_fp = None
-        if theirs_fp != fp:
-            raise StoreError(f"{remote.url} holds an unfinished upload of a different store (fingerprint "
-                             f"{str(theirs_fp)[:16]}); finish that push, delete the prefix, or push to another URL")
-    elif present:
-        raise StoreError(f"{remote.url} is not empty and holds no featstore store; push to an empty location")
-    else:
-        remote.put_bytes(PUSH_MARKER, json.dumps({"fingerprint": fp, "started": _now(), "tool": "featstore"}).encode())
 
     # resume: a file already there is kept only if its size and checksum match; partial files of a
     # killed push to a file system (temporary names) are removed
@@ -124,12 +105,71 @@ def push(src: str, url: str, storage_options: dict[str, Any] | None = None, jobs
         return True
 
     _transfer(todo, upload, jobs, {r: files[r]["size"] for r in todo}, "push", progress)
-    remote.put_bytes(MANIFEST, raw)  # last: from now on readers see the whole store
+    # last, and exclusive: from now on readers see the whole store; a push of the same store that got there
+    # first published the same files, anything else is refused (and cannot happen while the claim holds)
+    if not remote.create_exclusive(MANIFEST, raw):
+        _already_published(remote, _published_manifest(remote), m, fp, content)
     remote.remove(PUSH_MARKER)
     result.transferred, result.resumed = len(todo), len(kept)
     result.bytes = sum(files[r]["size"] for r in todo)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _content_id(m: dict[str, Any]) -> str:
+    """What two pushes must share to publish together: the files and their checksums, and the label columns."""
+    return sha256_bytes(json.dumps([transfer_files(m), m["dataset"]["label_columns"]], sort_keys=True).encode())
+
+
+def _already_published(remote: Remote, theirs: dict | None, m: dict[str, Any], fp: str, content: str) -> bool:
+    """True when `remote` holds exactly this store (nothing to do); a different store there is an error."""
+    if theirs is None:
+        return False
+    if theirs["fingerprint"] != fp:
+        raise StoreError(f"{remote.url} already holds a different store ({', '.join(_diff(theirs, m))} "
+                         f"differ; fingerprint {theirs['fingerprint'][:16]}); published stores are immutable: "
+                         "push to another URL")
+    if _content_id(theirs) != content:
+        raise StoreError(f"{remote.url} already holds these features (fingerprint {fp[:16]}) with other files or "
+                         "label columns; published stores are immutable: push under a new name")
+    return True
+
+
+def _claim(remote: Remote, m: dict[str, Any], fp: str, content: str) -> dict[str, int] | None:
+    """Take the right to upload to `remote`, atomically (`Remote.create_exclusive` of the push marker): of two
+    pushes of different stores racing for one name exactly one wins, whatever the timing; a push of the same
+    store (same files) joins the one under way or resumes a killed one. Returns the files already there, or
+    None when the store is already published."""
+    claim = json.dumps({"fingerprint": fp, "content": content, "started": _now(), "tool": "featstore"}).encode()
+    for _ in range(10):  # a retry only when another push finished between two of our looks
+        if _already_published(remote, _published_manifest(remote), m, fp, content):
+            return None
+        present = remote.listing()
+        if present and PUSH_MARKER not in present:
+            if _already_published(remote, _published_manifest(remote), m, fp, content):
+                return None
+            raise StoreError(f"{remote.url} is not empty and holds no featstore store; push to an empty location")
+        barrier("push-claim")  # race tests: every push has passed the checks above before any claims
+        if remote.create_exclusive(PUSH_MARKER, claim):
+            # a push that finished (and released its claim) after our first look
+            if _already_published(remote, _published_manifest(remote), m, fp, content):
+                remote.remove(PUSH_MARKER)
+                return None
+            return present
+        marker = remote.read_small(PUSH_MARKER, 1 << 16)
+        if marker is None:
+            continue  # released meanwhile: look again
+        try:
+            theirs = json.loads(marker)
+            theirs_fp, theirs_content = theirs.get("fingerprint"), theirs.get("content", content)
+        except (ValueError, AttributeError):
+            theirs_fp = theirs_content = None
+        if theirs_fp == fp and theirs_content == content:
+            return present  # the same store: upload alongside (identical bytes) or resume a killed push
+        raise StoreError(f"{remote.url} holds an unfinished upload of a different store (fingerprint "
+                         f"{printable(theirs_fp)[:16] if theirs_fp else '?'}): another push is publishing it now "
+                         "or was stopped; push to another URL, or finish or delete that upload")
+    raise StoreError(f"{remote.url}: other pushes keep publishing and releasing this name; try again")
 
 
 # -- pull ------------------------------------------------------------------------------------------------
@@ -187,6 +227,7 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
     problems: list[str] = []
 
     def fetch(rel: str) -> bool:
+        stop.check(f"the files fetched so far are kept in {tmp}")
         meta, final = files[rel], targets[rel]
         os.makedirs(os.path.dirname(final), exist_ok=True)
         part = f"{final}.part-{uuid.uuid4().hex[:8]}"
@@ -205,7 +246,18 @@ def pull(url: str, dest: str, storage_options: dict[str, Any] | None = None, job
             if os.path.exists(part):
                 os.remove(part)
 
-    done = _transfer(todo, fetch, jobs, {r: files[r]["size"] for r in todo}, "pull", progress, keep_going=True)
+    try:
+        with stop_on_sigterm() as stop:
+            done = _transfer(todo, fetch, jobs, {r: files[r]["size"] for r in todo}, "pull", progress,
+                             keep_going=True)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        fetched = [rel for rel in files if os.path.isfile(targets[rel])
+                   and os.path.getsize(targets[rel]) == files[rel]["size"]]
+        needed = sum(files[rel]["size"] for rel in files) - sum(files[rel]["size"] for rel in fetched)
+        raise disk_full(e, "pull into", dest, needed,
+                        f"{len(fetched)} of {len(files)} files are fetched and kept in {tmp}") from None
     if problems:
         more = f" (and {len(problems) - 1} more file(s))" if len(problems) > 1 else ""
         raise StoreError(f"{problems[0]}{more}; nothing was installed at {dest}")

@@ -80,6 +80,13 @@ def row_overhead(encoding: str) -> int:
     return 4 if encoding in CODED else 0
 
 
+def bytes_per_token(m: dict[str, Any]) -> int:
+    """Stored bytes of one token's features over all kept layers (codes plus per-row scale)."""
+    enc = encoding_of(m["settings"])
+    width = int(m["settings"].get("project") or m["model"]["hidden_size"])
+    return len(m["settings"]["layers"]) * (width * itemsize(enc) + row_overhead(enc))
+
+
 def _fp8_encode(y: np.ndarray) -> np.ndarray:
     """float -> nearest e4m3fn byte (|y| <= 448 assumed): torch's cast (round to nearest even; several times
     faster than the table search below, which is kept for machines without torch)."""

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import NewerFormatError, StoreError
 from .base import format_backend
 from ..io.hashing import algorithm_of, expected
 from .encoding import CODED, DTYPES, ENCODINGS
@@ -69,13 +69,22 @@ def validate(m: Any, source: str) -> dict[str, Any]:
         raise StoreError(f"{source}: manifest is malformed ({type(e).__name__}: {e}); refusing the store")
 
 
+def check_format_version(v: Any, source: str) -> int:
+    """Compatibility policy: every format version up to this reader's is read; a newer one is refused with the
+    version it needs (docs/compatibility.md)."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise StoreError(f"{source}: manifest format_version {str(v)[:40]!r} is not a format version (1, 2, ...); "
+                         "the store is damaged, re-extract or re-pull it")
+    if v > FORMAT_VERSION:
+        raise NewerFormatError(f"{source}: store format version {v} needs a featstore that reads format version "
+                               f"{v} (this one reads versions 1 to {FORMAT_VERSION}); upgrade featstore")
+    return v
+
+
 def _validate(m: Any, source: str) -> dict[str, Any]:
     if not isinstance(m, dict):
         raise StoreError(f"{source}: manifest is not a JSON object")
-    v = m.get("format_version")
-    if v != FORMAT_VERSION:
-        raise StoreError(f"{source}: store format version {v!r}, this featstore reads version {FORMAT_VERSION}; "
-                         "upgrade featstore or re-extract")
+    check_format_version(m.get("format_version"), source)
     for key in ("fingerprint", "model", "tokenizer", "settings", "dataset", "complete"):
         if key not in m:
             raise StoreError(f"{source}: manifest lacks {key!r}; the store is damaged, re-extract or re-pull it")
@@ -105,16 +114,19 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
                                or s.get("task") != "span"):
         raise StoreError(f"{source}: manifest stride {stride!r} is not a positive token count of a span store")
     _validate_task(m, source)
-    for split, meta in m["dataset"].get("splits", {}).items():
+    for split, meta in m["dataset"]["splits"].items():  # both required: readers index them
         safe_name(split, "split")
         _count(meta.get("n_examples"), f"split {split} n_examples")
         _count(meta.get("n_tokens"), f"split {split} n_tokens")
-    for col in m["dataset"].get("label_columns", []):
+    for col in m["dataset"]["label_columns"]:
         safe_name(col.get("name"), "label column")
         names = col.get("names")
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             raise StoreError(f"{source}: label names of column {col.get('name')!r} are not a list of strings")
         _validate_unseen(col, names, f"{source}: label column {col.get('name')!r}")
+    features = m.get("label_features", [])
+    if not isinstance(features, list) or not all(isinstance(c, str) for c in features):
+        raise StoreError(f"{source}: manifest label_features {str(features)[:80]!r} is not a list of label columns")
     per_split: dict[str, list[int]] = {}
     for seg in m.get("segments", []):
         n = per_split.setdefault(seg.get("split"), [0, 0])
@@ -132,12 +144,18 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
         _count(seg.get("n_examples"), "segment n_examples")
         _count(seg.get("n_tokens"), "segment n_tokens")
         for path, meta in seg.get("files", {}).items():
-            safe_path(path)
-            _count(meta.get("size"), f"size of {path}")
+            _file_entry(path, meta, source)
     for path, meta in m.get("files", {}).items():
-        safe_path(path)
-        _count(meta.get("size"), f"size of {path}")
+        _file_entry(path, meta, source)
     return m
+
+
+def _file_entry(path: Any, meta: Any, source: str) -> None:
+    """One checksummed file of the store: a safe relative path, a sane size and a sha256 hex digest."""
+    safe_path(path)
+    _count(meta.get("size"), f"size of {path}")
+    if not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"]):
+        raise StoreError(f"{source}: file {path} has no valid sha256 in the manifest; the store is damaged")
 
 
 TASK_KINDS = ("token", "span")
