@@ -165,7 +165,7 @@ def fit_group(members: list[Member], loaders: dict[str, Loader], gold: dict[str,
     """Train every member on loaders["_train"] (read once per batch for all), each selecting its best epoch on
     its dev split; then score each on `final_splits` (default: its train, dev and test splits).
     `drop_diverged`: a head whose loss diverges leaves the group (its result is None) instead of failing all."""
-    from tqdm.auto import tqdm
+    from featstore.io.progress import progress_bar
 
     train_loader = loaders["_train"]
     steps = len(train_loader)
@@ -173,8 +173,8 @@ def fit_group(members: list[Member], loaders: dict[str, Loader], gold: dict[str,
     for m in members:
         m.start(steps)
     active = list(members)
-    bar = tqdm(total=max(m.cfg.epochs for m in members) * steps, desc=desc, unit="step", disable=not progress,
-               leave=False)
+    bar = progress_bar(progress, total=max(m.cfg.epochs for m in members) * steps, desc=desc, unit="step",
+                       leave=False)  # drawn on a terminal only: never into a redirected log
     epoch = 0
     while active:
         epoch += 1

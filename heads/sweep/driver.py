@@ -114,9 +114,9 @@ def open_study(sc: SweepConfig, space: Space) -> tuple[Store, Study]:
 
 def _bar(sc: SweepConfig, total: int) -> Any:
     """Configs x seeds trained by this process (each config's epochs have a bar of their own)."""
-    from tqdm.auto import tqdm
+    from featstore.io.progress import progress_bar
 
-    return tqdm(total=total, desc="configs x seeds", unit="head", disable=not (sc.progress and sys.stderr.isatty()))
+    return progress_bar(sc.progress, total=total, desc="configs x seeds", unit="head")
 
 
 def work(sc: SweepConfig, store: Store, study: Study, bar: Any) -> None:
