@@ -151,11 +151,14 @@ def _validate(m: Any, source: str) -> dict[str, Any]:
 
 
 def _file_entry(path: Any, meta: Any, source: str) -> None:
-    """One checksummed file of the store: a safe relative path, a sane size and a sha256 hex digest."""
+    """One checksummed file of the store: a safe relative path, a sane size and a hex digest (sha256, or the
+    algorithm the entry names)."""
     safe_path(path)
     _count(meta.get("size"), f"size of {path}")
-    if not isinstance(meta.get("sha256"), str) or not _HEX64.match(meta["sha256"]):
-        raise StoreError(f"{source}: file {path} has no valid sha256 in the manifest; the store is damaged")
+    digest = meta.get(algorithm_of(meta))
+    if not isinstance(digest, str) or not _HEX64.match(digest):
+        raise StoreError(f"{source}: file {path} has no valid sha256 (or blake3) checksum in the manifest; the "
+                         "store is damaged")
 
 
 TASK_KINDS = ("token", "span")
