@@ -71,6 +71,20 @@ def decode_on_device(codes: torch.Tensor, batch: Any, mask: torch.Tensor, device
 
 
 
+def feed_segments(source: Any, task: Task, spec: Any, gold: Any) -> None:
+    """A head with context layers of a task with segment ids (span: question / context) reads them beside the
+    features: attach them, per token, to the split's source."""
+    if getattr(spec, "context_layers", 0) and task.segment_ids:
+        source.segments = task.segments(gold)
+
+
+def run_model(model: torch.nn.Module, batch: Any, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The head on a batch: `model(x, mask)`, plus the batch's segment ids when it carries them (span tasks)."""
+    if batch.segments is None:
+        return model(x, mask)
+    return model(x, mask, torch.from_numpy(batch.segments).to(x.device))
+
+
 @torch.no_grad()
 def infer(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, device: torch.device) -> Any:
     """The task's outputs for every example of the loader's source, in storage order."""
@@ -79,7 +93,7 @@ def infer(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, device:
     for batch in loader.epoch(0):
         x, mask = to_device(batch, device)
         with autocast(device):
-            out = model(x, mask)
+            out = run_model(model, batch, x, mask)
         for i, row in zip(batch.index, task.collect(out, batch, spec)):
             res[int(i)] = row
     return task.gather(res)

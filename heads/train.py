@@ -19,12 +19,12 @@ from featstore.device import pick_device
 from featstore.store import Store, open_store
 
 from .artifacts import head_meta, save_run, check_out
-from .config import TrainConfig, select_stored_layers
+from .config import TrainConfig, context_of, select_stored_layers
 from .data import Loader, check_splits, default_max_memory, make_sources
 from .errors import InputError, StoreError
 from .metrics import mean_std
 from .nets import build_head, count_trainable, reads
-from .runtime import batch_dtype, torch_threads
+from .runtime import batch_dtype, feed_segments, torch_threads
 from .spec import HeadSpec
 from .tasks import Task, resolve_task
 from .trainer import SeedResult, fit, param_groups
@@ -115,7 +115,10 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     gold = {n: task.gold(store.split(n)) for n in names}
     spec = HeadSpec(kind=cfg.head, task=task.name, n_outputs=task.n_outputs, hidden_size=store.width,
                     n_layers_in=len(layers), d_head=cfg.d_head, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                    dropout=cfg.dropout, pooling=pooling, **task.fit(targets[cfg.train_split], cfg.train_split))
+                    dropout=cfg.dropout, pooling=pooling, **context_of(cfg, task),
+                    **task.fit(targets[cfg.train_split], cfg.train_split))
+    for n in names:  # span heads with context layers see which tokens are question / context
+        feed_segments(sources[n], task, spec, gold[n])
     dtype = batch_dtype(device, store.dtype)
     gpu = device.type == "cuda"  # 8-bit codes travel to a GPU as codes and are decoded there
     stats = None

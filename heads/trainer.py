@@ -13,7 +13,7 @@ import torch
 from .config import TrainConfig
 from .data import Loader
 from .errors import InputError
-from .runtime import autocast, infer, score, to_device
+from .runtime import autocast, infer, run_model, score, to_device
 from .tasks import Task
 
 
@@ -71,7 +71,7 @@ def fit(model: torch.nn.Module, groups: list[dict[str, Any]], task: Task, spec: 
             x, mask = to_device(batch, device)
             y = torch.from_numpy(batch.y).to(device)
             with autocast(device):
-                out = model(x, mask)
+                out = run_model(model, batch, x, mask)
             loss = task.loss(out, y, mask, spec)
             if not torch.isfinite(loss):  # a diverged head is never saved as if it had trained
                 raise InputError(f"training diverged (seed {seed}, epoch {epoch}): the loss is {loss.item()}; "
