@@ -2,8 +2,9 @@
 fine-tuning measured on the same splits (`vs_finetune_tasks.py`'s JSON: fine-tuning is not re-run here).
 
     python benchmarks/context_heads.py --store stores/wnut --finetune benchmarks/results/vs_finetune_tasks_wnut.json \\
-        --runs runs/ctx-wnut --variant k0=--context-layers,0 --variant lstm2=--context-layers,2,--context,lstm \\
-        --train-args=--layers,3,5,6,--epochs,10,--lr,2e-3 --seeds 0,1,2 --out benchmarks/results/context_wnut.json
+        --runs runs/ctx-wnut --variant "k0=--context-layers 0" --variant "lstm2=--context-layers 2 --context lstm" \\
+        --train-args "--task token --layers 3,5,6 --epochs 10 --lr 2e-3" --seeds 0,1,2 \\
+        --out benchmarks/results/context_wnut.json
 
 Each variant is `heads train ytuning --store S <train-args> <variant args> --seeds ...` (the CLI, in a
 subprocess), its head written under --runs/<variant>; a variant whose head directory is complete is
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -46,21 +48,21 @@ def main() -> None:
     ap.add_argument("--finetune", required=True, help="vs_finetune_tasks.py JSON measured on the same splits")
     ap.add_argument("--runs", required=True, help="directory for the heads (one per variant)")
     ap.add_argument("--variant", action="append", required=True,
-                    help="NAME=ARG,ARG,...: `heads train` options of one variant (comma-separated)")
-    ap.add_argument("--train-args", default="", help="options every variant shares (comma-separated)")
+                    help="NAME=OPTIONS: `heads train` options of one variant, as on a command line")
+    ap.add_argument("--train-args", default="", help="options every variant shares, as on a command line")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     with open(a.finetune) as f:
         ft = next(r for r in json.load(f)["rows"] if r["method"] == "finetune")
-    shared = [x for x in a.train_args.split(",") if x]
+    shared = shlex.split(a.train_args)
     res = json.load(open(a.out)) if os.path.isfile(a.out) else {}
     res.update({"store": a.store, "finetune": {"test": ft["test"], "primary": ft["primary"],
                                                "seconds_per_epoch": ft["seconds_per_epoch"]}})
     rows = res.setdefault("variants", {})
     for spec in a.variant:
         name, _, args = spec.partition("=")
-        rows[name] = run_variant(a.store, os.path.join(a.runs, name), shared + [x for x in args.split(",") if x],
+        rows[name] = run_variant(a.store, os.path.join(a.runs, name), shared + shlex.split(args),
                                  a.seeds)
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:

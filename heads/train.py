@@ -47,6 +47,7 @@ class TrainResult:
     seconds_per_epoch: float
     device: str
     in_ram: dict[str, bool] = field(default_factory=dict)
+    context: str | None = None  # e.g. "2 x lstm": the context layers over the token memory; None without
 
     @property
     def trainable_percent(self) -> float | None:
@@ -157,7 +158,8 @@ def _train(cfg: TrainConfig, store: Store) -> TrainResult:
     result = TrainResult(out=cfg.out, head=cfg.head, task=task.name, label_column=task.column, primary_metric=primary,
                          splits=roles, layers=layers, seeds=results, summary=summary, best_seed=best_seed,
                          trainable_parameters=n_params, backbone_parameters=store.manifest["model"].get("num_parameters"),
-                         seconds_per_epoch=per_epoch, device=str(device), in_ram=in_ram)
+                         seconds_per_epoch=per_epoch, device=str(device), in_ram=in_ram,
+                         context=f"{spec.context_layers} x {spec.context}" if spec.context_layers else None)
     meta = head_meta(cfg, store, spec, task, layers, result)
     extra = None
     if top is not None:

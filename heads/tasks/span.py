@@ -134,8 +134,14 @@ class SpanExtraction(PositionTask):
         f1_answer = np.array([max(f1_score(found[i][0], a) for a in g) for i, g in zip(first, golds)])
         f1_null = np.array([float(g == [""]) for g in golds])
         cands = np.concatenate([[margin.min() - 1.0], np.unique(margin)])  # "" when margin > t
-        total = [np.where(margin > t, f1_null, f1_answer).sum() for t in cands]
-        return {"null_threshold": float(cands[int(np.argmax(total))])}
+        total = np.array([np.where(margin > t, f1_null, f1_answer).sum() for t in cands])
+        # every t in [cands[k], cands[k + 1]) decides alike: take the middle of the first best run, not its edge
+        k = int(np.argmax(total))
+        last = k
+        while last + 1 < len(total) and total[last + 1] == total[k]:
+            last += 1
+        hi = cands[last + 1] if last + 1 < len(cands) else cands[last] + 2.0
+        return {"null_threshold": float((cands[k] + hi) / 2)}
 
     def apply(self, decision: dict[str, Any]) -> None:
         self.null_threshold = float(decision.get("null_threshold", 0.0))
