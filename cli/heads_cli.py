@@ -68,10 +68,11 @@ def main() -> None:
 @click.option("--context-layers", default=None, type=int, metavar="K",
               help="Token and span tasks (ytuning): K layers over the projected token memory that let each token "
                    "see the others before scoring (span heads also see which tokens are question and which "
-                   "context); 0: none.  [default: the task's, chosen on dev: see docs/token-context.md]")
+                   "context); 0: none.  [default: 2 for token and span tasks (chosen on dev, docs/token-context.md), "
+                   "0 otherwise]")
 @click.option("--context", default=None, type=click.Choice(["lstm", "transformer"]),
               help="Kind of context layers: a residual BiLSTM, or small pre-norm transformer layers.  "
-                   "[default: the task's]")
+                   "[default: lstm]")
 @click.option("--out", required=True, help="Head directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing head directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
