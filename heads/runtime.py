@@ -78,9 +78,11 @@ def feed_segments(source: Any, task: Task, spec: Any, gold: Any) -> None:
         source.segments = task.segments(gold)
 
 
-def run_model(model: torch.nn.Module, batch: Any, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """The head on a batch: `model(x, mask)`, plus the batch's segment ids when it carries them (span tasks)."""
-    if batch.segments is None:
+def run_model(model: torch.nn.Module, spec: Any, batch: Any, x: torch.Tensor, mask: torch.Tensor | None
+              ) -> torch.Tensor:
+    """The head on a batch: `model(x, mask)`, plus the batch's segment ids when the head has context layers that
+    read them (span tasks; heads sharing one source may differ)."""
+    if batch.segments is None or not getattr(spec, "context_layers", 0):
         return model(x, mask)
     return model(x, mask, torch.from_numpy(batch.segments).to(x.device))
 
@@ -93,7 +95,7 @@ def infer(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, device:
     for batch in loader.epoch(0):
         x, mask = to_device(batch, device)
         with autocast(device):
-            out = run_model(model, batch, x, mask)
+            out = run_model(model, spec, batch, x, mask)
         for i, row in zip(batch.index, task.collect(out, batch, spec)):
             res[int(i)] = row
     return task.gather(res)

@@ -71,7 +71,7 @@ def fit(model: torch.nn.Module, groups: list[dict[str, Any]], task: Task, spec: 
             x, mask = to_device(batch, device)
             y = torch.from_numpy(batch.y).to(device)
             with autocast(device):
-                out = run_model(model, batch, x, mask)
+                out = run_model(model, spec, batch, x, mask)
             loss = task.loss(out, y, mask, spec)
             if not torch.isfinite(loss):  # a diverged head is never saved as if it had trained
                 raise InputError(f"training diverged (seed {seed}, epoch {epoch}): the loss is {loss.item()}; "
