@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 
 from cli.heads_cli import main
-from featstore.extract import ExtractConfig, extract
 from heads import TrainConfig, evaluate, predict, train
 from heads.errors import InputError
 from heads.nets import build_head
@@ -19,7 +18,7 @@ from heads.tasks.positions import Alignment
 from heads.tasks.span import SpanExtraction
 from heads.tasks.token import TokenTagging
 
-from ..featstore.test_stride import MAX_LENGTH, STRIDE, qa_rows, write_rows
+from ..featstore.test_stride import windowed  # noqa: F401  (a fixture)
 from .synthetic import TAGS, _directions, planted_tokens, write_store
 
 SMALL = ["--d-head", "32", "--n-layers", "1", "--n-heads", "2", "--lr", "5e-3", "--epochs", "25", "--patience", "25",
@@ -167,22 +166,17 @@ def test_no_answer_threshold_is_chosen_on_dev():
 
 
 @pytest.fixture(scope="module")
-def windowed_run(bert, tmp_path_factory):
-    d = tmp_path_factory.mktemp("stride-heads")
-    rows = qa_rows()
-    data = write_rows(d / "qa.jsonl", rows)
-    store = str(d / "st")
-    extract(ExtractConfig(model=bert, data={"train": data, "test": data}, out=store, task="span", layers="-1",
-                          max_length=MAX_LENGTH, stride=STRIDE, progress=False))
-    run = str(d / "run")
-    train(TrainConfig("ytuning", store=store, out=run, dev_split="none", test_split="test", epochs=2, d_head=32,
+def windowed_run(windowed, tmp_path_factory):
+    rows, st, *_ = windowed  # a --stride store of long QA contexts (tests/featstore/test_stride.py)
+    run = str(tmp_path_factory.mktemp("stride-heads") / "run")
+    train(TrainConfig("ytuning", store=st.path, out=run, dev_split="none", test_split="none", epochs=2, d_head=32,
                       n_layers=1, n_heads=2, progress=False))
-    return rows, store, run
+    return rows, st.path, run
 
 
 def test_stride_predict_equals_eval(windowed_run):
     rows, store, run = windowed_run
-    ev = evaluate(run, store, "test")
+    ev = evaluate(run, store, "train")
     by_q: dict[str, dict] = {}
     for p in ev.predictions:
         by_q.setdefault(p["id"].split("#")[0], p)
