@@ -65,6 +65,14 @@ def main() -> None:
 @click.option("--top-lr", default=5e-5, show_default=True, type=float,
               help="Peak learning rate of the tuned top layers (0: frozen).")
 @click.option("--backbone", default=None, help="Backbone directory for --tune-top-layers, when the store's moved.")
+@click.option("--context-layers", default=None, type=int, metavar="K",
+              help="Token and span tasks (ytuning): K layers over the projected token memory that let each token "
+                   "see the others before scoring (span heads also see which tokens are question and which "
+                   "context); 0: none.  [default: 2 for token and span tasks (chosen on dev, docs/token-context.md), "
+                   "0 otherwise]")
+@click.option("--context", default=None, type=click.Choice(["lstm", "transformer"]),
+              help="Kind of context layers: a residual BiLSTM, or small pre-norm transformer layers.  "
+                   "[default: lstm]")
 @click.option("--out", required=True, help="Head directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing head directory at --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -74,7 +82,8 @@ def main() -> None:
 @user_errors
 def train(head, store, label_column, task, train_split, dev_split, test_split, layers, epochs, batch_size, lr,
           weight_decay, warmup, schedule, grad_clip, patience, seeds, d_head, n_layers, n_heads, dropout, label_init,
-          pooling, max_memory, device, threads, tune_top_layers, top_lr, backbone, out, overwrite, quiet, as_json,
+          pooling, max_memory, device, threads, tune_top_layers, top_lr, backbone, context_layers, context, out,
+          overwrite, quiet, as_json,
           storage_option, cache_dir) -> None:
     """Train a HEAD (ytuning, linear or mlp) on a store's features; write it to --out.
 
@@ -94,7 +103,8 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
                       max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
                       threads=threads, overwrite=overwrite, progress=not quiet,
                       storage_options=common.options(storage_option), cache_dir=cache_dir,
-                      tune_top_layers=tune_top_layers, top_lr=top_lr, backbone=backbone)
+                      tune_top_layers=tune_top_layers, top_lr=top_lr, backbone=backbone,
+                      context_layers=context_layers, context=context)
     result = run(cfg)
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_train(result))
 

@@ -206,6 +206,9 @@ _META_CHECKS = [
     ("store.dtype", lambda m: m["store"]["dtype"] in ("float16", "bfloat16", "float32")),
     ("backbone", lambda m: isinstance(m["backbone"], dict) and isinstance(m["backbone"].get("name") or
                                                                          m["backbone"].get("path"), str)),
+    ("untrained_labels", lambda m: "untrained_labels" not in m or (
+        isinstance(m["untrained_labels"], list) and isinstance(m["label_names"], list)
+        and all(n in m["label_names"] for n in m["untrained_labels"]))),
     ("decisions", lambda m: "decisions" not in m or all(
         isinstance(d, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d.values())
         for d in m["decisions"].values())),

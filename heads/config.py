@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from .errors import InputError
 from .registry import HEADS, TASKS, head_class
+from .spec import CONTEXT_KINDS
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -51,6 +52,9 @@ class TrainConfig:
     tune_top_layers: int = 0  # >0: also tune the backbone's top m layers, fed the stored layer N-m (heads.top_layers)
     top_lr: float = 5e-5  # their peak learning rate (a fine-tuning one); 0 keeps them frozen
     backbone: str | None = None  # the backbone's directory when the one named in the store moved
+    # context layers over the head's token memory (heads.context); None: the task's default for heads that have one
+    context_layers: int | None = None
+    context: str | None = None  # lstm | transformer; None: the task's default
 
     def __post_init__(self) -> None:
         if self.head in HEADS and (self.layers is None or self.lr is None):
@@ -103,6 +107,13 @@ class TrainConfig:
             p.append(f"--tune-top-layers works with {able} heads, not {self.head}")
         if not isinstance(self.top_lr, (int, float)) or not 0 <= self.top_lr < float("inf"):
             p.append(f"--top-lr {self.top_lr!r}: must be >= 0 (0 keeps the top layers frozen)")
+        if self.context_layers is not None and not _nonneg_int(self.context_layers):
+            p.append(f"--context-layers {self.context_layers!r}: must be 0 or a positive integer")
+        elif self.context_layers and kind is not None and not kind.token_context:
+            able = " and ".join(k for k in HEADS if head_class(k).token_context)
+            p.append(f"--context-layers works with {able} heads, not {self.head}; drop it or use --context-layers 0")
+        if self.context is not None and self.context not in CONTEXT_KINDS:
+            p.append(f"--context {self.context!r}: use one of {', '.join(CONTEXT_KINDS)}")
         if self.label_init not in ("random", "prior"):
             p.append(f"--label-init {self.label_init!r}: use random or prior")
         elif self.label_init == "prior" and kind is not None and not kind.label_queries:
@@ -160,6 +171,16 @@ def parse_bytes(spec: str) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise InputError(f"bad --max-memory {spec!r}: use a size like 8GB, 512MiB or 0")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def context_of(cfg: TrainConfig, task: Any) -> dict[str, Any]:
+    """HeadSpec's context fields: the options given, else the task's measured default (heads with a token memory
+    only; a head without one gets none)."""
+    if not head_class(cfg.head).token_context:
+        return {"context_layers": 0, "context": cfg.context or "lstm"}
+    layers, kind = task.default_context
+    return {"context_layers": layers if cfg.context_layers is None else cfg.context_layers,
+            "context": cfg.context or kind}
 
 
 def select_stored_layers(spec: str | Sequence[int], stored: list[int]) -> list[int]:

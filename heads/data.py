@@ -70,12 +70,14 @@ class Batch:
     scale: np.ndarray | None = None  # (B, T, L) row scales of coded `x`
     seg: np.ndarray | None = None  # (B,) segment of each example of coded `x`
     codec: Codec | None = None
+    segments: np.ndarray | None = None  # (B, T) int64 segment id per token (span tasks: 0 question, 1 context)
 
 
 class TokenSource:
     """Token features of chosen layers of one split, read by contiguous example ranges."""
 
     codec: Codec | None = None  # set when `read` returns `Coded` rows
+    segments: np.ndarray | None = None  # (n_tokens,) segment id per token, batched beside the features when set
 
     def __init__(self, lengths: np.ndarray, n_layers: int, hidden: int, token_bytes: int):
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -135,7 +137,12 @@ class TokenSource:
                 x[b, :n] = self.codec.decode(block.codes[a:a + n], block.scale[a:a + n], int(block.seg[a]))
             else:
                 x[b, :n] = block[a:a + n]  # float16 -> float32 here, one batch at a time
-        return Batch(x, mask, None, idx, scale, seg, self.codec if keep else None)
+        segments = None
+        if self.segments is not None:
+            segments = np.zeros((B, T), dtype=np.int64)
+            for b, (i, n) in enumerate(zip(idx, lens)):
+                segments[b, :n] = self.segments[self.offsets[i]:self.offsets[i] + n]
+        return Batch(x, mask, None, idx, scale, seg, self.codec if keep else None, segments)
 
 
 class StoreTokens(TokenSource):

@@ -13,7 +13,7 @@ from featstore.store.manifest import diff_settings
 from .artifacts import LoadedHead, load_head
 from .data import Loader, default_max_memory, make_sources
 from .errors import HeadError, InputError
-from .runtime import batch_dtype, score, torch_threads
+from .runtime import batch_dtype, feed_segments, score, torch_threads
 from .tasks import resolve_task
 
 
@@ -89,6 +89,7 @@ def _evaluate(run: str, store: str, split: str, seed: int | None, batch_size: in
         loader = Loader(sources[split], None, batch_size, shuffle=False, dtype=batch_dtype(dev, st.dtype),
                         codes_out=dev.type == "cuda")
         gold = task.gold(sp)
+        feed_segments(sources[split], task, head.spec, gold)
         metrics, outputs, preds = score(head.model, task, head.spec, loader, gold, dev)
         ids, rows = sp.example_ids, sp.rows
         recs = [{"id": ids[i], "row": int(rows[i]), **task.eval_record(i, outputs, preds, gold)}

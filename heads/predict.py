@@ -17,7 +17,7 @@ from featstore.extract.inputs import SplitData
 from .artifacts import PROJECTION, LoadedHead, load_head
 from .data import ArrayTokens, Loader, PooledSource
 from .errors import HeadError, InputError
-from .runtime import batch_dtype, infer
+from .runtime import batch_dtype, feed_segments, infer
 
 
 def load_backbone(head: LoadedHead, model: str | None = None, verify: bool = True) -> Any:
@@ -78,12 +78,17 @@ def predict(run: str, texts: Sequence[str], pairs: Sequence[str] | None = None, 
     lm = load_backbone(head, model, verify_backbone)
     feats = extract_features(head, lm, split, batch_size, str(dev))
     source = ArrayTokens(feats.tokens, feats.lengths) if feats.tokens is not None else PooledSource(feats.pooled)
+    gold = task.predict_gold(prepared, feats)
+    feed_segments(source, task, head.spec, gold)
     loader = Loader(source, None, batch_size, shuffle=False, dtype=batch_dtype(dev, head.meta["store"]["dtype"]))
     outputs = infer(head.model, task, head.spec, loader, dev)  # storage order
-    preds = task.decode(outputs, task.predict_gold(prepared, feats))
+    preds = task.decode(outputs, gold)
+    question = (split.extra or {}).get("question")  # span heads of --stride stores: each window's input
     recs: list[dict[str, Any]] = [{} for _ in texts]
-    for j, i in enumerate(feats.order):
-        recs[int(i)] = task.predict_record(int(i), j, prepared, outputs, preds)
+    for j, r in enumerate(feats.order):
+        i = int(r) if question is None else int(question[r])
+        if not recs[i]:  # a question's windows share its one answer
+            recs[i] = task.predict_record(i, j, prepared, outputs, preds)
     return recs
 
 

@@ -17,7 +17,8 @@ def format_train(r: TrainResult) -> str:
     metrics = list(next(iter(r.summary.values())))
     seeds = [s.seed for s in r.seeds]
     role = {v: k for k, v in r.splits.items() if v is not None}
-    lines = [f"{r.head} on {r.label_column!r} ({r.task}), layers {r.layers}, seeds {','.join(map(str, seeds))}; "
+    context = f", context {r.context}" if r.context else ""
+    lines = [f"{r.head} on {r.label_column!r} ({r.task}), layers {r.layers}{context}, seeds {','.join(map(str, seeds))}; "
              f"primary metric: {r.primary_metric}" + (f", model selection on {r.splits['dev']!r}"
                                                       if r.splits.get("dev") else ", no dev split: last epoch kept")]
     head = f"{'split':<22}" + "".join(f"{m:>20}" for m in metrics)

@@ -74,6 +74,22 @@ def infer(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, device:
     return infer_many([model], [task], [spec], loader, device)[0]
 
 
+def feed_segments(source: Any, task: Task, spec: Any, gold: Any) -> None:
+    """A head with context layers of a task with segment ids (span: question / context) reads them beside the
+    features: attach them, per token, to the split's source."""
+    if getattr(spec, "context_layers", 0) and task.segment_ids:
+        source.segments = task.segments(gold)
+
+
+def run_model(model: torch.nn.Module, spec: Any, batch: Any, x: torch.Tensor, mask: torch.Tensor | None
+              ) -> torch.Tensor:
+    """The head on a batch: `model(x, mask)`, plus the batch's segment ids when the head has context layers that
+    read them (span tasks; heads sharing one source may differ)."""
+    if batch.segments is None or not getattr(spec, "context_layers", 0):
+        return model(x, mask)
+    return model(x, mask, torch.from_numpy(batch.segments).to(x.device))
+
+
 @torch.no_grad()
 def infer_many(models: list[torch.nn.Module], tasks: list[Task], specs: list[Any], loader: Loader,
                device: torch.device) -> list[Any]:
@@ -85,7 +101,7 @@ def infer_many(models: list[torch.nn.Module], tasks: list[Task], specs: list[Any
         x, mask = to_device(batch, device)
         for model, task, spec, rows in zip(models, tasks, specs, res):
             with autocast(device):
-                out = model(x, mask)
+                out = run_model(model, spec, batch, x, mask)
             for i, row in zip(batch.index, task.collect(out, batch, spec)):
                 rows[int(i)] = row
     return [task.gather(rows) for task, rows in zip(tasks, res)]

@@ -8,6 +8,8 @@ from typing import Any
 from .errors import HeadError, InputError
 from .registry import HEADS, TASKS, head_class
 
+CONTEXT_KINDS = ("lstm", "transformer")  # heads.context.KINDS, without importing torch
+
 
 @dataclass
 class HeadSpec:
@@ -24,6 +26,8 @@ class HeadSpec:
     pooling: str | None = None  # cls | mean for heads reading pooled vectors; None for those reading tokens
     target_mean: float = 0.0  # regression targets are standardised with train statistics
     target_std: float = 1.0
+    context_layers: int = 0  # layers over the projected memory that let tokens see each other (heads.context)
+    context: str = "lstm"  # lstm | transformer; ignored when context_layers is 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -37,8 +41,16 @@ class HeadSpec:
                 problems.append(f"{name} = {v!r}: must be a positive integer")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             problems.append(f"--dropout {self.dropout!r}: must be in [0, 1)")
+        if not isinstance(self.context_layers, int) or isinstance(self.context_layers, bool) or self.context_layers < 0:
+            problems.append(f"--context-layers {self.context_layers!r}: must be 0 or a positive integer")
+        if self.context not in CONTEXT_KINDS:
+            problems.append(f"--context {self.context!r}: use one of {', '.join(CONTEXT_KINDS)}")
         if not isinstance(self.target_std, (int, float)) or self.target_std <= 0:
             problems.append(f"target_std {self.target_std!r}: must be positive")
+        if not problems and self.context_layers and not head_class(self.kind).token_context:
+            able = [k for k in HEADS if head_class(k).token_context]
+            problems.append(f"--context-layers: the {self.kind} head has no token memory to add context to; use "
+                            f"{' or '.join(able)}, or --context-layers 0")
         if not problems:
             problems += head_class(self.kind).spec_problems(self)
         if problems:

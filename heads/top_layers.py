@@ -268,9 +268,11 @@ class TunedModel(nn.Module):
         w = mask.to(h.dtype)[:, :, None, None]  # (B, T, 1, 1)
         return (h * w).sum(1) / w.sum(1)  # (B, L_head, D)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x, mask)
-        return self.head(h, mask) if self.pooling is None else self.head(h)
+        if self.pooling is not None:
+            return self.head(h)
+        return self.head(h, mask) if segments is None else self.head(h, mask, segments)
 
 
 @torch.no_grad()

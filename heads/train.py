@@ -19,12 +19,12 @@ from featstore.device import pick_device
 from featstore.store import Store, open_store
 
 from .artifacts import head_meta, save_run, check_out
-from .config import TrainConfig, select_stored_layers
+from .config import TrainConfig, context_of, select_stored_layers
 from .data import Loader, check_splits, default_max_memory, make_sources
 from .errors import InputError, StoreError
 from .metrics import mean_std
 from .nets import build_head, count_trainable, reads
-from .runtime import batch_dtype, torch_threads
+from .runtime import batch_dtype, feed_segments, torch_threads
 from .spec import HeadSpec
 from .tasks import Task, resolve_task
 from .trainer import Member, SeedResult, fit_group, param_groups
@@ -47,6 +47,7 @@ class TrainResult:
     seconds_per_epoch: float
     device: str
     in_ram: dict[str, bool] = field(default_factory=dict)
+    context: str | None = None  # e.g. "2 x lstm": the context layers over the token memory; None without
 
     @property
     def trainable_percent(self) -> float | None:
@@ -153,7 +154,10 @@ def plan_run(cfg: TrainConfig, store: Store, shared: dict[tuple, tuple] | None =
     gold = {n: task.gold(store.split(n)) for n in names}
     spec = HeadSpec(kind=cfg.head, task=task.name, n_outputs=task.n_outputs, hidden_size=store.width,
                     n_layers_in=len(layers), d_head=cfg.d_head, n_layers=cfg.n_layers, n_heads=cfg.n_heads,
-                    dropout=cfg.dropout, pooling=pooling, **task.fit(targets[cfg.train_split], cfg.train_split))
+                    dropout=cfg.dropout, pooling=pooling, **context_of(cfg, task),
+                    **task.fit(targets[cfg.train_split], cfg.train_split))
+    for n in names:  # span heads with context layers see which tokens are question / context
+        feed_segments(sources[n], task, spec, gold[n])
     return RunPlan(cfg=cfg, task=task, layers=layers, pooling=pooling, top=top, prior=prior, names=names,
                    sources=sources, in_ram=in_ram, targets=targets, gold=gold, spec=spec, device=device,
                    dtype=batch_dtype(device, store.dtype), read=read)
@@ -213,7 +217,9 @@ def save_result(plan: RunPlan, store: Store, results: list[SeedResult], states: 
     result = TrainResult(out=cfg.out, head=cfg.head, task=task.name, label_column=task.column, primary_metric=primary,
                          splits=roles, layers=layers, seeds=results, summary=summary, best_seed=best_seed,
                          trainable_parameters=n_params, backbone_parameters=store.manifest["model"].get("num_parameters"),
-                         seconds_per_epoch=per_epoch, device=str(plan.device), in_ram=plan.in_ram)
+                         seconds_per_epoch=per_epoch, device=str(plan.device), in_ram=plan.in_ram,
+                         context=(f"{plan.spec.context_layers} x {plan.spec.context}" if plan.spec.context_layers
+                                  else None))
     meta = head_meta(cfg, store, plan.spec, task, layers, result)
     extra = None
     if plan.top is not None:

@@ -20,7 +20,7 @@ import torch
 from .config import TrainConfig
 from .data import Loader
 from .errors import InputError
-from .runtime import autocast, infer_many, to_device
+from .runtime import autocast, infer_many, run_model, to_device
 from .tasks import Task
 
 
@@ -114,10 +114,10 @@ class Member:
             self.frozen.eval()
         self.epoch, self.loss_sum, self.n = epoch, 0.0, 0
 
-    def step(self, x: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor, n: int) -> None:
+    def step(self, batch: Any, x: torch.Tensor, mask: torch.Tensor | None, y: torch.Tensor) -> None:
         set_rng_state(self.rng, self.device)
         with autocast(self.device):
-            out = self.model(x, mask)
+            out = run_model(self.model, self.spec, batch, x, mask)
         loss = self.task.loss(out, y, mask, self.spec)
         if not torch.isfinite(loss):  # a diverged head is never saved as if it had trained
             raise Diverged(f"training diverged (seed {self.seed}, epoch {self.epoch}): the loss is {loss.item()}; "
@@ -129,6 +129,7 @@ class Member:
         self.opt.step()
         self.sched.step()
         self.rng = rng_state(self.device)
+        n = len(batch.index)
         self.loss_sum, self.n = self.loss_sum + loss.item() * n, self.n + n
 
     def end_epoch(self, seconds: float, dev: dict[str, float] | None) -> bool:
@@ -186,7 +187,7 @@ def fit_group(members: list[Member], loaders: dict[str, Loader], gold: dict[str,
             y = torch.from_numpy(batch.y).to(device)
             for m in active:
                 try:
-                    m.step(x, mask, y, len(batch.index))
+                    m.step(batch, x, mask, y)
                 except Diverged as e:
                     if not drop_diverged:
                         raise

@@ -24,6 +24,7 @@ class HeadKind:
     default_lr: ClassVar[float] = 1e-3
     tunes_top_layers: ClassVar[bool] = False  # works under --tune-top-layers
     label_queries: ClassVar[bool] = False  # has label queries that --label-init prior can set
+    token_context: ClassVar[bool] = False  # takes --context-layers: context layers over its token memory
 
     @classmethod
     def size_problems(cls, d_head: int, n_heads: int) -> list[str]:

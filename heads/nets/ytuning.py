@@ -1,6 +1,7 @@
 """Y-Tuning (Liu et al., arXiv 2202.09817): learned label representations aligned with fixed text features.
 
     tokens (B, T, L, D) --softmax layer mix--> (B, T, D) --LayerNorm + Linear--> memory (B, T, d)
+    --context_layers x [BiLSTM | pre-norm transformer layer] (heads.context; none by default)--> memory (B, T, d)
     label queries (Y, d) --n_layers x [self-attention among labels, cross-attention to memory, FFN]--> (B, Y, d)
     example tasks:  shared scorer Linear(d, 1) --> logits (B, Y)   (regression: one query, its score)
     position tasks: logits[b, t, y] = <memory_t, rep_y> / sqrt(d) + bias_y --> (B, T, Y)   (span: Y = start, end)
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..context import ContextEncoder
+from ..registry import task_class
 from ..spec import HeadSpec
 from .base import HeadKind, LayerMix
 
@@ -53,13 +56,19 @@ class LabelModule(nn.Module):
         self.queries = nn.Parameter(torch.randn(spec.n_outputs, d))  # (Y, d), unit scale like an embedding
         self.blocks = nn.ModuleList(LabelBlock(d, spec.n_heads, spec.dropout, spec.ffn_mult)
                                     for _ in range(spec.n_layers))
+        # built last: with no context layers it has no parameters and draws no random numbers, so the head is
+        # exactly the one without it
+        self.context = ContextEncoder(d, spec.context, spec.context_layers, spec.n_heads, spec.dropout,
+                                      segments=task_class(spec.task).segment_ids)
 
     def memory(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.mix(x))  # (B, T, L, D) -> (B, T, D) -> (B, T, d)
 
-    def attend(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, L, D) token features, mask (B, T) True on real tokens -> (memory (B, T, d), labels (B, Y, d))."""
-        memory = self.memory(x)
+    def attend(self, x: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, L, D) token features, mask (B, T) True on real tokens, segments (B, T) 0/1 (span tasks:
+        question / context) -> (memory (B, T, d), labels (B, Y, d))."""
+        memory = self.context(self.memory(x), mask, segments)
         q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, Y, d)
         for block in self.blocks:
             q = block(q, memory, ~mask)
@@ -90,8 +99,8 @@ class YTuningHead(LabelModule):
         self.ln_out = nn.LayerNorm(spec.d_head)
         self.scorer = nn.Linear(spec.d_head, 1)  # shared by every label
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        _, q = self.attend(x, mask)  # (B, Y, d)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        _, q = self.attend(x, mask, segments)  # (B, Y, d)
         return self.scorer(self.ln_out(q)).squeeze(-1)  # (B, Y)
 
 
@@ -104,8 +113,8 @@ class TokenYTuningHead(LabelModule):
         self.ln_mem = nn.LayerNorm(spec.d_head)
         self.bias = nn.Parameter(torch.zeros(spec.n_outputs))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        memory, q = self.attend(x, mask)  # (B, T, d), (B, Y, d)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        memory, q = self.attend(x, mask, segments)  # (B, T, d), (B, Y, d)
         reps = self.ln_label(q)  # (B, Y, d)
         scores = torch.einsum("btd,byd->bty", self.ln_mem(memory), reps) / math.sqrt(reps.shape[-1])
         return scores + self.bias  # (B, T, Y)
@@ -117,10 +126,17 @@ class YTuning(HeadKind):
     default_layers = "all"
     tunes_top_layers = True
     label_queries = True
+    token_context = True
 
     @classmethod
     def size_problems(cls, d_head: int, n_heads: int) -> list[str]:
         return [f"--d-head {d_head} is not divisible by --n-heads {n_heads}"] if d_head % n_heads else []
+
+    @classmethod
+    def spec_problems(cls, spec: HeadSpec) -> list[str]:
+        odd = spec.context_layers and spec.context == "lstm" and spec.d_head % 2
+        return cls.size_problems(spec.d_head, spec.n_heads) + (
+            [f"--context lstm runs d_head/2 units each way: --d-head {spec.d_head} must be even"] if odd else [])
 
     @classmethod
     def build(cls, spec: HeadSpec, output: str) -> nn.Module:

@@ -26,9 +26,15 @@ class Task(ABC):
     extraction_task: ClassVar[str | None] = None  # featstore's token | span tokenization for raw text; None: plain
     named_outputs: ClassVar[bool] = True  # one name per output (labels, tags): head.json must list them
     label_queries_from_names: ClassVar[bool] = False  # --label-init prior: queries from the label names' features
+    # `heads train` without --context-layers/--context: (layers, kind) of context over the memory, chosen by dev
+    # results (docs/token-context.md); none for sentence tasks, whose heads read a whole example anyway
+    default_context: ClassVar[tuple[int, str]] = (0, "lstm")
+    segment_ids: ClassVar[bool] = False  # the head's token context sees which tokens are which (span: question/context)
 
     column: str
     label_names: list[str] | None
+    # labels of the vocabulary that the training split lacks (kept by extraction for dev/test): never predicted
+    untrained: tuple[str, ...] = ()
 
     # -- which tasks a store holds -------------------------------------------------------------------------
     @classmethod
@@ -75,6 +81,24 @@ class Task(ABC):
     def loss(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, spec: Any) -> torch.Tensor:
         ...
 
+    def note_untrained(self, trained_ids: np.ndarray) -> None:
+        """Remember the labels absent from the training targets (`trained_ids`: the ids that occur)."""
+        seen = set(int(k) for k in np.unique(trained_ids))
+        self.untrained = tuple(n for k, n in enumerate(self.label_names or []) if k not in seen)
+
+    def untrained_meta(self) -> dict[str, Any]:
+        return {"untrained_labels": list(self.untrained)} if self.untrained else {}
+
+    def mask_untrained(self, scores: np.ndarray) -> np.ndarray:
+        """`scores` (..., Y) with the untrained labels' scores at -inf: a head that never saw a label cannot
+        sensibly predict it, and a weak head's noise on its output would otherwise surface as predictions."""
+        if not self.untrained:
+            return scores
+        idx = [self.label_names.index(n) for n in self.untrained]
+        scores = np.array(scores, dtype=np.float64, copy=True)
+        scores[..., idx] = -np.inf
+        return scores
+
     def decide(self, outputs: Any, gold: Any) -> dict[str, Any]:
         """Decision settings chosen on the trained model's dev outputs (e.g. a threshold); saved per seed."""
         return {}
@@ -94,6 +118,11 @@ class Task(ABC):
     def gold(self, split: Split) -> Any:
         """What scoring a split needs besides the outputs (default: its targets)."""
         return self.targets(split)
+
+    def segments(self, gold: Any) -> np.ndarray | None:
+        """With `segment_ids`: per token (flat, storage order) its segment id, from what `gold` (or
+        `predict_gold`) returned; the head's context layers add a learned embedding of it."""
+        return None
 
     @abstractmethod
     def decode(self, outputs: Any, gold: Any) -> list[Any]:
@@ -145,7 +174,8 @@ class ExampleTask(Task):
         return cls(meta["label_column"], meta["label_names"])  # type: ignore[call-arg]
 
     def to_meta(self) -> dict[str, Any]:
-        return {"label_column": self.column, "label_names": self.label_names, "label_values": None, "seq_task": None}
+        return {"label_column": self.column, "label_names": self.label_names, "label_values": None, "seq_task": None,
+                **self.untrained_meta()}
 
     def collect(self, out: torch.Tensor, batch: Any, spec: Any) -> np.ndarray:
         return self.outputs(out, spec).cpu().numpy()

@@ -43,6 +43,7 @@ class Classification(ExampleTask):
     def fit(self, y_train: np.ndarray, split: str) -> dict[str, Any]:
         if len(np.unique(y_train)) < 2:
             raise InputError(f"split {split!r} has only one class of {self.column!r}; nothing to learn")
+        self.note_untrained(y_train)
         return {}
 
     def loss(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, spec: Any) -> torch.Tensor:
@@ -51,8 +52,15 @@ class Classification(ExampleTask):
     def outputs(self, out: torch.Tensor, spec: Any) -> torch.Tensor:
         return out.float().softmax(-1)  # (B, Y) class probabilities
 
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "Classification":
+        task = cls(meta["label_column"], meta["label_names"])
+        task.untrained = tuple(meta.get("untrained_labels") or ())
+        return task
+
     def decode(self, outputs: np.ndarray, gold: Any) -> list[int]:
-        return [int(k) for k in outputs.argmax(1)] if len(outputs) else []
+        """The most probable class among those the training split has."""
+        return [int(k) for k in self.mask_untrained(outputs).argmax(1)] if len(outputs) else []
 
     def metrics(self, outputs: np.ndarray, preds: list[int], gold: np.ndarray) -> dict[str, float]:
         k, pred = self.n_outputs, np.asarray(preds, dtype=np.int64)

@@ -26,20 +26,26 @@ class Alignment:
     char_start: np.ndarray  # (n_tokens,)
     char_end: np.ndarray  # (n_tokens,)
     gold: list[dict[str, Any]] = field(default_factory=list)
+    # span stores with --stride windows: per example (a window), the question it belongs to; None: one per question
+    question: np.ndarray | None = None
 
     @classmethod
     def of(cls, split: Split) -> "Alignment":
+        win = split.span_windows()
         return cls(offsets=split.offsets, word_index=split.token_array("word_index"),
                    char_start=split.token_array("char_start"), char_end=split.token_array("char_end"),
-                   gold=split.gold())
+                   gold=split.gold(), question=None if win is None else win["question"])
 
     @classmethod
-    def of_features(cls, features: Any, gold: list[dict[str, Any]]) -> "Alignment":
-        """Raw texts featurised for predict (`featstore.extract.featurise`), gold records in input order."""
+    def of_features(cls, features: Any, gold: list[dict[str, Any]], question: np.ndarray | None = None
+                    ) -> "Alignment":
+        """Raw texts featurised for predict (`featstore.extract.featurise`), gold records in input order.
+        `question`: with windows, each featurised example's (input order) question, an index into `gold`."""
         offsets = np.concatenate([[0], np.cumsum(features.lengths)])
+        rows = features.order if question is None else np.asarray(question)[features.order]
         return cls(offsets=offsets, word_index=features.token_extra("word_index"),
                    char_start=features.token_extra("char_start"), char_end=features.token_extra("char_end"),
-                   gold=[gold[r] for r in features.order])
+                   gold=[gold[r] for r in rows], question=None if question is None else rows)
 
     def example(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b = int(self.offsets[i]), int(self.offsets[i + 1])

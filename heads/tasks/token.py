@@ -22,6 +22,7 @@ from .positions import Alignment, PositionTask
 class TokenTagging(PositionTask):
     name = "token"
     store_kind = extraction_task = "token"
+    default_context = (2, "lstm")
 
     def __init__(self, label_names: list[str], scheme: str | None, column: str = "tags"):
         super().__init__()
@@ -43,11 +44,13 @@ class TokenTagging(PositionTask):
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> "TokenTagging":
         info = meta.get("seq_task") or {}
-        return cls(meta["label_names"], info.get("scheme"), meta.get("label_column") or "tags")
+        task = cls(meta["label_names"], info.get("scheme"), meta.get("label_column") or "tags")
+        task.untrained = tuple(meta.get("untrained_labels") or ())
+        return task
 
     def to_meta(self) -> dict[str, Any]:
         return {"label_column": self.column, "label_names": self.label_names, "label_values": None,
-                "seq_task": {"scheme": self.scheme, "null_answers": False}}
+                "seq_task": {"scheme": self.scheme, "null_answers": False}, **self.untrained_meta()}
 
     @property
     def primary(self) -> str:
@@ -68,6 +71,10 @@ class TokenTagging(PositionTask):
             out[i, :off[i + 1] - off[i]] = flat[off[i]:off[i + 1]]
         return out
 
+    def fit(self, y_train: np.ndarray, split: str) -> dict[str, Any]:
+        self.note_untrained(y_train[y_train >= 0])
+        return {}
+
     def loss(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None, spec: Any) -> torch.Tensor:
         """Cross-entropy over tags on first sub-words (-100 elsewhere)."""
         out = out.float()
@@ -75,13 +82,13 @@ class TokenTagging(PositionTask):
         return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), ignore_index=IGNORE)
 
     def decode(self, outputs: list[np.ndarray], gold: Alignment) -> list[list[str]]:
-        """Per example: the predicted tag of each word (its first sub-word's argmax)."""
+        """Per example: the predicted tag of each word (its first sub-word's argmax over the tags train has)."""
         preds = []
         fallback = "O" if "O" in self.label_names else self.label_names[0]
         for i, lg in enumerate(outputs):
             words = gold.example(i)[0]
             tags = [fallback] * len(gold.gold[i]["words"])
-            best = lg.argmax(-1)  # (T,)
+            best = self.mask_untrained(lg).argmax(-1)  # (T,)
             for t in range(len(words)):
                 w = words[t]
                 if w >= 0 and (t == 0 or words[t - 1] != w):
