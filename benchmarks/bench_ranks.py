@@ -85,9 +85,9 @@ def main() -> None:
     print(f"speed-up {speedup:.2f}x, scaling efficiency {result['efficiency']:.0%} end to end; "
           f"forward loop {loop_speedup:.2f}x, {result['loop_efficiency']:.0%}")
     if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(result, f, indent=1)
+        from benchmarks import write_json
+
+        write_json(a.json, result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -141,9 +140,9 @@ def main() -> None:
               f"{q['default_test']['mean']:.4f} ± {q['default_test']['std']:.4f}")
     out["load_after"] = os.getloadavg()
     if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        from benchmarks import write_json
+
+        write_json(a.json, out)
 
 
 if __name__ == "__main__":
