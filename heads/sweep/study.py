@@ -164,7 +164,10 @@ class Study:
         TS = _optuna().trial.TrialState
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
-            if not _alive(t.user_attrs.get("worker") or {}):
+            worker = t.user_attrs.get("worker")
+            # no worker recorded under the claim lock we hold: its claimer was killed between asking and recording
+            dead = self.lock_path is not None if worker is None else not _alive(worker)
+            if dead:
                 self.study.tell(t.number, state=TS.FAIL, skip_if_finished=True)
                 self.study.enqueue_trial(t.params, user_attrs={"key": t.user_attrs.get("key"),
                                                                "requeued_from": t.number})

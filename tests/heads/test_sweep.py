@@ -200,3 +200,20 @@ def test_two_workers_on_one_study_never_train_a_config_twice(store, tmp_path):
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
         # a trial's worker is recorded when it is claimed, and a config is trained only by its claimer
         assert all(os.path.isfile(os.path.join(d, "trials", k, "result.json")) for k in keys)
+
+
+def test_a_claim_killed_before_its_worker_is_recorded_is_requeued(tmp_path):
+    """kill -9 between Optuna's ask (the trial is RUNNING) and recording the worker, inside the claim lock: the
+    next claim puts the trial back in the queue instead of waiting for it forever."""
+    from heads.sweep.space import parse_space
+    from heads.sweep.study import Study
+
+    space = parse_space(["lr=1e-3,3e-3"], [], None)
+    url = f"sqlite:///{tmp_path}/sweep.db"
+    study = Study(url, "settings", "maximize", space, None)
+    lost = study.study.ask(study.distributions())  # what the killed claimer left: RUNNING, no worker
+    assert "worker" not in lost.user_attrs
+    again = Study(url, "settings", "maximize", space, None)
+    claimed = again.claim(2)
+    assert sorted(t.params["lr"] for t in claimed) == [1e-3, 3e-3]  # both configs, the lost one requeued
+    assert all(t.user_attrs["worker"]["pid"] == os.getpid() for t in claimed)
