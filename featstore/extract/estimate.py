@@ -112,7 +112,7 @@ def estimate(cfg: ExtractConfig, sample: int | None = None, rate: float | None =
     `rate` (tokens/s) states the extraction speed; else, with `measure`, a short forward pass measures it."""
     from .models import load_config_and_tokenizer, resolve_model_layers
     from .plan import tokenize
-    from .run import load_inputs, resolve_max_length
+    from .sources import load_inputs, resolve_max_length
     from .tasks import tokenize_task
 
     cfg.validate()

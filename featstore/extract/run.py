@@ -30,13 +30,14 @@ from .config import ExtractConfig, ExtractSummary
 from .featurise import tokenize_split
 from .device_side import encode_segment_on_device
 from .forward import forward_batch, label_name_features
-from .inputs import Dataset, load_dataset
+from .inputs import Dataset
 from .models import LoadedModel, config_dict, load_model, part_hashes, resolve_model_layers, tokenizer_hash, \
     truncate_after, weights_hash
 from .plan import Segment, Tokenized, assign_shares, plan_batches, plan_segments, storage_order, tokenize
 from .projection_fit import fit_projection, load_projection
 from .ranks import barrier, distributed, sum_over_ranks
-from .tasks import TaskInfo, gold_records, load_span_dataset, load_token_dataset
+from .sources import load_inputs, resolve_max_length
+from .tasks import TaskInfo, gold_records
 from .writer import SegmentJob, SegmentWriter
 
 MiB = 1 << 20
@@ -198,17 +199,6 @@ def _prepare(cfg: ExtractConfig) -> _Prepared | ExtractSummary:
                      task)
 
 
-def load_inputs(cfg: ExtractConfig) -> tuple[Dataset, TaskInfo | None]:
-    """Read and check every split's file (and a token/span task's tags or answers)."""
-    if cfg.task == "token":
-        return load_token_dataset(cfg.data, cfg.tokens_column, cfg.tags_column, cfg.id_column, cfg.tag_scheme,
-                                  cfg.repair_tags, cfg.strict_labels)
-    if cfg.task == "span":
-        return load_span_dataset(cfg.data, cfg.repair_answers)
-    return load_dataset(cfg.data, cfg.text_column, cfg.pair_column, cfg.label_columns, cfg.id_column,
-                        allow_empty_text=cfg.allow_empty_text, strict_labels=cfg.strict_labels), None
-
-
 def _announce_size(cfg: ExtractConfig, ds: Dataset, task: TaskInfo | None, lm: LoadedModel, layers: list[int],
                    toks: dict[str, Tokenized], rank: int) -> None:
     """The store's estimated size on stderr (with the progress bar), and the free-space check, before any write."""
@@ -262,18 +252,6 @@ def _to_device(lm: LoadedModel, layers: list[int], device: str, manifest: dict) 
 
     truncate_after(lm.model, max(layers))
     lm.model.to(device=device, dtype=getattr(torch, manifest["runtime"]["compute_dtype"]))
-
-
-def resolve_max_length(cfg: ExtractConfig, tokenizer: Any, config: Any) -> None:
-    """Default to the model's limit (at most 512); refuse more than a model with absolute positions takes."""
-    limit = tokenizer.model_max_length if 0 < tokenizer.model_max_length < 1_000_000 else None
-    positions = getattr(config, "max_position_embeddings", None)
-    if getattr(config, "position_biased_input", True) and isinstance(positions, int) and positions > 0:
-        limit = min(limit or positions, positions)  # absolute positions: longer inputs would fail in the model
-    if cfg.max_length is None:
-        cfg.max_length = min(512, limit or 512)
-    elif limit and cfg.max_length > limit:
-        raise InputError(f"--max-length {cfg.max_length} exceeds this model's limit of {limit}; use --max-length {limit}")
 
 
 def _build_manifest(cfg: ExtractConfig, ds: Dataset, lm: LoadedModel, layers: list[int],

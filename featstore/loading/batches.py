@@ -21,8 +21,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..store import Split
 from ..store.encoding import is_coded
+
+Split = Any  # a featstore.store.Split; not imported: the store package reaches this one (Split.torch_*)
 
 CHUNK_TOKENS = 16384  # tokens per chunk: a few MiB of features per layer at D = 1536 in float16
 BUFFER_CHUNKS = 8  # chunks a shard holds at once: the reach of the shuffle inside an epoch

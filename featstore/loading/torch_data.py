@@ -14,9 +14,8 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import InputError
-from ..store import Split, open_store
 from ..store.encoding import FP8_VALUES
-from .batches import BUFFER_CHUNKS, CHUNK_TOKENS, BatchReader, BatchSpec
+from .batches import BUFFER_CHUNKS, CHUNK_TOKENS, BatchReader, BatchSpec, Split
 
 
 def _targets(targets: str | Sequence[str] | None) -> tuple[tuple[str, ...], bool]:
@@ -31,17 +30,17 @@ class _SplitHandle:
     """Reopens a split in whichever process uses it; pickles as its opening arguments only."""
 
     def __init__(self, split: Split):
-        self.path, self.name, self.open_args = split.store.path, split.name, dict(split.store.open_args)
+        self.reopen, self.name = split.store.reopener(), split.name
         self._split: Split | None = split
 
     @property
     def split(self) -> Split:
         if self._split is None:
-            self._split = open_store(self.path, **self.open_args).split(self.name)
+            self._split = self.reopen().split(self.name)
         return self._split
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "name": self.name, "open_args": self.open_args, "_split": None}
+        return {"reopen": self.reopen, "name": self.name, "_split": None}
 
 
 def _tensors(batch: dict[str, Any], single_target: bool) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from typing import Any
 from ..errors import InputError, StoreError
 from ..io.cache import FileCache
 from ..io.transport import Remote, is_url
-from .base import FORMATS_BY_NAME, StorageBackend, StoreReader
+from .base import StorageBackend, StoreReader
+from .formats import FORMATS_BY_NAME
 from .hdf5_backend import PUBLISHED_NAME, HDF5Backend  # noqa: F401 - importing a backend registers its format
 from .manifest import MANIFEST
 from .object_backend import ObjectStoreBackend

@@ -99,23 +99,6 @@ def root_attributes(manifest: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
-FORMATS_BY_NAME: dict[str, type["StorageBackend"]] = {}
-
-
-def register_format(cls: type["StorageBackend"]) -> type["StorageBackend"]:
-    """Class decorator: `cls` is the backend that writes and reads stores of `cls.format` locally."""
-    FORMATS_BY_NAME[cls.format] = cls
-    return cls
-
-
-def format_backend(fmt: Any, source: str) -> type["StorageBackend"]:
-    """The registered backend for a manifest's `format`; a clear refusal for anything else."""
-    cls = FORMATS_BY_NAME.get(fmt) if isinstance(fmt, str) else None
-    if cls is None:
-        raise StoreError(f"{source}: manifest format {str(fmt)[:40]!r} unknown ({' or '.join(FORMATS_BY_NAME)})")
-    return cls
-
-
 class StoreReader(ABC):
     """The read side of a store at `root` (a path or URL): what `open_store`, verify and pull need."""
 

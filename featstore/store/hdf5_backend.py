@@ -16,7 +16,8 @@ import numpy as np
 from ..errors import InputError, StoreError
 from ..io.files import check_can_create, load_json, write_json_atomic
 from ..io.hashing import IOOptions, algorithm_of, digest_bytes, digest_file, record
-from .base import ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, register_format, root_attributes
+from .base import ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, root_attributes
+from .formats import register_format
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, validate_published
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from ..errors import NewerFormatError, StoreError
-from .base import format_backend
+from .formats import format_backend
 from ..io.hashing import algorithm_of, expected
 from .encoding import CODED, DTYPES, ENCODINGS
 

@@ -54,6 +54,12 @@ class Store:
         self._splits: dict[str, Split] = {}
         self.open_args: dict[str, Any] = {}  # how to open it again (in a DataLoader worker)
 
+    def reopener(self) -> Any:
+        """A picklable callable that opens this store again (in a DataLoader worker or another rank)."""
+        import functools
+
+        return functools.partial(open_store, self.path, **self.open_args)
+
     # -- what the store is ---------------------------------------------------------------------------------
     @property
     def fingerprint(self) -> str:

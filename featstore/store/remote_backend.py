@@ -17,7 +17,8 @@ from ..errors import StoreError
 from ..io.cache import FileCache, mismatch
 from ..io.hashing import expected
 from ..io.transport import Remote
-from .base import ArrayLike, StorageBackend, StoreReader, format_backend
+from .base import ArrayLike, StorageBackend, StoreReader
+from .formats import format_backend
 from .manifest import EXTRACT_MARKER, MANIFEST, PUSH_MARKER, transfer_files, validate_published
 
 

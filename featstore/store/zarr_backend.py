@@ -16,7 +16,8 @@ from ..errors import InputError, StoreError
 from ..io.files import check_can_create, load_json, write_json_atomic
 from ..io.hashing import IOOptions, digest_file, new_hasher, record
 from .base import SEGMENT_RECORD, ArrayLike, PendingSegment, Publication, StorageBackend, chunk_rows, \
-    dimension_names, register_format, root_attributes
+    dimension_names, root_attributes
+from .formats import register_format
 from .local import committed_records, partial_name, remove_partials
 from .manifest import MANIFEST, transfer_files, validate_published
 from .raw_chunks import RawChunks
