@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featstore.store.encoding import FP8_VALUES
+from featstore.store.encoding import FP8_VALUES, decode_tensors
 
 from .data import Loader
 from .tasks import Task
@@ -65,8 +65,7 @@ def decode_on_device(codes: torch.Tensor, batch: Any, mask: torch.Tensor, device
     scale = torch.from_numpy(batch.scale).to(device, non_blocking=True)  # (B, T, L)
     seg = torch.from_numpy(batch.seg).to(device, non_blocking=True)  # (B,): an example's rows share a segment
     q = codes.float() if fp8 is None else fp8[codes.long()]  # fp8: a 256-entry table, exact
-    x = torch.addcmul(shift[seg][:, None], q * scale.unsqueeze(-1), gain[seg][:, None])  # (B, T, L, D)
-    return x * mask[:, :, None, None]
+    return decode_tensors(q, scale, seg, mask, shift, gain)
 
 
 def infer(model: torch.nn.Module, task: Task, spec: Any, loader: Loader, device: torch.device) -> Any:

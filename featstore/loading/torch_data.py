@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import InputError
-from ..store.encoding import FP8_VALUES
+from ..store.encoding import FP8_VALUES, decode_tensors
 from .batches import BUFFER_CHUNKS, CHUNK_TOKENS, BatchReader, BatchSpec, Split
 
 
@@ -173,6 +173,4 @@ def decode_codes(batch: dict[str, Any], shift: torch.Tensor, gain: torch.Tensor)
         q = torch.from_numpy(FP8_VALUES).to(dev)[codes.long()]
     else:
         q = codes.float()
-    seg = batch["segment"].to(dev)
-    x = torch.addcmul(shift[seg][:, None], q * batch["scale"].to(dev).unsqueeze(-1), gain[seg][:, None])
-    return x * batch["mask"].to(dev)[:, :, None, None]
+    return decode_tensors(q, batch["scale"].to(dev), batch["segment"].to(dev), batch["mask"].to(dev), shift, gain)

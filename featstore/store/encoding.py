@@ -174,3 +174,12 @@ def code_problems(codes: np.ndarray, encoding: str, scale: np.ndarray, shift: np
     if not (np.isfinite(gain).all() and (gain > 0).all()):
         out.append("channel gains not finite and positive")
     return out
+
+
+def decode_tensors(q: Any, scale: Any, seg: Any, mask: Any, shift: Any, gain: Any) -> Any:
+    """`decode` for torch tensors on one device, a padded batch at a time: (B, T, L, D) code values (fp8 already
+    mapped through its table) x (B, T, L) row scales -> q * scale * gain[seg] + shift[seg] with (S, L, D) channel
+    tables indexed by each example's segment (B,); padding (mask (B, T) = 0) decodes to 0, as float batches are
+    padded. Tensor methods only: this module never imports torch."""
+    x = shift[seg][:, None].addcmul(q * scale.unsqueeze(-1), gain[seg][:, None])  # (B, T, L, D)
+    return x * mask[:, :, None, None]
