@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from .errors import NewerFormatError, StoreError
-from .io.files import format_bytes  # noqa: F401 - re-exported: callers import it from here
+from .io.files import format_bytes
 from .io.transport import printable
 from .store import Split, Store, open_store
 from .store.encoding import SIDE, bytes_per_token, code_problems, encoding_of, from_stored, is_coded

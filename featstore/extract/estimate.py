@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..io.files import format_bytes
 from ..io.transport import is_url
 from ..store.encoding import CODED, itemsize, row_overhead
 from .config import ExtractConfig
@@ -227,8 +228,6 @@ def measure_rate(cfg: ExtractConfig, ds: Any, tokenizer: Any, layers: list[int],
 
 
 def format_estimate(e: Estimate) -> str:
-    from ..verify import format_bytes
-
     err = f" ± {e.tokens_error:,} (95%, sampled)" if e.sampled else " (counted)"
     lines = [f"model        {e.model}  (hidden {e.hidden_size}; layers {e.layers}; max_length {e.max_length})",
              f"examples     {sum(e.examples.values()):,}  ({', '.join(f'{k} {v:,}' for k, v in e.examples.items())})",
@@ -302,7 +301,6 @@ def check_space(out: str, need: int, free: int | None = None) -> tuple[int, int]
     todo = max(0, need - existing_bytes(out)) if os.path.exists(out) else need
     have = free_bytes(out) if free is None else free
     if todo > have:
-        from ..verify import format_bytes
 
         raise InputError(f"--out {out}: the store needs about {format_bytes(todo)} more and only {format_bytes(have)} "
                          "is free there; free some space, choose another --out, a smaller --encoding/--project "

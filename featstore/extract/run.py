@@ -211,7 +211,7 @@ def _announce_size(cfg: ExtractConfig, ds: Dataset, task: TaskInfo | None, lm: L
                {k: t.lengths for k, t in toks.items()})
     space = check_space(cfg.out, est.total_bytes, cfg.free_space) if cfg.space_check else None
     if cfg.progress and rank == 0:
-        from ..verify import format_bytes
+        from ..io.files import format_bytes
 
         free = f"; {format_bytes(space[1])} free there" if space else ""
         print(f"estimate: {est.total_tokens:,} tokens x {est.bytes_per_token:,} bytes = "

@@ -57,7 +57,7 @@ def _entry(name: str, url: str, m: dict, status: str) -> dict[str, Any]:
 
 
 def format_ls(entries: list[dict]) -> str:
-    from ..verify import format_bytes
+    from ..io.files import format_bytes
 
     head = ("NAME", "MODEL", "LAYERS", "SPLITS", "SIZE", "FINGERPRINT", "CREATED")
     rows = []
