@@ -136,6 +136,9 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
               help="Processes that train configs side by side (one per GPU when there are several).")
 @click.option("--heads-per-pass", default=None, type=int,
               help="Most heads trained from one read of each batch.  [default: as many as memory allows, up to 16]")
+@click.option("--heartbeat", default=60, show_default=True, type=int, metavar="SECONDS",
+              help="How often a worker marks its configs alive in the study; configs of a worker silent for 3 "
+                   "heartbeats (a machine that died) are trained by the others.")
 @click.option("--max-memory", default=None,
               help="RAM for features, e.g. 8GB; larger splits are streamed.  [default: half the available RAM]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
@@ -146,7 +149,7 @@ def train(head, store, label_column, task, train_split, dev_split, test_split, l
 @common.cache_dir
 @user_errors
 def sweep(head, store, label_column, task, train_split, dev_split, test_split, seeds, grid, ranges, samples, out,
-          storage, workers, heads_per_pass, max_memory, device, threads, quiet, as_json, storage_option,
+          storage, workers, heads_per_pass, heartbeat, max_memory, device, threads, quiet, as_json, storage_option,
           cache_dir) -> None:
     """Train HEAD with every config of a grid (or sampled ranges) x seed; pick the config on dev.
 
@@ -163,7 +166,7 @@ def sweep(head, store, label_column, task, train_split, dev_split, test_split, s
                  max_memory=parse_bytes(max_memory) if max_memory is not None else None, device=device,
                  threads=threads, storage_options=common.options(storage_option), cache_dir=cache_dir)
     sc = SweepConfig(fixed=fixed, grid=list(grid), ranges=list(ranges), samples=samples, out=out, storage=storage,
-                     workers=workers, heads_per_pass=heads_per_pass, progress=not quiet)
+                     workers=workers, heads_per_pass=heads_per_pass, heartbeat=heartbeat, progress=not quiet)
     result = run(sc)
     click.echo(json.dumps(result.to_json(), indent=1) if as_json else format_sweep(result))
 

@@ -10,6 +10,7 @@ from typing import Any
 from ..config import TrainConfig
 from ..errors import InputError
 from .space import FIXED, KINDS, Space, check_configs, parse_space
+from .study import GRACE_BEATS, HEARTBEAT_SECONDS
 
 # options that change how a sweep runs, never its results
 RUN_ONLY = ("out", "device", "threads", "progress", "storage_options", "cache_dir", "max_memory", "overwrite")
@@ -26,6 +27,7 @@ class SweepConfig:
     storage: str | None = None  # database URL of the study; default: SQLite at <out>/sweep.db
     workers: int = 1
     heads_per_pass: int | None = None  # None: as many as memory allows
+    heartbeat: int = HEARTBEAT_SECONDS  # seconds between a worker's heartbeats in the study
     progress: bool = True
 
     @property
@@ -58,6 +60,10 @@ class SweepConfig:
         hpp = self.heads_per_pass
         if hpp is not None and (isinstance(hpp, bool) or not isinstance(hpp, int) or hpp < 1):
             problems.append(f"--heads-per-pass {hpp!r}: must be a positive integer")
+        hb = self.heartbeat
+        if isinstance(hb, bool) or not isinstance(hb, int) or hb < 1:
+            problems.append(f"--heartbeat {hb!r}: must be a positive number of seconds (a dead worker's configs "
+                            f"are taken back after {GRACE_BEATS} missed beats)")
         if os.path.isfile(self.out):
             problems.append(f"--out {self.out} is a file; give a directory for the sweep")
         unknown = sorted(set(self.fixed) - set(FIXED) - set(KINDS))

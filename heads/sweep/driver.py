@@ -106,7 +106,8 @@ def open_study(sc: SweepConfig, space: Space) -> tuple[Store, Study]:
         check_splits(store, cfg.train_split, cfg.dev_split, cfg.test_split)
         primary = resolve_task(store, cfg.task, cfg.label_column).primary
         direction = "maximize" if higher_is_better(primary) else "minimize"
-        return store, Study(sc.url, sc.settings_hash(space, store.fingerprint), direction, space, sc.samples)
+        return store, Study(sc.url, sc.settings_hash(space, store.fingerprint), direction, space, sc.samples,
+                            heartbeat=sc.heartbeat)
     except BaseException:
         store.close()
         raise
@@ -124,25 +125,29 @@ def work(sc: SweepConfig, store: Store, study: Study, bar: Any) -> None:
     k = sc.heads_per_pass or CLAIM
     while trials := study.claim(k):
         todo = [t for t in trials if read_trial(sc.out, t.user_attrs["key"]) is None]
-        states = train_configs(sc, store, [t.params for t in todo], trials=todo, prune=bool(sc.samples),
-                               bar=bar) if todo else {}
+        with study.beating(trials):
+            states = train_configs(sc, store, [t.params for t in todo], trials=todo, prune=bool(sc.samples),
+                                   bar=bar) if todo else {}
+        # skip_if_finished: a trial taken back from this worker while it was alive (its heartbeats did not reach
+        # the database in time) is queued again; whoever claims that copy finds this result and records it
+        tell = lambda t, *a, **kw: study.study.tell(t, *a, skip_if_finished=True, **kw)  # noqa: E731
         for t in trials:
             key = t.user_attrs["key"]
             if states.get(key) == "pruned":
-                study.study.tell(t, state=study.trial_state.PRUNED)
+                tell(t, state=study.trial_state.PRUNED)
                 continue
             if states.get(key) == "diverged":  # listed in the table, never picked
                 t.set_user_attr("diverged", True)
-                study.study.tell(t, state=study.trial_state.FAIL)
+                tell(t, state=study.trial_state.FAIL)
                 continue
             rec = read_trial(sc.out, key)  # trained now, or before a crash that came between writing and telling
             t.set_user_attr("seeds", {s: {"dev": r["metrics"][dev_of(sc)][rec["primary_metric"]],
                                           "best_epoch": r["best_epoch"]} for s, r in rec["seeds"].items()})
             value = rec["dev"]["mean"]
             if value is None or not math.isfinite(value):
-                study.study.tell(t, state=study.trial_state.FAIL)
+                tell(t, state=study.trial_state.FAIL)
             else:
-                study.study.tell(t, value)
+                tell(t, value)
 
 
 def dev_of(sc: SweepConfig) -> str:

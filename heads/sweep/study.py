@@ -3,8 +3,9 @@ are done. Optuna also samples (`--samples`: TPE) and prunes. A SQLite file is th
 number of workers); a database URL lets workers on many machines take trials from one study.
 
 SQLite has no row locks (`SELECT ... FOR UPDATE`), so on it every claim runs under an exclusive lock on a file
-beside the database: two workers never take the same trial. A trial left running by a worker that died (a
-killed sweep) is put back in the queue by the next worker on the same host.
+beside the database: two workers never take the same trial. A trial left running by a worker that died is put
+back in the queue: at once by a worker on the same host (the dead pid is seen), and by any worker once the dead
+one's Optuna heartbeat is older than the grace period (a machine that died, or a worker killed elsewhere).
 """
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ import contextlib
 import fcntl
 import os
 import socket
+import threading
 import time
+import warnings
 from typing import Any, Iterator
 
 from ..errors import InputError
 from .space import Space, config_key
 
 STUDY = "heads-sweep"
+HEARTBEAT_SECONDS = 60  # how often a worker marks the trials it holds alive (--heartbeat)
+GRACE_BEATS = 3  # a trial whose worker missed this many heartbeats is taken back
 
 
 def _optuna() -> Any:
@@ -27,6 +32,8 @@ def _optuna() -> Any:
     except ImportError:
         raise InputError("heads sweep needs Optuna: pip install -e '.[sweep]' (or pip install optuna)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats (RDBStorage's, fail_stale_trials) are marked experimental; users need not be told at every run
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 
@@ -67,10 +74,10 @@ class Study:
     """One sweep's study. `settings` fingerprints what was swept over what: another sweep is refused."""
 
     def __init__(self, url: str, settings: str, direction: str, space: Space, samples: int | None,
-                 seed: int = 0):
+                 seed: int = 0, heartbeat: int = HEARTBEAT_SECONDS):
         optuna = _optuna()
         self.trial_state = optuna.trial.TrialState
-        self.url, self.space, self.samples = url, space, samples
+        self.url, self.space, self.samples, self.heartbeat = url, space, samples, heartbeat
         path = sqlite_path(url)
         self.lock_path = path + ".lock" if path else None
         if path:
@@ -79,8 +86,10 @@ class Study:
         pruner = optuna.pruners.MedianPruner(n_warmup_steps=1) if samples else optuna.pruners.NopPruner()
         with self.locked():  # on SQLite, also the schema: two workers starting together must not both make it
             try:
-                storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}}
-                                                     if path else {})
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs={"connect_args": {"timeout": 60}} if path else {},
+                    heartbeat_interval=heartbeat, grace_period=GRACE_BEATS * heartbeat,
+                    heartbeat_stale_trial_callback=lambda study, trial: self._requeue(trial))
             except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable server: one line
                 raise InputError(f"--storage {url}: cannot open ({type(e).__name__}: {str(e)[:160]})")
             try:
@@ -152,27 +161,66 @@ class Study:
                         break
                 elif not self.study.get_trials(deepcopy=False, states=(TS.WAITING,)):
                     break
-                trial = self.study.ask(self.distributions())
+                with warnings.catch_warnings():  # heartbeats are meant for study.optimize; here they beat by hand
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    trial = self.study.ask(self.distributions())
+                self.study._storage.record_heartbeat(trial._trial_id)  # from the claim on: a silent one is stale
                 if "key" not in trial.user_attrs:
                     trial.set_user_attr("key", config_key(trial.params))
                 trial.set_user_attr("worker", me())
                 out.append(trial)
         return out
 
+    @contextlib.contextmanager
+    def beating(self, trials: list[Any]) -> Iterator[None]:
+        """Record the heartbeat of `trials` every `heartbeat` seconds while they train, so that workers on other
+        machines can tell this one is alive."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.heartbeat):
+                for t in trials:
+                    try:
+                        self.study._storage.record_heartbeat(t._trial_id)
+                    except Exception:  # noqa: BLE001 - a busy or briefly unreachable database: beat again later
+                        pass
+
+        thread = threading.Thread(target=beat, name="heads-sweep-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def requeue_stale(self) -> int:
-        """Put trials of dead workers of this host back in the queue; how many."""
-        TS = _optuna().trial.TrialState
+        """Put trials of dead workers back in the queue: this host's at once, any host's once their heartbeat is
+        stale; how many."""
+        optuna = _optuna()
+        TS = optuna.trial.TrialState
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
             worker = t.user_attrs.get("worker")
             # no worker recorded under the claim lock we hold: its claimer was killed between asking and recording
             dead = self.lock_path is not None if worker is None else not _alive(worker)
-            if dead:
-                self.study.tell(t.number, state=TS.FAIL, skip_if_finished=True)
-                self.study.enqueue_trial(t.params, user_attrs={"key": t.user_attrs.get("key"),
-                                                               "requeued_from": t.number})
+            if dead and self._fail(t):
+                self._requeue(t)
                 n += 1
-        return n
+        before = len(self.study.get_trials(deepcopy=False, states=(TS.WAITING,)))
+        optuna.storages.fail_stale_trials(self.study)  # fails them and calls _requeue for each
+        return n + len(self.study.get_trials(deepcopy=False, states=(TS.WAITING,))) - before
+
+    def _fail(self, trial: Any) -> bool:
+        """Mark a running trial failed; False when it finished (or another worker took it back) meanwhile."""
+        optuna = _optuna()
+        try:
+            return self.study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+
+    def _requeue(self, trial: Any) -> None:
+        self.study.enqueue_trial(trial.params, user_attrs={"key": trial.user_attrs.get("key"),
+                                                           "requeued_from": trial.number})
 
     def made(self) -> int:
         """Configs of a sampled sweep so far: claimed, queued or finished (a trial put back in the queue counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,6 +175,42 @@ def test_killed_sweep_resumes_to_the_same_table(store, tmp_path):
     again = subprocess.run(_cmd(store, out), env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert _table(again.stdout) == _table(full.stdout)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                    reason="runs a worker under another host name with `unshare --uts` (needs root)")
+def test_configs_of_a_worker_that_died_on_another_machine_are_taken_back(store, tmp_path):
+    """A worker under another host name claims every config and dies: its pid means nothing here, so only its
+    stale heartbeat tells; a worker here takes the configs back and finishes the sweep."""
+    import optuna
+
+    out = str(tmp_path / "remote")
+    cmd = _cmd(store, out, "--heads-per-pass", "4", "--heartbeat", "1")
+    cmd[cmd.index("epochs=2")] = "epochs=40"  # long enough to be caught holding its configs
+    other = subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname other-machine && exec "$@"', "sh", *cmd],
+                             env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = f"sqlite:///{out}/sweep.db"
+    deadline = time.monotonic() + 120
+    held: list = []
+    while time.monotonic() < deadline and len(held) < 4:
+        time.sleep(0.05)
+        try:
+            trials = optuna.load_study(study_name="heads-sweep", storage=db).get_trials()
+        except Exception:  # noqa: BLE001 - not created yet
+            continue
+        held = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
+                and t.user_attrs.get("worker", {}).get("host") == "other-machine"]
+    os.kill(other.pid, signal.SIGKILL)
+    other.wait()
+    assert len(held) == 4, "the other machine's worker never held the configs"
+    here = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert here.returncode == 0, here.stderr
+    trials = optuna.load_study(study_name="heads-sweep", storage=db).get_trials()
+    TS = optuna.trial.TrialState
+    assert sorted(t.number for t in trials if t.state == TS.FAIL) == sorted(t.number for t in held)
+    redone = [t for t in trials if t.state == TS.COMPLETE]
+    assert sorted(t.user_attrs["requeued_from"] for t in redone) == sorted(t.number for t in held)
+    assert len(json.loads(here.stdout)["rows"]) == 4
 
 
 def test_two_workers_on_one_study_never_train_a_config_twice(store, tmp_path):
