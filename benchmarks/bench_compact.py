@@ -100,11 +100,11 @@ def read_pass_seconds(store: str, split: str = "train", batch_size: int = 32) ->
     import torch
 
     import featstore
-    from heads.data import Loader, StoreTokens
+    from heads.data import Features, Loader
     from heads.runtime import to_device
 
     with featstore.open_store(store) as st:
-        src = StoreTokens(st.split(split), st.layers, in_ram=False)
+        src = Features.from_split(st.split(split), "tokens", st.layers, in_ram=False)
         t0 = time.perf_counter()
         for batch in Loader(src, None, batch_size, shuffle=True, seed=0).epoch(1):
             to_device(batch, torch.device("cpu"))

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import featstore  # noqa: E402
 from featstore.store.raw_chunks import RawChunks as _RAW  # noqa: E402
-from heads.data import Loader, StoreTokens  # noqa: E402
+from heads.data import Features, Loader  # noqa: E402
 
 
 def drop_caches(warm: bool = False) -> bool:
@@ -88,16 +88,16 @@ class _ZarrPython:
 
 def block_reads(store, split: str, layers, batch_size: int) -> float:
     """The reads of one streamed epoch alone: the same blocks in the same order, no batches assembled."""
-    src = StoreTokens(store.split(split), layers, in_ram=False)
+    src = Features.from_split(store.split(split), "tokens", layers, in_ram=False)
     loader = Loader(src, None, batch_size, shuffle=True, seed=0, dtype=np.float16)
     t0 = time.perf_counter()
-    for s, e, _ in loader.plan(0):
-        src.read(s, e)
+    for window, _ in loader.plan(0):
+        src.reader.read(window)
     return time.perf_counter() - t0
 
 
 def streamed_epoch(store, split: str, layers, batch_size: int) -> float:
-    src = StoreTokens(store.split(split), layers, in_ram=False)
+    src = Features.from_split(store.split(split), "tokens", layers, in_ram=False)
     loader = Loader(src, None, batch_size, shuffle=True, seed=0, dtype=np.float16)
     t0 = time.perf_counter()
     for _ in loader.epoch(1):
@@ -114,7 +114,7 @@ def training_wait_fraction(store, split: str, layers, label: str, batch_size: in
     from heads.tasks.classification import Classification
 
     sp = store.split(split)
-    src = StoreTokens(sp, layers, in_ram=True)
+    src = Features.from_split(sp, "tokens", layers, in_ram=True)
     y = sp.targets(label)
     spec = HeadSpec(kind="ytuning", task="classification", n_outputs=int(y.max()) + 1,
                     hidden_size=store.hidden_size, n_layers_in=len(layers))

@@ -15,7 +15,7 @@ from featstore.device import pick_device
 from featstore.extract.inputs import SplitData
 
 from .artifacts import PROJECTION, LoadedHead, load_head
-from .data import ArrayTokens, Loader, PooledSource
+from .data import Features, Loader
 from .errors import HeadError, InputError
 from .runtime import batch_dtype, feed_segments, infer
 
@@ -77,7 +77,7 @@ def predict(run: str, texts: Sequence[str], pairs: Sequence[str] | None = None, 
     split, prepared = task.predict_split(texts, pairs, head.meta["backbone"])
     lm = load_backbone(head, model, verify_backbone)
     feats = extract_features(head, lm, split, batch_size, str(dev))
-    source = ArrayTokens(feats.tokens, feats.lengths) if feats.tokens is not None else PooledSource(feats.pooled)
+    source = Features.from_arrays(feats.tokens, feats.lengths, feats.pooled)
     gold = task.predict_gold(prepared, feats)
     feed_segments(source, task, head.spec, gold)
     loader = Loader(source, None, batch_size, shuffle=False, dtype=batch_dtype(dev, head.meta["store"]["dtype"]))

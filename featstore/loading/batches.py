@@ -1,32 +1,40 @@
-"""Batches of one store split, for training code of your own. No torch here: batches are dicts of numpy arrays
-(`torch_data.py` turns them into tensors).
+"""Batches of one store split: the one way this project batches a store, for `split.torch_iterable` and for
+`heads` training alike. No torch here: batches are dicts of numpy arrays (`torch_data.py` turns them into tensors,
+`heads.data` into its own batches).
 
-An epoch is planned from the seed and the epoch number alone, so every process computes the same plan:
+An epoch is planned from the lengths, the seed and the epoch number alone, so every process computes the same plan
+and a split held in RAM gives the very same batches as one streamed from the store:
 
 - the split is cut into *chunks*: runs of neighbouring examples inside one segment, about `chunk_tokens` tokens
-  each (a chunk is read with one contiguous read per layer);
+  each (CHUNK_ROWS examples for pooled features); a chunk is read with one contiguous read per layer;
 - chunk order is shuffled, and chunk j goes to shard j mod S (S = DataLoader workers x ranks): every example
   belongs to exactly one chunk and every chunk to exactly one shard, so each example is seen once per epoch;
-- a shard reads `buffer_chunks` of its chunks at a time (the bounded shuffle buffer), orders their examples by
-  length (ties in random order: storage order is length-sorted, so batches of similar lengths carry little
-  padding), cuts batches under the token budget and yields them in random order.
+- a shard reads `buffer_chunks` of its chunks at a time (the bounded shuffle buffer). Token features: their
+  examples are put in length order (ties random) and each moved by up to JITTER_BATCHES batches, so a batch holds
+  examples of similar lengths (little padding) yet changes members every epoch; pooled features have no padding
+  and are shuffled freely. Batches are cut under the budgets and yielded in random order, while the next window
+  is read on a thread.
 
 Without shuffling, chunks stay in storage order and batches are contiguous runs of it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from ..errors import InputError
-from ..store.encoding import is_coded
+from ..store.encoding import decode, is_coded
 
 Split = Any  # a featstore.store.Split; not imported: the store package reaches this one (Split.torch_*)
 
 CHUNK_TOKENS = 16384  # tokens per chunk: a few MiB of features per layer at D = 1536 in float16
 BUFFER_CHUNKS = 8  # chunks a shard holds at once: the reach of the shuffle inside an epoch
+CHUNK_ROWS = 4096  # examples per chunk of pooled features (one vector each: no tokens to count)
+JITTER_BATCHES = 2  # how far an example moves from length order: batches change members every epoch (a batch
+# that kept its members epoch after epoch visibly hurt Y-Tuning on small data)
 DEFAULT_BATCH_TOKENS = 8192  # padded tokens per batch when neither budget is given (token features)
 DEFAULT_BATCH_SIZE = 256  # examples per batch when neither budget is given (pooled features)
 FEATURES = ("tokens", "pooled")
@@ -81,13 +89,13 @@ class BatchSpec:
                          self.unproject)
 
 
-def chunk_ranges(split: Split, chunk_tokens: int = CHUNK_TOKENS) -> list[tuple[int, int]]:
+def chunk_ranges(lengths: np.ndarray, segment_sizes: Sequence[int], chunk_tokens: int = CHUNK_TOKENS
+                 ) -> list[tuple[int, int]]:
     """Example ranges [a, b), each inside one segment, of about `chunk_tokens` tokens (at least one example)."""
     out = []
-    lengths = split.lengths
     start = 0
-    for seg in split.segments:
-        stop = start + int(seg["n_examples"])
+    for size in segment_sizes:
+        stop = start + int(size)
         a, acc = start, 0
         for i in range(start, stop):
             acc += int(lengths[i])
@@ -116,43 +124,136 @@ def cut(idx: np.ndarray, lengths: np.ndarray, batch_tokens: int | None, batch_si
     return out
 
 
-def shard_windows(lengths: np.ndarray, chunks: Sequence[tuple[int, int]], spec: BatchSpec, *, shuffle: bool,
-                  seed: int, epoch: int, shard: int, n_shards: int,
-                  buffer_chunks: int = BUFFER_CHUNKS) -> Iterator[tuple[list[tuple[int, int]], list[np.ndarray]]]:
-    """One shard's epoch: (the chunks to read, the batches cut from them as storage indices), window by window."""
+def _jittered(idx: np.ndarray, lengths: np.ndarray, batch_tokens: int | None, batch_size: int | None,
+              rng: np.random.Generator) -> np.ndarray:
+    """`idx` in length order (longest first, ties random), each example moved by up to JITTER_BATCHES batches."""
+    idx = rng.permutation(idx)
+    idx = idx[np.argsort(-lengths[idx], kind="stable")]
+    per_batch = batch_size or len(idx)
+    if batch_tokens is not None:
+        per_batch = min(per_batch, max(1, int(batch_tokens // max(float(lengths[idx].mean()), 1.0))))
+    key = np.arange(len(idx)) + rng.uniform(0, JITTER_BATCHES * per_batch, len(idx))
+    return idx[np.argsort(key, kind="stable")]
+
+
+def plan_windows(lengths: np.ndarray, chunks: Sequence[tuple[int, int]], *, batch_tokens: int | None,
+                 batch_size: int | None, by_length: bool = True, shuffle: bool, seed: int = 0, epoch: int = 0,
+                 shard: int = 0, n_shards: int = 1, buffer_chunks: int = BUFFER_CHUNKS
+                 ) -> list[tuple[list[tuple[int, int]], list[np.ndarray]]]:
+    """One shard's epoch: (the chunks to read, the batches cut from them as storage indices), window by window.
+    `by_length`: keep lengths alike inside a batch (token features); pooled ones are shuffled freely."""
     rng = np.random.default_rng([seed, epoch]) if shuffle else None
     order = rng.permutation(len(chunks)) if rng is not None else np.arange(len(chunks))
     mine = [chunks[j] for j in order[shard::n_shards]]
+    out = []
     for w in range(0, len(mine), buffer_chunks):
         window = mine[w:w + buffer_chunks]
         idx = np.concatenate([np.arange(a, b) for a, b in window])
         if rng is not None:
-            idx = rng.permutation(idx)
-            idx = idx[np.argsort(-lengths[idx], kind="stable")]  # longest first, ties in random order
-        batches = cut(idx, lengths, spec.batch_tokens, spec.batch_size)
+            idx = _jittered(idx, lengths, batch_tokens, batch_size, rng) if by_length else rng.permutation(idx)
+        batches = cut(idx, lengths, batch_tokens, batch_size)
         if rng is not None:
             batches = [batches[j] for j in rng.permutation(len(batches))]
-        yield window, batches
+        out.append((window, batches))
+    return out
 
 
 class BatchReader:
-    """Reads windows of chunks of one split and assembles padded numpy batches from them."""
+    """Reads windows of chunks of one split (or holds the whole split in RAM) and assembles padded numpy batches.
 
-    def __init__(self, split: Split, spec: BatchSpec, chunk_tokens: int = CHUNK_TOKENS):
+    `in_ram`: read the split once and serve every window from memory (8-bit stores stay codes when `spec.codes`);
+    the plan, and so the batches, are the same either way."""
+
+    def __init__(self, split: Split, spec: BatchSpec, chunk_tokens: int = CHUNK_TOKENS, in_ram: bool = False):
         self.split, self.spec = split, spec.checked(split)
-        self.chunks = chunk_ranges(split, chunk_tokens)
         self.lengths = split.lengths
+        self.offsets = split.offsets  # token rows of example i: [offsets[i], offsets[i + 1])
+        self.segment_sizes = [int(s["n_examples"]) for s in split.segments]
+        self.chunks = self._chunks(chunk_tokens)
         self.targets = {c: split.targets(c) for c in self.spec.targets}
-        self._seg_first = np.concatenate([[0], np.cumsum([s["n_examples"] for s in split.segments])])
+        self._seg_first = np.concatenate([[0], np.cumsum(self.segment_sizes)]).astype(np.int64)
         self._maps = [split.store.projection(k) for k in self.spec.layers] if self.spec.unproject else None
+        self._ids: list[str] | None = None
+        self._held = self._hold(self._read_range(0, len(self.lengths))) if in_ram else None
+
+    @classmethod
+    def over_arrays(cls, rows: np.ndarray, lengths: np.ndarray | None = None) -> "BatchReader":
+        """Features already in memory, e.g. new texts run through the backbone: token rows (n_tokens, L, D) with
+        `lengths` per example, or pooled vectors (n, L, D) without. One segment, ids "0".. in order."""
+        self = cls.__new__(cls)
+        tokens = lengths is not None
+        self.split, self._maps, self.targets = None, None, {}
+        self.lengths = np.asarray(lengths if tokens else np.ones(len(rows)), dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.spec = BatchSpec(tuple(range(rows.shape[1])), "tokens" if tokens else "pooled")
+        self.segment_sizes = [len(self.lengths)]
+        self._seg_first = np.array([0, len(self.lengths)], dtype=np.int64)
+        self.chunks = self._chunks(CHUNK_TOKENS)
+        self._ids = [str(i) for i in range(len(self.lengths))]
+        self._held = self._hold({"rows": rows})
+        return self
+
+    def _chunks(self, chunk_tokens: int) -> list[tuple[int, int]]:
+        if self.spec.features == "pooled":
+            return chunk_ranges(np.ones(len(self.lengths), np.int64), self.segment_sizes, CHUNK_ROWS)
+        return chunk_ranges(self.lengths, self.segment_sizes, chunk_tokens)
+
+    def _hold(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The whole split's rows as one read window (nothing copied per window)."""
+        n = len(self.lengths)
+        per_row = self.lengths if self.spec.features == "tokens" else np.ones(n, np.int64)
+        self._edges = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)  # example i: rows [e[i], e[i+1])
+        return {**data, "ids": np.arange(n), "pos": np.arange(n), "start": self._edges[:-1]}
+
+    @property
+    def in_ram(self) -> bool:
+        return self._held is not None
+
+    @property
+    def held(self) -> dict[str, Any] | None:
+        """The split's rows held in RAM (`rows`, and `scale`, `segment` for codes), or None when streamed."""
+        return self._held
+
+    @property
+    def example_ids(self) -> list[str]:
+        if self._ids is None:
+            self._ids = self.split.example_ids
+        return self._ids
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def plan(self, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, shard: int = 0, n_shards: int = 1,
+             buffer_chunks: int = BUFFER_CHUNKS, batch_tokens: int | None = None, batch_size: int | None = None
+             ) -> list[tuple[list[tuple[int, int]], list[np.ndarray]]]:
+        """The epoch's windows and batches (`plan_windows`); budgets default to the spec's."""
+        if batch_tokens is None and batch_size is None:
+            batch_tokens, batch_size = self.spec.batch_tokens, self.spec.batch_size
+        return plan_windows(self.lengths, self.chunks, batch_tokens=batch_tokens, batch_size=batch_size,
+                            by_length=self.spec.features == "tokens", shuffle=shuffle, seed=seed, epoch=epoch,
+                            shard=shard, n_shards=n_shards, buffer_chunks=buffer_chunks)
+
+    def windows(self, plan: Sequence[tuple[list[tuple[int, int]], list[np.ndarray]]]
+                ) -> Iterator[tuple[dict[str, Any], list[np.ndarray]]]:
+        """(read data, batches) of each planned window; the next window is read on a thread while this one's
+        batches are used, so reading overlaps with batching and training."""
+        if self._held is not None:
+            for _, batches in plan:
+                yield self._held, batches
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="featstore-read") as pool:
+            ahead = pool.submit(self.read, plan[0][0]) if plan else None
+            for w in range(len(plan)):
+                data = ahead.result()
+                ahead = pool.submit(self.read, plan[w + 1][0]) if w + 1 < len(plan) else None
+                yield data, plan[w][1]
 
     def epoch(self, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, shard: int = 0, n_shards: int = 1,
               buffer_chunks: int = BUFFER_CHUNKS) -> Iterator[dict[str, Any]]:
         """Batches of one shard's share of one epoch."""
-        for window, batches in shard_windows(self.lengths, self.chunks, self.spec, shuffle=shuffle, seed=seed,
-                                             epoch=epoch, shard=shard, n_shards=n_shards,
-                                             buffer_chunks=buffer_chunks):
-            data = self.read(window)
+        plan = self.plan(shuffle=shuffle, seed=seed, epoch=epoch, shard=shard, n_shards=n_shards,
+                         buffer_chunks=buffer_chunks)
+        for data, batches in self.windows(plan):
             for idx in batches:
                 yield self.batch(data, idx)
 
@@ -160,28 +261,40 @@ class BatchReader:
     def read(self, window: Sequence[tuple[int, int]]) -> dict[str, Any]:
         """Features of the window's examples as flat rows: `rows` (n, L, D) (+ `scale` (n, L), `segment` (n,)
         for codes), `start[i]` = first row of the window's i-th example, `where` maps storage index -> i."""
+        if self._held is not None:
+            return self._held
         ids = np.concatenate([np.arange(a, b) for a, b in window])
         per_row = self.lengths[ids] if self.spec.features == "tokens" else np.ones(len(ids), np.int64)
         start = np.concatenate([[0], np.cumsum(per_row)])[:-1]
-        parts = [self._read_chunk(a, b) for a, b in window]
+        parts = [self._read_range(a, b) for a, b in window]
         data = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
         sorter = np.argsort(ids)
         data.update(ids=ids[sorter], pos=sorter, start=start)
         return data
 
-    def _read_chunk(self, a: int, b: int) -> dict[str, np.ndarray]:
+    def _read_range(self, a: int, b: int) -> dict[str, np.ndarray]:
+        """Rows of examples [a, b) (may span segments), every layer side by side: (n, L, D)."""
         sp, spec = self.split, self.spec
         if spec.features == "pooled":
-            seg = int(np.searchsorted(self._seg_first, a, side="right") - 1)
-            base = int(self._seg_first[seg])
-            rows = [sp.decoded(seg, f"L{k}/{spec.pooling}", a - base, b - base) for k in spec.layers]
-            return {"rows": self._unprojected(np.stack(rows, axis=1))}  # (n, L, D)
+            parts = []
+            for seg in range(len(self.segment_sizes)):
+                lo, hi = max(a, int(self._seg_first[seg])), min(b, int(self._seg_first[seg + 1]))
+                if lo < hi:
+                    base = int(self._seg_first[seg])
+                    parts.append(np.stack([sp.decoded(seg, f"L{k}/{spec.pooling}", lo - base, hi - base)
+                                           for k in spec.layers], axis=1))
+            return {"rows": self._unprojected(np.concatenate(parts) if len(parts) > 1 else parts[0])}
         ta, tb = int(sp.offsets[a]), int(sp.offsets[b])
+        read = (lambda k: sp.token_codes(k, ta, tb)) if spec.codes else (lambda k: sp.tokens(k, ta, tb))
+        with ThreadPoolExecutor(min(len(spec.layers), 4)) as pool:  # the layers' contiguous ranges side by side
+            parts = list(pool.map(read, spec.layers))
         if spec.codes:
-            parts = [sp.token_codes(k, ta, tb) for k in spec.layers]
             return {"rows": np.stack([p[0] for p in parts], axis=1), "scale": np.stack([p[1] for p in parts], axis=1),
                     "segment": parts[0][2]}
-        return {"rows": self._unprojected(np.stack([sp.tokens(k, ta, tb) for k in spec.layers], axis=1))}
+        rows = np.empty((tb - ta, len(parts), parts[0].shape[-1]), dtype=parts[0].dtype)
+        for j, part in enumerate(parts):
+            rows[:, j] = part
+        return {"rows": self._unprojected(rows)}
 
     def _unprojected(self, x: np.ndarray) -> np.ndarray:
         """(n, L, N) projected rows -> (n, L, H) in the model's space: x @ basis.T + mean (what PCA kept)."""
@@ -190,24 +303,39 @@ class BatchReader:
         return np.stack([x[:, j].astype(np.float32) @ basis.T + mean for j, (mean, basis) in enumerate(self._maps)],
                         axis=1)
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Float32 rows of examples [start, stop) (start < stop): (n_tokens, L, D) of their tokens, or (n, L, D)
+        pooled; 8-bit codes decoded."""
+        if self._held is not None:
+            a, b = int(self._edges[start]), int(self._edges[stop])
+            data = {k: self._held[k][a:b] for k in ("rows", "scale", "segment") if k in self._held}
+        else:
+            data = self._read_range(start, stop)
+        if "scale" not in data:
+            return np.asarray(data["rows"], dtype=np.float32)
+        shift, gain = self.channel_tables()  # (S, L, D)
+        seg = data["segment"]
+        return decode(data["rows"], self.split.store.encoding, data["scale"], shift[seg], gain[seg])
+
     # -- assembling ------------------------------------------------------------------------------------------
-    def batch(self, data: dict[str, Any], idx: np.ndarray) -> dict[str, Any]:
-        """Storage indices `idx` of a read window -> a batch: `features`, `mask` and `lengths` (tokens),
-        `scale` and `segment` (codes), `index`, `ids` and `targets` ({column: (B,)})."""
+    def batch(self, data: dict[str, Any], idx: np.ndarray, dtype: Any = np.float32) -> dict[str, Any]:
+        """Storage indices `idx` of a read window -> a batch: `features` (in `dtype`, or the codes), `mask` and
+        `lengths` (tokens), `scale` and `segment` (codes), `index`, `ids` and `targets` ({column: (B,)})."""
         local = data["pos"][np.searchsorted(data["ids"], idx)]
         rows, first = data["rows"], data["start"][local]
-        out: dict[str, Any] = {"index": idx.astype(np.int64), "ids": [self.split.example_ids[i] for i in idx]}
+        ids = self.example_ids
+        out: dict[str, Any] = {"index": idx.astype(np.int64), "ids": [ids[i] for i in idx]}
         if self.spec.features == "pooled":
-            out["features"] = rows[first].astype(np.float32)  # (B, L, D)
+            out["features"] = rows[first].astype(dtype)  # (B, L, D)
         else:
             lens = self.lengths[idx]
             B, T = len(idx), int(lens.max())
             L, D = rows.shape[1], rows.shape[2]
-            x = np.zeros((B, T, L, D), dtype=rows.dtype if self.spec.codes else np.float32)
+            x = np.zeros((B, T, L, D), dtype=rows.dtype if self.spec.codes else dtype)
             mask = np.zeros((B, T), dtype=bool)
             scale = np.zeros((B, T, L), np.float32) if self.spec.codes else None
             for b, (f, n) in enumerate(zip(first, lens)):
-                x[b, :n], mask[b, :n] = rows[f:f + n], True
+                x[b, :n], mask[b, :n] = rows[f:f + n], True  # float16 -> float32 here, one batch at a time
                 if scale is not None:
                     scale[b, :n] = data["scale"][f:f + n]
             out.update(features=x, mask=mask, lengths=lens.astype(np.int64))

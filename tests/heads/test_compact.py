@@ -46,17 +46,18 @@ def test_codes_stay_codes_until_decoded_per_batch(tmp_path, encoding, in_ram):
     decoding row for row, across segments, with zero padding."""
     import torch
 
-    from heads.data import Loader, StoreTokens
+    from heads.data import Features, Loader
     from heads.runtime import to_device
 
     path = classification_store(str(tmp_path / encoding), encoding=encoding, n_train=300, n_dev=20, n_test=20)
     with featstore.open_store(path) as s:
         sp = s.split("train")
         assert len(sp.segments) > 2  # rows from several segments, each with its own channel tables
-        src = StoreTokens(sp, [2, 1], in_ram=in_ram)
-        assert src.nbytes == sp.n_tokens * (2 * (16 + 4) + 4)  # vs 2 * 16 * 4 bytes decoded to float32
+        src = Features.from_split(sp, "tokens", [2, 1], in_ram=in_ram)
+        # held as codes: vs 2 * 16 * 4 bytes per token decoded to float32
+        assert src.held_bytes == (sp.n_tokens * (2 * (16 + 4) + 4) if in_ram else 0)
         want = np.stack([sp.tokens(2, 0, sp.n_tokens), sp.tokens(1, 0, sp.n_tokens)], axis=1)  # (N, L, D)
-        assert np.allclose(src.read_float(0, len(src)), want, atol=1e-5)
+        assert np.allclose(src.rows(0, len(src)), want, atol=1e-5)
         for codes_out in (False, True):
             seen = 0
             for batch in Loader(src, None, 16, shuffle=True, seed=3, codes_out=codes_out).epoch(1):
