@@ -19,8 +19,8 @@ Without shuffling, chunks stay in storage order and batches are contiguous runs 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -283,6 +283,8 @@ class BatchReader:
                     base = int(self._seg_first[seg])
                     parts.append(np.stack([sp.decoded(seg, f"L{k}/{spec.pooling}", lo - base, hi - base)
                                            for k in spec.layers], axis=1))
+            if not parts:
+                return {"rows": np.zeros((0, len(spec.layers), sp.store.width), np.float32)}
             return {"rows": self._unprojected(np.concatenate(parts) if len(parts) > 1 else parts[0])}
         ta, tb = int(sp.offsets[a]), int(sp.offsets[b])
         read = (lambda k: sp.token_codes(k, ta, tb)) if spec.codes else (lambda k: sp.tokens(k, ta, tb))
