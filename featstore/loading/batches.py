@@ -266,8 +266,11 @@ class BatchReader:
         ids = np.concatenate([np.arange(a, b) for a, b in window])
         per_row = self.lengths[ids] if self.spec.features == "tokens" else np.ones(len(ids), np.int64)
         start = np.concatenate([[0], np.cumsum(per_row)])[:-1]
-        parts = [self._read_range(a, b) for a, b in window]
-        data = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
+        if self.spec.features == "tokens" and not self.spec.codes and not self._maps:
+            data = {"rows": self._window_rows(window, int(per_row.sum()))}
+        else:
+            parts = [self._read_range(a, b) for a, b in window]
+            data = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
         sorter = np.argsort(ids)
         data.update(ids=ids[sorter], pos=sorter, start=start)
         return data
@@ -286,17 +289,33 @@ class BatchReader:
             if not parts:
                 return {"rows": np.zeros((0, len(spec.layers), sp.store.width), np.float32)}
             return {"rows": self._unprojected(np.concatenate(parts) if len(parts) > 1 else parts[0])}
-        ta, tb = int(sp.offsets[a]), int(sp.offsets[b])
-        read = (lambda k: sp.token_codes(k, ta, tb)) if spec.codes else (lambda k: sp.tokens(k, ta, tb))
-        with ThreadPoolExecutor(min(len(spec.layers), 4)) as pool:  # the layers' contiguous ranges side by side
-            parts = list(pool.map(read, spec.layers))
+        parts = self._layer_reads(a, b)
         if spec.codes:
             return {"rows": np.stack([p[0] for p in parts], axis=1), "scale": np.stack([p[1] for p in parts], axis=1),
                     "segment": parts[0][2]}
-        rows = np.empty((tb - ta, len(parts), parts[0].shape[-1]), dtype=parts[0].dtype)
+        rows = np.empty((len(parts[0]), len(parts), parts[0].shape[-1]), dtype=parts[0].dtype)
         for j, part in enumerate(parts):
             rows[:, j] = part
         return {"rows": self._unprojected(rows)}
+
+    def _layer_reads(self, a: int, b: int) -> list[Any]:
+        """Token rows of examples [a, b), one contiguous read per layer, the layers read side by side."""
+        sp, ta, tb = self.split, int(self.offsets[a]), int(self.offsets[b])
+        read = (lambda k: sp.token_codes(k, ta, tb)) if self.spec.codes else (lambda k: sp.tokens(k, ta, tb))
+        with ThreadPoolExecutor(min(len(self.spec.layers), 4)) as pool:
+            return list(pool.map(read, self.spec.layers))
+
+    def _window_rows(self, window: Sequence[tuple[int, int]], n_rows: int) -> np.ndarray:
+        """Float token rows (n_rows, L, D) of a window's chunks, each layer's read copied once into place."""
+        rows, at = None, 0
+        for a, b in window:
+            parts = self._layer_reads(a, b)
+            if rows is None:
+                rows = np.empty((n_rows, len(parts), parts[0].shape[-1]), dtype=parts[0].dtype)
+            for j, part in enumerate(parts):
+                rows[at:at + len(part), j] = part
+            at += len(parts[0])
+        return rows
 
     def _unprojected(self, x: np.ndarray) -> np.ndarray:
         """(n, L, N) projected rows -> (n, L, H) in the model's space: x @ basis.T + mean (what PCA kept)."""
