@@ -2,7 +2,8 @@
 
 1. One epoch of `heads` batches (B, T, L, D) streamed from the store (split not held in RAM) vs a plain read of
    the same token-feature files, side by side with the same epoch read through zarr-python (featstore's reads
-   before its raw chunk reader); and the epoch's block reads alone (featstore's part, no batches assembled). Target: >= 0.80 x the raw read rate. Page cache dropped before each read when
+   before its raw chunk reader); and the epoch's window reads alone (featstore's part, no batches
+   assembled). Target: >= 0.80 x the raw read rate. Page cache dropped before each read when
    the machine allows it (root + /proc/sys/vm/drop_caches), else every read is warm.
 2. A Y-Tuning training epoch with the split cached in RAM: the fraction of the epoch spent waiting for the next
    batch. Goal: < 5%.
@@ -86,8 +87,8 @@ class _ZarrPython:
         return None
 
 
-def block_reads(store, split: str, layers, batch_size: int) -> float:
-    """The reads of one streamed epoch alone: the same blocks in the same order, no batches assembled."""
+def window_reads(store, split: str, layers, batch_size: int) -> float:
+    """The reads of one streamed epoch alone: the same windows in the same order, no batches assembled."""
     src = Features.from_split(store.split(split), "tokens", layers, in_ram=False)
     loader = Loader(src, None, batch_size, shuffle=True, seed=0, dtype=np.float16)
     t0 = time.perf_counter()
@@ -178,7 +179,7 @@ def main() -> None:
             cold = drop_caches(a.warm)
             t, nbytes = raw_read(files)
             runs["raw read"].append(nbytes / t)
-            variants = [("store reads", False, block_reads), ("store reads, zarr-python", True, block_reads),
+            variants = [("store reads", False, window_reads), ("store reads, zarr-python", True, window_reads),
                         ("streamed epoch", False, streamed_epoch),
                         ("streamed epoch, zarr-python reads", True, streamed_epoch)]
             for key, via_zarr, fn in variants[rep % 4:] + variants[:rep % 4]:  # no variant always runs first

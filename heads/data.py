@@ -10,6 +10,7 @@ decoded on a GPU: `codes_out`, `heads.runtime.to_device`), and per-token segment
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -62,7 +63,8 @@ class Features:
                    in_ram: bool = True) -> "Features":
         """`tokens` (8-bit stores as codes) or `pooled` features of `layers`; held in RAM when `in_ram`."""
         codes = reads == "tokens" and is_coded(split.store.encoding)
-        return cls(BatchReader(split, BatchSpec(tuple(layers), reads, pooling or "mean", codes=codes), in_ram=in_ram))
+        spec = BatchSpec(tuple(layers), reads, pooling or "mean", codes=codes)
+        return cls(BatchReader(split, spec, chunk_tokens=None, in_ram=in_ram))  # chunks and windows sized by bytes
 
     @classmethod
     def from_arrays(cls, tokens: np.ndarray | None = None, lengths: np.ndarray | None = None,
@@ -95,9 +97,8 @@ class Features:
         """Mean and std of the inputs (L*D,): token rows of the first examples up to `max_tokens` tokens (a
         per-token probe's standardisation), or every pooled vector, accumulated a slice at a time in float64."""
         r = self.reader
-        if r.spec.features == "tokens":
-            ends = np.cumsum(r.lengths)
-            stops = [max(1, min(int(np.searchsorted(ends, max_tokens, side="right")), len(r)))]
+        if r.spec.features == "tokens":  # whole examples, up to the one that reaches max_tokens
+            stops = [max(1, min(int(np.searchsorted(r.offsets, min(max_tokens, int(r.offsets[-1])))), len(r)))]
         else:
             stops = list(range(min(65536, len(r)), len(r), 65536)) + [len(r)]
         s = ss = None
@@ -115,7 +116,7 @@ class Features:
         """The planned examples `idx` of a read window as a heads batch: padded (B, T, L, D) + mask (B, T), or
         (B, L, D) pooled. Codes are decoded here (on the loader's thread), or with `codes_out` kept as codes for
         the device to decode."""
-        b = self.reader.batch(data, idx, dtype)
+        b = self.reader.batch(data, idx, dtype, ids=False)
         x, mask = b["features"], b.get("mask")
         scale = seg = codec = None
         if self.codec is not None and codes_out:
@@ -151,11 +152,12 @@ class Loader:
         return self.source.reader.plan(shuffle=self.shuffle, seed=self.seed, epoch=epoch, batch_size=self.batch_size)
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
-        for data, batches in self.source.reader.windows(self.plan(epoch)):
-            for idx in batches:
-                batch = self.source.batch(data, idx, self.dtype, self.codes_out)
-                batch.y = self.targets[idx] if self.targets is not None else None
-                yield batch
+        with contextlib.closing(self.source.reader.windows(self.plan(epoch))) as windows:  # its reader thread ends here
+            for data, batches in windows:
+                for idx in batches:
+                    batch = self.source.batch(data, idx, self.dtype, self.codes_out)
+                    batch.y = self.targets[idx] if self.targets is not None else None
+                    yield batch
 
     def epoch(self, epoch: int = 0) -> Iterator[Batch]:
         """Batches of one pass; a worker thread keeps up to `prefetch` of them ready."""

@@ -26,13 +26,15 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..store.encoding import decode, is_coded
+from ..store.encoding import decode, is_coded, read_itemsize
 
 Split = Any  # a featstore.store.Split; not imported: the store package reaches this one (Split.torch_*)
 
 CHUNK_TOKENS = 16384  # tokens per chunk: a few MiB of features per layer at D = 1536 in float16
 BUFFER_CHUNKS = 8  # chunks a shard holds at once: the reach of the shuffle inside an epoch
 CHUNK_ROWS = 4096  # examples per chunk of pooled features (one vector each: no tokens to count)
+CHUNK_BYTES = 128 << 20  # with chunk_tokens=None: a chunk holds at most this many bytes of token features ...
+WINDOW_BYTES = 1 << 30  # ... and with buffer_chunks=None a window at most this many (two are alive when streaming)
 JITTER_BATCHES = 2  # how far an example moves from length order: batches change members every epoch (a batch
 # that kept its members epoch after epoch visibly hurt Y-Tuning on small data)
 DEFAULT_BATCH_TOKENS = 8192  # padded tokens per batch when neither budget is given (token features)
@@ -162,14 +164,18 @@ class BatchReader:
     """Reads windows of chunks of one split (or holds the whole split in RAM) and assembles padded numpy batches.
 
     `in_ram`: read the split once and serve every window from memory (8-bit stores stay codes when `spec.codes`);
-    the plan, and so the batches, are the same either way."""
+    the plan, and so the batches, are the same either way. `chunk_tokens=None` sizes chunks by bytes (CHUNK_BYTES),
+    so that windows of wide models stay bounded too."""
 
-    def __init__(self, split: Split, spec: BatchSpec, chunk_tokens: int = CHUNK_TOKENS, in_ram: bool = False):
+    def __init__(self, split: Split, spec: BatchSpec, chunk_tokens: int | None = CHUNK_TOKENS, in_ram: bool = False):
         self.split, self.spec = split, spec.checked(split)
+        width, n_layers = split.store.width, len(self.spec.layers)
+        self.token_bytes = (n_layers * (width + 4) + 4 if self.spec.codes
+                            else n_layers * width * read_itemsize(split.store.dtype))
         self.lengths = split.lengths
         self.offsets = split.offsets  # token rows of example i: [offsets[i], offsets[i + 1])
         self.segment_sizes = [int(s["n_examples"]) for s in split.segments]
-        self.chunks = self._chunks(chunk_tokens)
+        self.chunks = self._chunks(self._chunk_tokens(chunk_tokens))
         self.targets = {c: split.targets(c) for c in self.spec.targets}
         self._seg_first = np.concatenate([[0], np.cumsum(self.segment_sizes)]).astype(np.int64)
         self._maps = [split.store.projection(k) for k in self.spec.layers] if self.spec.unproject else None
@@ -188,10 +194,16 @@ class BatchReader:
         self.spec = BatchSpec(tuple(range(rows.shape[1])), "tokens" if tokens else "pooled")
         self.segment_sizes = [len(self.lengths)]
         self._seg_first = np.array([0, len(self.lengths)], dtype=np.int64)
-        self.chunks = self._chunks(CHUNK_TOKENS)
+        self.token_bytes = int(rows.shape[1] * rows.shape[2] * rows.dtype.itemsize)
+        self.chunks = self._chunks(self._chunk_tokens(None))
         self._ids = [str(i) for i in range(len(self.lengths))]
         self._held = self._hold({"rows": rows})
         return self
+
+    def _chunk_tokens(self, chunk_tokens: int | None) -> int:
+        if chunk_tokens is not None:
+            return chunk_tokens
+        return min(CHUNK_TOKENS, max(256, CHUNK_BYTES // max(self.token_bytes, 1)))
 
     def _chunks(self, chunk_tokens: int) -> list[tuple[int, int]]:
         if self.spec.features == "pooled":
@@ -224,9 +236,15 @@ class BatchReader:
         return len(self.lengths)
 
     def plan(self, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, shard: int = 0, n_shards: int = 1,
-             buffer_chunks: int = BUFFER_CHUNKS, batch_tokens: int | None = None, batch_size: int | None = None
+             buffer_chunks: int | None = None, batch_tokens: int | None = None, batch_size: int | None = None
              ) -> list[tuple[list[tuple[int, int]], list[np.ndarray]]]:
-        """The epoch's windows and batches (`plan_windows`); budgets default to the spec's."""
+        """The epoch's windows and batches (`plan_windows`); budgets default to the spec's, `buffer_chunks` to
+        BUFFER_CHUNKS chunks or fewer, so that a window of token features holds at most WINDOW_BYTES."""
+        if buffer_chunks is None:
+            buffer_chunks = BUFFER_CHUNKS
+            if self.spec.features == "tokens" and self.chunks:
+                chunk = max(int(self.offsets[b] - self.offsets[a]) for a, b in self.chunks) * self.token_bytes
+                buffer_chunks = max(1, min(BUFFER_CHUNKS, WINDOW_BYTES // max(chunk, 1)))
         if batch_tokens is None and batch_size is None:
             batch_tokens, batch_size = self.spec.batch_tokens, self.spec.batch_size
         return plan_windows(self.lengths, self.chunks, batch_tokens=batch_tokens, batch_size=batch_size,
@@ -249,7 +267,7 @@ class BatchReader:
                 yield data, plan[w][1]
 
     def epoch(self, *, shuffle: bool = True, seed: int = 0, epoch: int = 0, shard: int = 0, n_shards: int = 1,
-              buffer_chunks: int = BUFFER_CHUNKS) -> Iterator[dict[str, Any]]:
+              buffer_chunks: int | None = BUFFER_CHUNKS) -> Iterator[dict[str, Any]]:
         """Batches of one shard's share of one epoch."""
         plan = self.plan(shuffle=shuffle, seed=seed, epoch=epoch, shard=shard, n_shards=n_shards,
                          buffer_chunks=buffer_chunks)
@@ -260,7 +278,8 @@ class BatchReader:
     # -- reading ---------------------------------------------------------------------------------------------
     def read(self, window: Sequence[tuple[int, int]]) -> dict[str, Any]:
         """Features of the window's examples as flat rows: `rows` (n, L, D) (+ `scale` (n, L), `segment` (n,)
-        for codes), `start[i]` = first row of the window's i-th example, `where` maps storage index -> i."""
+        for codes); `ids` (sorted storage indices) and `pos` map an example to its place i in the window, whose rows
+        start at `start[i]`."""
         if self._held is not None:
             return self._held
         ids = np.concatenate([np.arange(a, b) for a, b in window])
@@ -339,13 +358,17 @@ class BatchReader:
         return decode(data["rows"], self.split.store.encoding, data["scale"], shift[seg], gain[seg])
 
     # -- assembling ------------------------------------------------------------------------------------------
-    def batch(self, data: dict[str, Any], idx: np.ndarray, dtype: Any = np.float32) -> dict[str, Any]:
+    def batch(self, data: dict[str, Any], idx: np.ndarray, dtype: Any = np.float32, ids: bool = True
+              ) -> dict[str, Any]:
         """Storage indices `idx` of a read window -> a batch: `features` (in `dtype`, or the codes), `mask` and
-        `lengths` (tokens), `scale` and `segment` (codes), `index`, `ids` and `targets` ({column: (B,)})."""
+        `lengths` (tokens), `scale` and `segment` (codes), `index`, `ids` (unless `ids=False`) and `targets`
+        ({column: (B,)})."""
         local = data["pos"][np.searchsorted(data["ids"], idx)]
         rows, first = data["rows"], data["start"][local]
-        ids = self.example_ids
-        out: dict[str, Any] = {"index": idx.astype(np.int64), "ids": [ids[i] for i in idx]}
+        out: dict[str, Any] = {"index": idx.astype(np.int64)}
+        if ids:
+            names = self.example_ids
+            out["ids"] = [names[i] for i in idx]
         if self.spec.features == "pooled":
             out["features"] = rows[first].astype(dtype)  # (B, L, D)
         else:

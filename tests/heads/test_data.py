@@ -167,3 +167,21 @@ def test_next_window_is_read_while_this_one_is_batched(split):
     first = next(it)
     assert second_read.wait(timeout=10), "the next window was not read ahead"
     assert len(first.index) + sum(len(b.index) for b in it) == len(split)
+
+
+def test_windows_of_wide_features_stay_bounded(monkeypatch):
+    """Chunks and windows are sized by bytes for heads, so streaming a wide model's features holds a bounded
+    amount at once (two windows: one batched, one read ahead), whatever the tokens per chunk."""
+    import featstore.loading.batches as fb
+
+    monkeypatch.setattr(fb, "CHUNK_BYTES", 300 * 512)  # 300 tokens of 512 bytes
+    monkeypatch.setattr(fb, "WINDOW_BYTES", 3 * 310 * 512)  # 3 chunks (a chunk ends on an example: <= 310 tokens)
+    lengths = np.full(300, 10)
+    src = Features.from_arrays(np.zeros((3000, 2, 64), dtype=np.float32), lengths)  # 512 bytes a token
+    reader = src.reader
+    assert reader.token_bytes == 512 and len(reader.chunks) == 10
+    plan = Loader(src, None, 4, shuffle=True, seed=0).plan(1)
+    assert len(plan) == 4  # 10 chunks, 3 a window
+    for window, _ in plan:
+        assert sum(int(reader.offsets[b] - reader.offsets[a]) for a, b in window) <= 3 * 310
+    assert sorted(np.concatenate([b for _, bs in plan for b in bs])) == list(range(300))
