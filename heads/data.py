@@ -19,9 +19,9 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.io.background import read_ahead
-from featstore.loading.batches import BatchReader, BatchSpec
+from featstore.loading.batches import BatchReader, BatchSpec, held_token_bytes
 from featstore.store import Split, Store
-from featstore.store.encoding import decode, is_coded, read_itemsize
+from featstore.store.encoding import decode, is_coded
 
 @dataclass
 class Codec:
@@ -182,16 +182,9 @@ def default_max_memory() -> int:
     return available_memory() // 2
 
 
-def held_token_bytes(store: Store, n_layers: int) -> int:
-    """Bytes one token's features of `n_layers` layers take in RAM as a source holds them: 8-bit codes stay
-    codes (1 byte per value, a float32 scale per layer, a segment index), floats as read."""
-    if is_coded(store.encoding):
-        return n_layers * (store.width + 4) + 4
-    return n_layers * store.width * read_itemsize(store.dtype)
-
-
 def token_bytes(split: Split, n_layers: int) -> int:
-    return split.n_tokens * held_token_bytes(split.store, n_layers)
+    """Bytes a split's token features of `n_layers` layers take held in RAM (8-bit stores as codes)."""
+    return split.n_tokens * held_token_bytes(split.store, n_layers, is_coded(split.store.encoding))
 
 
 def check_splits(store: Store, train: str | None, dev: str | None, test: str | None) -> None:

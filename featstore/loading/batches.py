@@ -91,6 +91,14 @@ class BatchSpec:
                          self.unproject)
 
 
+def held_token_bytes(store: Any, n_layers: int, codes: bool) -> int:
+    """Bytes one token's features of `n_layers` layers take in RAM as a reader holds them: 8-bit codes stay codes
+    (1 byte per value, a float32 scale per layer, a segment index), floats as read."""
+    if codes:
+        return n_layers * (store.width + 4) + 4
+    return n_layers * store.width * read_itemsize(store.dtype)
+
+
 def chunk_ranges(lengths: np.ndarray, segment_sizes: Sequence[int], chunk_tokens: int = CHUNK_TOKENS
                  ) -> list[tuple[int, int]]:
     """Example ranges [a, b), each inside one segment, of about `chunk_tokens` tokens (at least one example)."""
@@ -169,17 +177,11 @@ class BatchReader:
 
     def __init__(self, split: Split, spec: BatchSpec, chunk_tokens: int | None = CHUNK_TOKENS, in_ram: bool = False):
         self.split, self.spec = split, spec.checked(split)
-        width, n_layers = split.store.width, len(self.spec.layers)
-        self.token_bytes = (n_layers * (width + 4) + 4 if self.spec.codes
-                            else n_layers * width * read_itemsize(split.store.dtype))
-        self.lengths = split.lengths
-        self.offsets = split.offsets  # token rows of example i: [offsets[i], offsets[i + 1])
-        self.segment_sizes = [int(s["n_examples"]) for s in split.segments]
-        self.chunks = self._chunks(self._chunk_tokens(chunk_tokens))
         self.targets = {c: split.targets(c) for c in self.spec.targets}
-        self._seg_first = np.concatenate([[0], np.cumsum(self.segment_sizes)]).astype(np.int64)
         self._maps = [split.store.projection(k) for k in self.spec.layers] if self.spec.unproject else None
         self._ids: list[str] | None = None
+        self._layout(split.lengths, [int(s["n_examples"]) for s in split.segments],
+                     held_token_bytes(split.store, len(self.spec.layers), self.spec.codes), chunk_tokens)
         self._held = self._hold(self._read_range(0, len(self.lengths))) if in_ram else None
 
     @classmethod
@@ -189,32 +191,37 @@ class BatchReader:
         self = cls.__new__(cls)
         tokens = lengths is not None
         self.split, self._maps, self.targets = None, None, {}
-        self.lengths = np.asarray(lengths if tokens else np.ones(len(rows)), dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self.spec = BatchSpec(tuple(range(rows.shape[1])), "tokens" if tokens else "pooled")
-        self.segment_sizes = [len(self.lengths)]
-        self._seg_first = np.array([0, len(self.lengths)], dtype=np.int64)
-        self.token_bytes = int(rows.shape[1] * rows.shape[2] * rows.dtype.itemsize)
-        self.chunks = self._chunks(self._chunk_tokens(None))
-        self._ids = [str(i) for i in range(len(self.lengths))]
+        n = len(lengths) if tokens else len(rows)
+        self._ids = [str(i) for i in range(n)]
+        self._layout(lengths if tokens else np.ones(n), [n], int(rows.shape[1] * rows.shape[2] * rows.dtype.itemsize),
+                     None)
         self._held = self._hold({"rows": rows})
         return self
 
-    def _chunk_tokens(self, chunk_tokens: int | None) -> int:
-        if chunk_tokens is not None:
-            return chunk_tokens
-        return min(CHUNK_TOKENS, max(256, CHUNK_BYTES // max(self.token_bytes, 1)))
-
-    def _chunks(self, chunk_tokens: int) -> list[tuple[int, int]]:
+    def _layout(self, lengths: np.ndarray, segment_sizes: list[int], token_bytes: int, chunk_tokens: int | None
+                ) -> None:
+        """Lengths, offsets, segments, chunks and the default window of a split; `chunk_tokens=None` sizes chunks
+        by bytes (CHUNK_BYTES) and windows of token features too (WINDOW_BYTES)."""
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)  # token rows of example i
+        self.segment_sizes, self.token_bytes = segment_sizes, token_bytes
+        self._seg_first = np.concatenate([[0], np.cumsum(segment_sizes)]).astype(np.int64)
+        if chunk_tokens is None:
+            chunk_tokens = min(CHUNK_TOKENS, max(256, CHUNK_BYTES // max(token_bytes, 1)))
         if self.spec.features == "pooled":
-            return chunk_ranges(np.ones(len(self.lengths), np.int64), self.segment_sizes, CHUNK_ROWS)
-        return chunk_ranges(self.lengths, self.segment_sizes, chunk_tokens)
+            self.chunks = chunk_ranges(np.ones(len(self.lengths), np.int64), segment_sizes, CHUNK_ROWS)
+            self.buffer_chunks = BUFFER_CHUNKS
+            return
+        self.chunks = chunk_ranges(self.lengths, segment_sizes, chunk_tokens)
+        chunk = max((int(self.offsets[b] - self.offsets[a]) for a, b in self.chunks), default=1) * token_bytes
+        self.buffer_chunks = max(1, min(BUFFER_CHUNKS, WINDOW_BYTES // max(chunk, 1)))  # plan()'s default
 
     def _hold(self, data: dict[str, Any]) -> dict[str, Any]:
         """The whole split's rows as one read window (nothing copied per window)."""
         n = len(self.lengths)
-        per_row = self.lengths if self.spec.features == "tokens" else np.ones(n, np.int64)
-        self._edges = np.concatenate([[0], np.cumsum(per_row)]).astype(np.int64)  # example i: rows [e[i], e[i+1])
+        # example i: rows [e[i], e[i + 1]) (a pooled example is one row)
+        self._edges = self.offsets if self.spec.features == "tokens" else np.arange(n + 1, dtype=np.int64)
         return {**data, "ids": np.arange(n), "pos": np.arange(n), "start": self._edges[:-1]}
 
     @property
@@ -240,11 +247,7 @@ class BatchReader:
              ) -> list[tuple[list[tuple[int, int]], list[np.ndarray]]]:
         """The epoch's windows and batches (`plan_windows`); budgets default to the spec's, `buffer_chunks` to
         BUFFER_CHUNKS chunks or fewer, so that a window of token features holds at most WINDOW_BYTES."""
-        if buffer_chunks is None:
-            buffer_chunks = BUFFER_CHUNKS
-            if self.spec.features == "tokens" and self.chunks:
-                chunk = max(int(self.offsets[b] - self.offsets[a]) for a, b in self.chunks) * self.token_bytes
-                buffer_chunks = max(1, min(BUFFER_CHUNKS, WINDOW_BYTES // max(chunk, 1)))
+        buffer_chunks = self.buffer_chunks if buffer_chunks is None else buffer_chunks
         if batch_tokens is None and batch_size is None:
             batch_tokens, batch_size = self.spec.batch_tokens, self.spec.batch_size
         return plan_windows(self.lengths, self.chunks, batch_tokens=batch_tokens, batch_size=batch_size,
@@ -308,14 +311,11 @@ class BatchReader:
             if not parts:
                 return {"rows": np.zeros((0, len(spec.layers), sp.store.width), np.float32)}
             return {"rows": self._unprojected(np.concatenate(parts) if len(parts) > 1 else parts[0])}
+        if not spec.codes:
+            return {"rows": self._unprojected(self._window_rows([(a, b)], int(self.offsets[b] - self.offsets[a])))}
         parts = self._layer_reads(a, b)
-        if spec.codes:
-            return {"rows": np.stack([p[0] for p in parts], axis=1), "scale": np.stack([p[1] for p in parts], axis=1),
-                    "segment": parts[0][2]}
-        rows = np.empty((len(parts[0]), len(parts), parts[0].shape[-1]), dtype=parts[0].dtype)
-        for j, part in enumerate(parts):
-            rows[:, j] = part
-        return {"rows": self._unprojected(rows)}
+        return {"rows": np.stack([p[0] for p in parts], axis=1), "scale": np.stack([p[1] for p in parts], axis=1),
+                "segment": parts[0][2]}
 
     def _layer_reads(self, a: int, b: int) -> list[Any]:
         """Token rows of examples [a, b), one contiguous read per layer, the layers read side by side."""
